@@ -1,0 +1,1 @@
+"""biomed_jax: BiomedBERT and BioGPT in JAX/Flax."""
