@@ -1,0 +1,308 @@
+"""BERT encoder (BiomedBERT) and its heads, as in Hugging Face `modeling_bert.py`.
+
+Axis legend: B batch, T length, D hidden, N heads, H head dim, F intermediate, V vocab.
+Post-LayerNorm blocks: x = LN(x + Attn(x)); x = LN(x + MLP(x)). Layers run under one `nn.scan`.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from biomed_jax.models.common import ModelBase, check_inputs, scan_layers, unstack
+from biomed_jax.models.outputs import (
+    BaseModelOutput,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from biomed_jax.nn.attention import SelfAttention, make_attention_mask
+from biomed_jax.nn.layers import MLP, Dense, Embed, LayerNorm, activation
+from biomed_jax.nn.layers import check_token_ids as _check_ids
+
+
+class BertEmbeddings(ModelBase):
+    """word + position + token type embeddings, LayerNorm, dropout."""
+
+    def setup(self) -> None:
+        c, kw = self.config, {"init_std": self.config.initializer_range, **self.numerics}
+        self.word_embeddings = Embed(c.vocab_size, c.hidden_size, ("vocab", "embed"), **kw)
+        self.position_embeddings = Embed(
+            c.max_position_embeddings, c.hidden_size, ("positions", "embed"), **kw
+        )
+        self.token_type_embeddings = Embed(
+            c.type_vocab_size, c.hidden_size, ("token_types", "embed"), **kw
+        )
+        self.LayerNorm = LayerNorm(c.layer_norm_eps, self.dtype, self.param_dtype)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool = True):
+        h = (
+            self.word_embeddings(input_ids)
+            + self.token_type_embeddings(token_type_ids)
+            + self.position_embeddings(position_ids)
+        )  # [B, T, D]
+        return self.dropout(self.LayerNorm(h), deterministic=deterministic)
+
+
+class BertLayer(ModelBase):
+    """One post-LN encoder block; scanned: (h, mask) -> (h, (h, attention probs))."""
+
+    deterministic: bool = True
+    output_hidden_states: bool = False
+    output_attentions: bool = False
+
+    @nn.compact
+    def __call__(self, h: jax.Array, mask: jax.Array):  # h [B, T, D], mask [B, 1, T, T]
+        c = self.config
+        kw = {"init_std": c.initializer_range, **self.numerics}
+        attn, probs, _ = SelfAttention(
+            c.num_attention_heads,
+            c.head_dim,
+            c.attention_probs_dropout_prob,
+            **kw,
+            name="attention",
+        )(h, mask, deterministic=self.deterministic)
+        attn = nn.Dropout(c.hidden_dropout_prob)(attn, deterministic=self.deterministic)
+        h = LayerNorm(c.layer_norm_eps, self.dtype, self.param_dtype, name="attention_norm")(
+            h + attn
+        )
+        mlp = MLP(c.hidden_size, c.intermediate_size, c.hidden_act, **kw, name="mlp")(h)
+        mlp = nn.Dropout(c.hidden_dropout_prob)(mlp, deterministic=self.deterministic)
+        h = LayerNorm(c.layer_norm_eps, self.dtype, self.param_dtype, name="output_norm")(h + mlp)
+        h = nn.with_logical_constraint(h, ("batch", "length", "act_embed"))
+        return h, (
+            h if self.output_hidden_states else None,
+            probs if self.output_attentions else None,
+        )
+
+
+class BertEncoder(ModelBase):
+    """The scanned stack of `BertLayer`s; params under encoder/layer with a leading layer axis."""
+
+    @nn.compact
+    def __call__(
+        self, h, mask, deterministic: bool, output_hidden_states: bool, output_attentions: bool
+    ):
+        layers = scan_layers(
+            BertLayer,
+            self.config.num_hidden_layers,
+            self.gradient_checkpointing,
+            in_axes=nn.broadcast,
+            config=self.config,
+            **self.numerics,
+            deterministic=deterministic,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        return layers(h, mask)  # h [B, T, D], ([L, B, T, D] | None, [L, B, N, T, T] | None)
+
+
+class BertModel(ModelBase):
+    """Embeddings, encoder stack and (optionally) the tanh pooler over [CLS]."""
+
+    add_pooling_layer: bool = True
+
+    def setup(self) -> None:
+        self.embeddings = BertEmbeddings(self.config, **self.numerics)
+        self.encoder = BertEncoder(
+            self.config, **self.numerics, gradient_checkpointing=self.gradient_checkpointing
+        )
+        if self.add_pooling_layer:
+            self.pooler = Dense(
+                self.config.hidden_size,
+                ("embed", "embed_out"),
+                init_std=self.config.initializer_range,
+                **self.numerics,
+            )
+
+    def __call__(
+        self,
+        input_ids: jax.Array,  # [B, T] int
+        attention_mask: jax.Array | None = None,  # [B, T] 1 = token, 0 = padding
+        token_type_ids: jax.Array | None = None,  # [B, T]
+        position_ids: jax.Array | None = None,  # [B, T]
+        *,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        deterministic: bool = True,
+    ) -> BaseModelOutput:
+        c = self.config
+        check_inputs(c, input_ids, position_ids)
+        batch, length = input_ids.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((batch, length), jnp.int32)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros((batch, length), jnp.int32)
+        _check_ids(token_type_ids, c.type_vocab_size, "token_type_ids")
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(jnp.arange(length), (batch, length))
+
+        embedded = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
+        mask = make_attention_mask(attention_mask)  # [B, 1, 1, T]
+        h, (all_hidden, all_attentions) = self.encoder(
+            embedded, mask, deterministic, output_hidden_states, output_attentions
+        )
+        pooled = jnp.tanh(self.pooler(h[:, 0])) if self.add_pooling_layer else None
+        return BaseModelOutput(
+            last_hidden_state=h,
+            pooler_output=pooled,
+            hidden_states=(embedded, *unstack(all_hidden)) if output_hidden_states else None,
+            attentions=unstack(all_attentions),
+        )
+
+
+class _BertWithHead(ModelBase):
+    """Shared call plumbing of the task models: run `self.bert`, then `self.head`."""
+
+    def _encode(
+        self,
+        input_ids,
+        attention_mask,
+        token_type_ids,
+        position_ids,
+        output_hidden_states,
+        output_attentions,
+        deterministic,
+    ) -> BaseModelOutput:
+        return self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            deterministic=deterministic,
+        )
+
+
+class BertForMaskedLM(_BertWithHead):
+    """BERT + prediction head (dense, activation, LayerNorm) + decoder tied to word embeddings."""
+
+    def setup(self) -> None:
+        c = self.config
+        self.bert = BertModel(
+            c,
+            **self.numerics,
+            add_pooling_layer=False,
+            gradient_checkpointing=self.gradient_checkpointing,
+        )
+        self.transform = Dense(
+            c.hidden_size, ("embed", "embed_out"), init_std=c.initializer_range, **self.numerics
+        )
+        self.transform_norm = LayerNorm(c.layer_norm_eps, self.dtype, self.param_dtype)
+        self.decoder_bias = self.param(
+            "decoder_bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+            (c.vocab_size,),
+            self.param_dtype,
+        )
+
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        *,
+        output_hidden_states=False,
+        output_attentions=False,
+        deterministic=True,
+    ) -> MaskedLMOutput:
+        out = self._encode(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            output_hidden_states,
+            output_attentions,
+            deterministic,
+        )
+        h = activation(self.config.hidden_act)(self.transform(out.last_hidden_state))
+        h = self.transform_norm(h)
+        logits = self.bert.embeddings.word_embeddings.attend(h) + self.decoder_bias.astype(
+            self.dtype
+        )
+        return MaskedLMOutput(logits.astype(jnp.float32), out.hidden_states, out.attentions)
+
+
+class BertForSequenceClassification(_BertWithHead):
+    """BERT + pooler + dropout + linear classifier over [CLS] (num_labels outputs)."""
+
+    def setup(self) -> None:
+        c = self.config
+        self.bert = BertModel(
+            c, **self.numerics, gradient_checkpointing=self.gradient_checkpointing
+        )
+        rate = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
+        self.dropout = nn.Dropout(rate)
+        self.classifier = Dense(
+            c.num_labels, ("embed", "labels"), init_std=c.initializer_range, **self.numerics
+        )
+
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        *,
+        output_hidden_states=False,
+        output_attentions=False,
+        deterministic=True,
+    ) -> SequenceClassifierOutput:
+        out = self._encode(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            output_hidden_states,
+            output_attentions,
+            deterministic,
+        )
+        pooled = self.dropout(out.pooler_output, deterministic=deterministic)
+        logits = self.classifier(pooled).astype(jnp.float32)
+        return SequenceClassifierOutput(logits, out.hidden_states, out.attentions)
+
+
+class BertForTokenClassification(_BertWithHead):
+    """BERT (no pooler) + dropout + linear classifier on every token."""
+
+    def setup(self) -> None:
+        c = self.config
+        self.bert = BertModel(
+            c,
+            **self.numerics,
+            add_pooling_layer=False,
+            gradient_checkpointing=self.gradient_checkpointing,
+        )
+        rate = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
+        self.dropout = nn.Dropout(rate)
+        self.classifier = Dense(
+            c.num_labels, ("embed", "labels"), init_std=c.initializer_range, **self.numerics
+        )
+
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        *,
+        output_hidden_states=False,
+        output_attentions=False,
+        deterministic=True,
+    ) -> TokenClassifierOutput:
+        out = self._encode(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            output_hidden_states,
+            output_attentions,
+            deterministic,
+        )
+        h = self.dropout(out.last_hidden_state, deterministic=deterministic)
+        logits = self.classifier(h).astype(jnp.float32)
+        return TokenClassifierOutput(logits, out.hidden_states, out.attentions)

@@ -1,0 +1,195 @@
+"""Building blocks shared by BERT and BioGPT: Dense, Embed, LayerNorm, MLP, activations.
+
+Axis legend: B batch, T length, D model dim, F MLP hidden, V vocab.
+Every parameter carries logical axis names (`nn.with_logical_partitioning`); `biomed_jax.sharding`
+maps them to mesh axes. Applying a module to plain (unboxed) arrays works as usual.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+PrecisionLike = str | jax.lax.Precision | None
+
+_PRECISIONS = {
+    "highest": jax.lax.Precision.HIGHEST,
+    "high": jax.lax.Precision.HIGH,
+    "default": jax.lax.Precision.DEFAULT,
+    None: None,
+}
+
+
+def as_precision(precision: PrecisionLike) -> jax.lax.Precision | None:
+    """'highest' (full float32 matmuls on every backend), 'high', 'default' (fastest) or a Precision."""
+    if isinstance(precision, jax.lax.Precision):
+        return precision
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be one of {list(_PRECISIONS)}, got {precision!r}")
+    return _PRECISIONS[precision]
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """HF `ACT2FN` names: exact-erf gelu, tanh gelus, relu, silu, tanh."""
+    table: dict[str, Callable[[jax.Array], jax.Array]] = {
+        "gelu": functools.partial(jax.nn.gelu, approximate=False),
+        "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+        "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+        "gelu_fast": functools.partial(jax.nn.gelu, approximate=True),
+        "relu": jax.nn.relu,
+        "silu": jax.nn.silu,
+        "swish": jax.nn.silu,
+        "tanh": jnp.tanh,
+    }
+    if name not in table:
+        raise ValueError(f"activation {name!r} is not implemented; use one of {sorted(table)}")
+    return table[name]
+
+
+def partitioned(init: Callable, *axes: str) -> Callable:
+    return nn.with_logical_partitioning(init, axes)
+
+
+def check_token_ids(input_ids: Any, vocab_size: int, name: str = "input_ids") -> None:
+    """Raise on ids outside [0, vocab_size) when the ids are concrete.
+
+    JAX clamps or fills out-of-range gathers silently; under `jit` the ids are tracers and the
+    embedding lookup returns NaN for them instead (see `Embed`).
+    """
+    if isinstance(input_ids, jax.core.Tracer):
+        return
+    ids = np.asarray(input_ids)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"{name} must be integers, got dtype {ids.dtype}")
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        bad = ids[(ids < 0) | (ids >= vocab_size)]
+        raise ValueError(
+            f"{name} contains ids outside [0, {vocab_size}): {sorted(set(bad.tolist()))[:10]}"
+        )
+
+
+class Dense(nn.Module):
+    """y = x @ kernel + bias with a chosen matmul precision; kernel [in, out]."""
+
+    features: int
+    axes: tuple[str, str]
+    use_bias: bool = True
+    init_std: float = 0.02
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: PrecisionLike = "highest"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param(
+            "kernel",
+            partitioned(nn.initializers.normal(self.init_std), *self.axes),
+            (x.shape[-1], self.features),
+            self.param_dtype,
+        )
+        y = jnp.einsum(
+            "...i,io->...o",
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            precision=as_precision(self.precision),
+        )
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                partitioned(nn.initializers.zeros, self.axes[1]),
+                (self.features,),
+                self.param_dtype,
+            )
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class Embed(nn.Module):
+    """A lookup table [num_embeddings, features]; out-of-range ids give NaN, never a clamped row."""
+
+    num_embeddings: int
+    features: int
+    axes: tuple[str, str] = ("vocab", "embed")
+    init_std: float = 0.02
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: PrecisionLike = "highest"
+
+    def setup(self) -> None:
+        self.embedding = self.param(
+            "embedding",
+            partitioned(nn.initializers.normal(self.init_std), *self.axes),
+            (self.num_embeddings, self.features),
+            self.param_dtype,
+        )
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        table = self.embedding.astype(self.dtype)
+        return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """Logits against the table (tied output projection): [..., D] -> [..., V]."""
+        return jnp.einsum(
+            "...d,vd->...v",
+            x.astype(self.dtype),
+            self.embedding.astype(self.dtype),
+            precision=as_precision(self.precision),
+        )
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with float32 statistics whatever the compute dtype (biased variance, as torch)."""
+
+    epsilon: float = 1e-12
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param(
+            "scale", partitioned(nn.initializers.ones, "norm"), (features,), self.param_dtype
+        )
+        bias = self.param(
+            "bias", partitioned(nn.initializers.zeros, "norm"), (features,), self.param_dtype
+        )
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+        y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: D -> F (activation) -> D."""
+
+    hidden_size: int
+    intermediate_size: int
+    hidden_act: str
+    activation_dropout: float = 0.0
+    init_std: float = 0.02
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: PrecisionLike = "highest"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:  # [B, T, D]
+        dense = functools.partial(
+            Dense,
+            init_std=self.init_std,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+        )
+        h = dense(self.intermediate_size, ("embed", "mlp"), name="fc_in")(x)  # [B, T, F]
+        h = activation(self.hidden_act)(h)
+        h = nn.Dropout(self.activation_dropout)(h, deterministic=deterministic)
+        return dense(self.hidden_size, ("mlp", "embed"), name="fc_out")(h)
