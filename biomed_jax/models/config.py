@@ -141,9 +141,9 @@ class HFConfig:
                 + "; ".join(unsupported + [f"unknown key {k!r}" for k in unknown])
             )
         kwargs.update(overrides)
-        if kwargs.get("id2label") is not None and "num_labels" in overrides:
-            if len(kwargs["id2label"]) != kwargs["num_labels"]:
-                kwargs["id2label"] = None
+        labels = kwargs.get("id2label")
+        if labels is not None and "num_labels" in overrides and len(labels) != kwargs["num_labels"]:
+            kwargs["id2label"] = None
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:

@@ -70,7 +70,7 @@ def bert_name_table(architecture: str) -> NameTable:
     if architecture == "BertForMaskedLM":
         return NameTable(
             ((_PREFIX, "bert/", _BACKBONE), ("", "", _MLM_HEAD)),
-            drop=_ALWAYS_DROPPED + (r"^(bert\.)?pooler\.", r"^cls\.seq_relationship\."),
+            drop=(*_ALWAYS_DROPPED, r"^(bert\.)?pooler\.", r"^cls\.seq_relationship\."),
         )
     if architecture == "BertForSequenceClassification":
         return NameTable(
