@@ -1,1 +1,35 @@
-"""biomed_jax: BiomedBERT and BioGPT in JAX/Flax."""
+"""biomed_jax: BiomedBERT and BioGPT in JAX/Flax, conformant to Hugging Face transformers."""
+
+from biomed_jax.loading import (
+    ARCHITECTURES,
+    Pretrained,
+    convert,
+    from_pretrained,
+    load_params,
+)
+from biomed_jax.models.bert import (
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+)
+from biomed_jax.models.config import BertConfig, BioGptConfig, ConfigError
+from biomed_jax.weights.io import CheckpointError
+from biomed_jax.weights.torch_zip import UnsafeCheckpointError
+
+__all__ = [
+    "ARCHITECTURES",
+    "BertConfig",
+    "BertForMaskedLM",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
+    "BertModel",
+    "BioGptConfig",
+    "CheckpointError",
+    "ConfigError",
+    "Pretrained",
+    "UnsafeCheckpointError",
+    "convert",
+    "from_pretrained",
+    "load_params",
+]

