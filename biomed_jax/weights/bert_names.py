@@ -65,7 +65,8 @@ def bert_name_table(architecture: str) -> NameTable:
     if architecture == "BertModel":
         return NameTable(
             ((_PREFIX, "", _BACKBONE + _POOLER),),
-            drop=_ALWAYS_DROPPED + _PRETRAINING_HEADS + (r"^classifier\.",),
+            drop=(*_ALWAYS_DROPPED, *_PRETRAINING_HEADS, r"^classifier\."),
+            fresh=("pooler/",),
         )
     if architecture == "BertForMaskedLM":
         return NameTable(

@@ -105,6 +105,10 @@ def convert_state_dict(
                 f"{path}: layers {sorted(by_layer)} present, expected 0..{num_layers - 1}"
             )
             continue
+        shapes = {i: tuple(v.shape) for i, v in by_layer.items()}
+        if len(set(shapes.values())) > 1:
+            problems.append(f"{path}: layers disagree on shape {shapes}")
+            continue
         flat[path] = np.stack([by_layer[i] for i in range(num_layers)])
 
     missing = sorted(set(expected) - set(flat))

@@ -53,7 +53,7 @@ def _rebuild_tensor(
     data = storage.data
     itemsize = data.dtype.itemsize
     if len(size) == 0:
-        return data[offset].copy()
+        return np.array(data[offset])
     needed = offset + sum((s - 1) * st for s, st in zip(size, stride)) + 1 if all(size) else offset
     if needed > data.size:
         raise UnsafeCheckpointError("tensor view reaches past the end of its storage")
