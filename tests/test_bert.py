@@ -11,8 +11,14 @@ import pytest
 from biomed_jax import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
 from biomed_jax.loading import init_params
 
-CONFIG = BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                    intermediate_size=48, max_position_embeddings=16)
+CONFIG = BertConfig(
+    vocab_size=97,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=16,
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +74,9 @@ def test_fully_padded_row_is_finite(model):
     module, params = model
     ids, _ = _batch(batch=2)
     mask = jnp.zeros_like(ids).at[0].set(1)
-    out = module.apply({"params": params}, ids, mask, output_attentions=True,
-                       output_hidden_states=True)
+    out = module.apply(
+        {"params": params}, ids, mask, output_attentions=True, output_hidden_states=True
+    )
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(out))
 
 
@@ -105,8 +112,9 @@ def test_output_fields_and_shapes():
     module = BertModel(CONFIG)
     params = init_params(module)
     ids, mask = _batch()
-    out = module.apply({"params": params}, ids, mask, output_hidden_states=True,
-                       output_attentions=True)
+    out = module.apply(
+        {"params": params}, ids, mask, output_hidden_states=True, output_attentions=True
+    )
     assert out.last_hidden_state.shape == (3, 8, 32)
     assert out.pooler_output.shape == (3, 32)
     assert len(out.hidden_states) == CONFIG.num_hidden_layers + 1
@@ -136,8 +144,13 @@ def test_dropout_uses_the_rng_passed_in(model):
     ids, mask = _batch()
 
     def run(seed):
-        return module.apply({"params": params}, ids, mask, deterministic=False,
-                            rngs={"dropout": jax.random.key(seed)}).logits
+        return module.apply(
+            {"params": params},
+            ids,
+            mask,
+            deterministic=False,
+            rngs={"dropout": jax.random.key(seed)},
+        ).logits
 
     np.testing.assert_array_equal(run(1), run(1))
     assert not np.allclose(run(1), run(2))
@@ -154,5 +167,8 @@ def test_params_carry_logical_axis_names():
     boxed = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32)))
     specs = nn.get_partition_spec(boxed)["params"]
     assert tuple(specs["encoder"]["layer"]["attention"]["query"]["kernel"]) == (
-        "layers", "embed", "heads")
+        "layers",
+        "embed",
+        "heads",
+    )
     assert tuple(specs["embeddings"]["word_embeddings"]["embedding"]) == ("vocab", "embed")

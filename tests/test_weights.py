@@ -17,8 +17,14 @@ from biomed_jax.weights import io as wio
 from biomed_jax.weights.io import flatten
 from biomed_jax.weights.torch_zip import load_torch_zip
 
-SMALL = dict(vocab_size=61, hidden_size=24, num_hidden_layers=2, num_attention_heads=3,
-             intermediate_size=40, max_position_embeddings=32)
+SMALL = dict(
+    vocab_size=61,
+    hidden_size=24,
+    num_hidden_layers=2,
+    num_attention_heads=3,
+    intermediate_size=40,
+    max_position_embeddings=32,
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +58,9 @@ def test_torch_zip_reader_matches_torch(tmp_path):
     loaded = load_torch_zip(tmp_path / "x.bin")
     assert loaded.keys() == tensors.keys()
     for k, t in tensors.items():
-        np.testing.assert_array_equal(loaded[k].astype(np.float64),
-                                      t.float().numpy().astype(np.float64), err_msg=k)
+        np.testing.assert_array_equal(
+            loaded[k].astype(np.float64), t.float().numpy().astype(np.float64), err_msg=k
+        )
     assert str(loaded["bf16"].dtype) == "bfloat16" and loaded["i64"].dtype == np.int64
 
 
@@ -110,9 +117,12 @@ def test_convert_then_load_params(hf_mlm, tmp_path):
 def test_state_dict_without_prefix_and_legacy_layernorm_names(hf_mlm, tmp_path):
     model, path = hf_mlm
     state = {k: v.numpy() for k, v in model.bert.state_dict().items()}  # no "bert." prefix
-    state = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias",
-                                                                      "LayerNorm.beta"): v
-             for k, v in state.items()}
+    state = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+            "LayerNorm.bias", "LayerNorm.beta"
+        ): v
+        for k, v in state.items()
+    }
     from safetensors.numpy import save_file
 
     save_file(state, str(tmp_path / "model.safetensors"))
