@@ -36,10 +36,20 @@ def as_precision(precision: PrecisionLike) -> jax.lax.Precision | None:
     return _PRECISIONS[precision]
 
 
+def gelu_erf(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU as torch computes it: x * (1 + erf(x / sqrt 2)) / 2.
+
+    Written out because `jax.nn.gelu(approximate=False)` goes through erfc, which XLA:CPU evaluates
+    about 6x slower (measured 5.7 ms vs 0.95 ms on [8, 128, 3072] float32); both are within 1.2e-6
+    of float64.
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(2**-0.5, x.dtype)))
+
+
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     """HF `ACT2FN` names: exact-erf gelu, tanh gelus, relu, silu, tanh."""
     table: dict[str, Callable[[jax.Array], jax.Array]] = {
-        "gelu": functools.partial(jax.nn.gelu, approximate=False),
+        "gelu": gelu_erf,
         "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
         "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
         "gelu_fast": functools.partial(jax.nn.gelu, approximate=True),

@@ -1,0 +1,130 @@
+"""BERT-base forward: our jitted Flax model against PyTorch eager, same machine, threads and run.
+
+    python benchmarks/bert_forward.py [--shapes 1x128,8x128,8x512] [--repeats 7] [--precision highest]
+
+Random seeded BiomedBERT-base weights (vocab 30522, 768 wide, 12 layers), fp32. The two frameworks
+are timed interleaved (one call of each per round) so machine drift hits both alike. Prints JSON:
+per shape, median ms, tokens/s, the ratio torch_ms / ours_ms (>1: we are faster), our jit compile
+time, and the max abs difference of the last hidden state (a sanity check that both computed the
+same thing). On a GPU, `--dtype bfloat16` reports bf16 throughput and its fraction of `--peak-tflops`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+
+def bert_flops(batch: int, length: int, d: int = 768, f: int = 3072, layers: int = 12) -> float:
+    """Multiply-adds x2 of the encoder matmuls (projections, MLP, attention scores and values)."""
+    tokens = batch * length
+    per_layer = 2 * tokens * (4 * d * d + 2 * d * f) + 2 * 2 * batch * length * length * d
+    return float(layers * per_layer)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="1x128,8x128,8x512")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--precision", default="highest", choices=("highest", "default"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--peak-tflops", type=float, default=None, help="chip peak, for GPU runs")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    args = parser.parse_args()
+
+    import jax
+    import jax.numpy as jnp
+    import torch
+    import transformers
+
+    from biomed_jax import from_pretrained
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    hf_config = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+    )
+    ref = transformers.BertModel(hf_config, add_pooling_layer=False).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        ref.save_pretrained(tmp)
+        model = from_pretrained(tmp, dtype=jnp.dtype(args.dtype), precision=args.precision)
+    params = jax.device_put(model.params)
+
+    @jax.jit
+    def forward(params, ids, mask):
+        return model.module.apply({"params": params}, ids, mask).last_hidden_state
+
+    results = []
+    for shape in args.shapes.split(","):
+        batch, length = map(int, shape.split("x"))
+        ids = np.random.RandomState(0).randint(0, 30522, (batch, length)).astype(np.int32)
+        mask = np.ones_like(ids)
+        ids_j, mask_j = jnp.asarray(ids), jnp.asarray(mask)
+        start = time.perf_counter()
+        compiled = forward.lower(params, ids_j, mask_j).compile()
+        compile_s = time.perf_counter() - start
+        ours_out = compiled(params, ids_j, mask_j).block_until_ready()  # warm-up
+        ids_t, mask_t = torch.tensor(ids, dtype=torch.long), torch.tensor(mask)
+        ours_ms, torch_ms = [], []
+        with torch.inference_mode():
+            if not args.no_torch:
+                torch_out = ref(ids_t, mask_t).last_hidden_state  # warm-up
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                compiled(params, ids_j, mask_j).block_until_ready()
+                ours_ms.append((time.perf_counter() - t) * 1e3)
+                if not args.no_torch:
+                    t = time.perf_counter()
+                    ref(ids_t, mask_t)
+                    torch_ms.append((time.perf_counter() - t) * 1e3)
+        ours = statistics.median(ours_ms)
+        row = {
+            "shape": shape,
+            "ours_ms": round(ours, 2),
+            "ours_tokens_per_s": round(batch * length / ours * 1e3, 1),
+            "ours_tflops": round(bert_flops(batch, length) / ours / 1e9, 3),
+            "compile_s": round(compile_s, 2),
+        }
+        if not args.no_torch:
+            ref_ms = statistics.median(torch_ms)
+            row |= {
+                "torch_ms": round(ref_ms, 2),
+                "torch_tokens_per_s": round(batch * length / ref_ms * 1e3, 1),
+                "speedup_vs_torch": round(ref_ms / ours, 3),
+                "max_abs_diff": float(
+                    np.abs(np.asarray(ours_out, np.float32) - torch_out.numpy()).max()
+                ),
+            }
+        if args.peak_tflops:
+            row["fraction_of_peak"] = round(row["ours_tflops"] / args.peak_tflops, 3)
+        results.append(row)
+    print(
+        json.dumps(
+            {
+                "benchmark": "bert_forward",
+                "device": jax.devices()[0].device_kind,
+                "dtype": args.dtype,
+                "precision": args.precision,
+                "threads": args.threads,
+                "repeats": args.repeats,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
