@@ -13,6 +13,12 @@ from biomed_jax.models.bert import (
     BertForTokenClassification,
     BertModel,
 )
+from biomed_jax.models.biogpt import (
+    BioGptForCausalLM,
+    BioGptForSequenceClassification,
+    BioGptForTokenClassification,
+    BioGptModel,
+)
 from biomed_jax.models.config import BertConfig, BioGptConfig, ConfigError
 from biomed_jax.weights.io import CheckpointError
 from biomed_jax.weights.torch_zip import UnsafeCheckpointError
@@ -25,6 +31,10 @@ __all__ = [
     "BertForTokenClassification",
     "BertModel",
     "BioGptConfig",
+    "BioGptForCausalLM",
+    "BioGptForSequenceClassification",
+    "BioGptForTokenClassification",
+    "BioGptModel",
     "CheckpointError",
     "ConfigError",
     "Pretrained",

@@ -18,9 +18,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from biomed_jax.models import bert
-from biomed_jax.models.config import BertConfig, HFConfig
+from biomed_jax.models import bert, biogpt
+from biomed_jax.models.config import BertConfig, BioGptConfig, HFConfig
 from biomed_jax.weights.bert_names import bert_name_table
+from biomed_jax.weights.biogpt_names import biogpt_name_table
 from biomed_jax.weights.convert import NameTable, convert_state_dict
 from biomed_jax.weights.io import (
     CheckpointError,
@@ -62,7 +63,16 @@ ARCHITECTURES: dict[str, Architecture] = {
         "BertForTokenClassification",
     )
 }
-DEFAULT_ARCHITECTURE = {"bert": "BertModel"}
+ARCHITECTURES.update(
+    (name, Architecture(getattr(biogpt, name), BioGptConfig, biogpt_name_table))
+    for name in (
+        "BioGptModel",
+        "BioGptForCausalLM",
+        "BioGptForSequenceClassification",
+        "BioGptForTokenClassification",
+    )
+)
+DEFAULT_ARCHITECTURE = {"bert": "BertModel", "biogpt": "BioGptModel"}
 
 
 def register_architecture(name: str, arch: Architecture, default_for: str | None = None) -> None:

@@ -231,6 +231,8 @@ class BioGptConfig(HFConfig):
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     activation_dropout: float = 0.0
+    # Not in HF's BioGptConfig, but BioGptForTokenClassification reads it when config.json has it.
+    classifier_dropout: float | None = None
     max_position_embeddings: int = 1024
     initializer_range: float = 0.02
     # Read for interop only: HF's BioGPT builds every LayerNorm with torch's default eps 1e-5.

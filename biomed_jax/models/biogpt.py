@@ -1,0 +1,318 @@
+"""BioGPT decoder and its heads, as in Hugging Face `modeling_biogpt.py` (transformers v5).
+
+Axis legend: B batch, T new tokens, S key slots (T without a cache, max_length with one),
+D hidden, N heads, H head dim, F intermediate, V vocab, L layers.
+
+Pre-LayerNorm blocks: x = x + Attn(LN(x)); x = x + MLP(LN(x)); a final LayerNorm after the stack.
+Every LayerNorm uses epsilon 1e-5 (torch's default, which HF uses whatever `layer_norm_eps` says).
+Word embeddings are scaled by sqrt(D) when `scale_embedding`; learned positions are offset by 2 and
+derived from the attention mask (`cumsum(mask) * mask - 1`), so left padding gets positions 0, 1, ...
+from its first real token and padding reads table row 1.
+
+Decoding state is explicit: pass `cache=config.init_cache(B, S)` (a `KVCache`), get `out.cache`
+back with `index` advanced by T. The cache never changes shape, so a jitted step never recompiles.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from biomed_jax.models.common import ModelBase, check_inputs, scan_layers, unstack
+from biomed_jax.models.outputs import (
+    BaseModelOutput,
+    CausalLMOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from biomed_jax.nn.attention import KVCache, SelfAttention, make_attention_mask
+from biomed_jax.nn.layers import MLP, Dense, Embed, LayerNorm
+
+
+def mask_positions(attention_mask: jax.Array) -> jax.Array:
+    """Positions [B, S] of the tokens a mask marks: 0, 1, ... over real tokens, -1 at padding."""
+    mask = attention_mask.astype(jnp.int32)
+    return jnp.cumsum(mask, axis=1) * mask - 1
+
+
+class BioGptDecoderLayer(ModelBase):
+    """One pre-LN block; scanned: (h, mask, kv, index) -> (h, (h, attention probs, new kv))."""
+
+    deterministic: bool = True
+    output_hidden_states: bool = False
+    output_attentions: bool = False
+
+    @nn.compact
+    def __call__(self, h, mask, kv_cache, cache_index):  # h [B, T, D], mask [B, 1, T, S]
+        c = self.config
+        kw = {"init_std": c.initializer_range, **self.numerics}
+        norm = dict(
+            epsilon=c.REFERENCE_LAYER_NORM_EPS, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+        attn, probs, new_kv = SelfAttention(
+            c.num_attention_heads,
+            c.head_dim,
+            c.attention_probs_dropout_prob,
+            **kw,
+            name="self_attn",
+        )(
+            LayerNorm(**norm, name="self_attn_layer_norm")(h),
+            mask,
+            kv_cache=kv_cache,
+            cache_index=cache_index,
+            deterministic=self.deterministic,
+        )
+        h = h + nn.Dropout(c.hidden_dropout_prob)(attn, deterministic=self.deterministic)
+        mlp = MLP(
+            c.hidden_size,
+            c.intermediate_size,
+            c.hidden_act,
+            c.activation_dropout,
+            **kw,
+            name="mlp",
+        )(LayerNorm(**norm, name="final_layer_norm")(h), self.deterministic)
+        h = h + nn.Dropout(c.hidden_dropout_prob)(mlp, deterministic=self.deterministic)
+        h = nn.with_logical_constraint(h, ("batch", "length", "act_embed"))
+        return h, (
+            h if self.output_hidden_states else None,
+            probs if self.output_attentions else None,
+            new_kv,
+        )
+
+
+class BioGptDecoder(ModelBase):
+    """The scanned stack of `BioGptDecoderLayer`s; params under layers/layer with a leading L axis."""
+
+    @nn.compact
+    def __call__(
+        self, h, mask, kv_cache, cache_index, deterministic, output_hidden_states, output_attentions
+    ):
+        layers = scan_layers(
+            BioGptDecoderLayer,
+            self.config.num_hidden_layers,
+            self.gradient_checkpointing,
+            in_axes=(nn.broadcast, 0, nn.broadcast),
+            config=self.config,
+            **self.numerics,
+            deterministic=deterministic,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        # h [B, T, D]; ([L, B, T, D] | None, [L, B, N, T, S] | None, ([L, B, S, N, H],) * 2 | None)
+        return layers(h, mask, kv_cache, cache_index)
+
+
+class BioGptModel(ModelBase):
+    """Scaled token embeddings + learned positions, the decoder stack, a final LayerNorm."""
+
+    def setup(self) -> None:
+        c, kw = self.config, {"init_std": self.config.initializer_range, **self.numerics}
+        self.embed_tokens = Embed(c.vocab_size, c.hidden_size, ("vocab", "embed"), **kw)
+        self.embed_positions = Embed(
+            c.max_position_embeddings + c.POSITION_OFFSET,
+            c.hidden_size,
+            ("positions", "embed"),
+            **kw,
+        )
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.layers = BioGptDecoder(
+            c, **self.numerics, gradient_checkpointing=self.gradient_checkpointing
+        )
+        self.layer_norm = LayerNorm(c.REFERENCE_LAYER_NORM_EPS, self.dtype, self.param_dtype)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,  # [B, T] int
+        attention_mask: jax.Array | None = None,  # [B, T], or [B, S] with a cache; 1 = token
+        position_ids: jax.Array | None = None,  # [B, T]
+        *,
+        cache: KVCache | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        deterministic: bool = True,
+    ) -> BaseModelOutput:
+        c = self.config
+        check_inputs(c, input_ids, position_ids)
+        batch, length = input_ids.shape
+        slots = length if cache is None else cache.max_length
+        index = jnp.zeros((), jnp.int32) if cache is None else cache.index
+        if attention_mask is None:
+            attention_mask = (jnp.arange(slots) < index + length)[None].repeat(batch, 0)
+        _check_cache_inputs(c, input_ids, attention_mask, cache, position_ids is None)
+        if position_ids is None:
+            position_ids = jax.lax.dynamic_slice_in_dim(
+                mask_positions(attention_mask), index, length, axis=1
+            )
+        query_slots = index + jnp.arange(length)  # [T]
+        mask = make_attention_mask(attention_mask, query_slots)  # [B, 1, T, S]
+
+        h = self.embed_tokens(input_ids) * jnp.asarray(c.embed_scale, self.dtype)
+        h = h + self.embed_positions(position_ids + c.POSITION_OFFSET)
+        h = self.dropout(h, deterministic=deterministic)  # [B, T, D]
+        kv = None if cache is None else (cache.key, cache.value)
+        last, (all_hidden, all_attentions, new_kv) = self.layers(
+            h, mask, kv, index, deterministic, output_hidden_states, output_attentions
+        )
+        last = self.layer_norm(last)
+        new_cache = None
+        if cache is not None:
+            # A write past the last slot would be clamped by dynamic_update_slice: poison instead.
+            last = jnp.where(index + length > slots, jnp.nan, last)
+            new_cache = KVCache(new_kv[0], new_kv[1], index + length)
+        hidden_states = None
+        if output_hidden_states:
+            # As HF: the embeddings, each layer's output, and the last one after the final LayerNorm.
+            hidden_states = (h, *unstack(all_hidden)[:-1], last)
+        return BaseModelOutput(
+            last_hidden_state=last,
+            hidden_states=hidden_states,
+            attentions=unstack(all_attentions),
+            cache=new_cache,
+        )
+
+
+def _check_cache_inputs(config, input_ids, attention_mask, cache, derive_positions) -> None:
+    """Shape errors for mask and cache; with concrete values, positions past the table."""
+    batch, length = input_ids.shape
+    slots = length if cache is None else cache.max_length
+    if attention_mask.shape != (batch, slots):
+        what = "[batch, cache max_length]" if cache is not None else "[batch, length]"
+        raise ValueError(
+            f"attention_mask must be {what} = {(batch, slots)}, got {attention_mask.shape}"
+        )
+    if cache is not None:
+        if cache.key.shape[1] != batch:
+            raise ValueError(f"cache batch {cache.key.shape[1]} != input batch {batch}")
+        if length > slots:
+            raise ValueError(f"{length} new tokens do not fit a cache of {slots} slots")
+        if not isinstance(cache.index, jax.core.Tracer) and int(cache.index) + length > slots:
+            raise ValueError(
+                f"cache is full: index {int(cache.index)} + {length} tokens > {slots} slots"
+            )
+    if derive_positions and not isinstance(attention_mask, jax.core.Tracer):
+        count = int(np.asarray(attention_mask).astype(bool).sum(axis=1).max(initial=0))
+        if count > config.max_position_embeddings:
+            raise ValueError(
+                f"{count} tokens exceed max_position_embeddings {config.max_position_embeddings}"
+            )
+
+
+class _BioGptWithHead(ModelBase):
+    """Shared call plumbing of the task models: run `self.biogpt`, then a head."""
+
+    def _decode(self, input_ids, attention_mask, position_ids, **kwargs) -> BaseModelOutput:
+        return self.biogpt(input_ids, attention_mask, position_ids, **kwargs)
+
+    def _backbone(self) -> BioGptModel:
+        return BioGptModel(
+            self.config, **self.numerics, gradient_checkpointing=self.gradient_checkpointing
+        )
+
+
+class BioGptForCausalLM(_BioGptWithHead):
+    """BioGPT + output projection tied to the (unscaled) token embedding table, no bias."""
+
+    def setup(self) -> None:
+        self.biogpt = self._backbone()
+
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        *,
+        cache: KVCache | None = None,
+        output_hidden_states=False,
+        output_attentions=False,
+        deterministic=True,
+    ) -> CausalLMOutput:
+        out = self._decode(
+            input_ids,
+            attention_mask,
+            position_ids,
+            cache=cache,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            deterministic=deterministic,
+        )
+        logits = self.biogpt.embed_tokens.attend(out.last_hidden_state)  # [B, T, V]
+        return CausalLMOutput(
+            logits.astype(jnp.float32), out.hidden_states, out.attentions, out.cache
+        )
+
+
+class BioGptForSequenceClassification(_BioGptWithHead):
+    """BioGPT + bias-free `score` on the last token that is not `pad_token_id` (as HF)."""
+
+    def setup(self) -> None:
+        c = self.config
+        self.biogpt = self._backbone()
+        self.score = Dense(
+            c.num_labels,
+            ("embed", "labels"),
+            use_bias=False,
+            init_std=c.initializer_range,
+            **self.numerics,
+        )
+
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        *,
+        output_hidden_states=False,
+        output_attentions=False,
+        deterministic=True,
+    ) -> SequenceClassifierOutput:
+        out = self._decode(
+            input_ids,
+            attention_mask,
+            position_ids,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            deterministic=deterministic,
+        )
+        # HF: the rightmost index whose id is not the pad id (index 0 for an all-pad row).
+        not_pad = (input_ids != self.config.pad_token_id).astype(jnp.int32)  # [B, T]
+        last = jnp.argmax(jnp.arange(input_ids.shape[1]) * not_pad, axis=1)  # [B]
+        pooled = jnp.take_along_axis(out.last_hidden_state, last[:, None, None], axis=1)[:, 0]
+        logits = self.score(pooled).astype(jnp.float32)  # [B, num_labels]
+        return SequenceClassifierOutput(logits, out.hidden_states, out.attentions)
+
+
+class BioGptForTokenClassification(_BioGptWithHead):
+    """BioGPT + dropout + linear classifier on every token."""
+
+    def setup(self) -> None:
+        c = self.config
+        self.biogpt = self._backbone()
+        rate = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
+        self.dropout = nn.Dropout(rate)
+        self.classifier = Dense(
+            c.num_labels, ("embed", "labels"), init_std=c.initializer_range, **self.numerics
+        )
+
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        *,
+        output_hidden_states=False,
+        output_attentions=False,
+        deterministic=True,
+    ) -> TokenClassifierOutput:
+        out = self._decode(
+            input_ids,
+            attention_mask,
+            position_ids,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            deterministic=deterministic,
+        )
+        h = self.dropout(out.last_hidden_state, deterministic=deterministic)
+        logits = self.classifier(h).astype(jnp.float32)  # [B, T, num_labels]
+        return TokenClassifierOutput(logits, out.hidden_states, out.attentions)
