@@ -1,0 +1,62 @@
+"""Tiny seeded HF checkpoints saved with transformers, shared by the CLI, hub and pipeline tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+WORDS = ["the", "patient", "was", "treated", "with", "aspirin", "for", "fever", "and", "cancer", "cells", "in", "mice", "protein", "gene", "expression", "of", "a", "is", "to", "we", "found", "that", "tumor", "growth", "inhibits", "induced", "by", "human", "disease"]
+BERT_VOCAB = (
+    ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    + list(".,;:()-'")
+    + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    + [f"##{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
+    + [str(d) for d in range(10)]
+    + ["##s", "##ed", "##ing"]
+    + WORDS
+)
+SENTENCES = [
+    "The patient was treated with aspirin for fever.",
+    "Tumor growth of human cancer cells in mice.",
+    "We found that protein expression inhibits tumor growth, and gene expression is induced.",
+    "Aspirin.",
+    "Fever induced by disease in mice was treated with aspirin, and tumor growth of cancer "
+    "cells was found to be induced by gene expression of a human protein.",
+]
+
+
+def save_tiny_bert(path: Path, *, seed: int = 0, max_position_embeddings: int = 40) -> Path:
+    """A random BertForMaskedLM (2 layers, D=32, 4 heads) with a WordPiece vocab, HF layout."""
+    import torch
+    import transformers
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(BERT_VOCAB) + "\n", encoding="utf-8")
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(
+        vocab_size=len(BERT_VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=max_position_embeddings,
+        initializer_range=0.2,
+    )
+    transformers.BertForMaskedLM(config).eval().save_pretrained(path)
+    transformers.BertTokenizerFast(str(path / "vocab.txt")).save_pretrained(path)
+    return path
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """`biomed-jax ARGS` in a subprocess with this interpreter."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "biomed_jax.cli", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kwargs,
+    )
