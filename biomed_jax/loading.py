@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from biomed_jax import hub
 from biomed_jax.models import bert, biogpt
 from biomed_jax.models.config import BertConfig, BioGptConfig, HFConfig
 from biomed_jax.weights.bert_names import bert_name_table
@@ -210,24 +211,37 @@ def load_tokenizer(directory: Path, config: Any) -> Any:
 def from_pretrained(
     path: str | Path,
     *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
     architecture: str | None = None,
     dtype: Any = jnp.float32,
     param_dtype: Any = jnp.float32,
     precision: Any = "highest",
     **config_overrides: Any,
 ) -> Pretrained:
-    """Load an HF or converted checkpoint directory into a `Pretrained` (config, params, module).
+    """Load an HF or converted checkpoint into a `Pretrained` (config, params, module, tokenizer).
+
+    `path`: a local directory, or a hub id (with `revision`, `cache_dir`: the HF hub cache) whose
+    HF checkpoint is converted once into our cache (`biomed_jax.hub`) and read from there later.
 
     `architecture` picks the module class (default: the config's `architectures`, else the base
     model); task heads absent from the checkpoint are initialized anew with a warning, as HF does.
     `config_overrides` (e.g. num_labels=3) replace config fields.
     """
-    directory = Path(path)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is not a directory")
-    config, module, name, _ = _build(
+    source = hub.resolve(path, revision=revision, cache_dir=cache_dir)
+    directory = source.path
+    dtype = jnp.float32 if dtype is None else dtype
+    config, module, name, hf_config = _build(
         directory, architecture, dtype, param_dtype, precision, config_overrides
     )
+    # Cache only what needs no fresh head: the checkpoint's own architecture, no config overrides.
+    if (
+        source.repo_id is not None
+        and not is_converted(directory)
+        and not config_overrides
+        and name in (hf_config.get("architectures") or ())
+    ):
+        directory = hub.cached_conversion(source, name, convert, is_converted)
     if is_converted(directory):
         params = load_params(directory, dtype=param_dtype)
         _check_against_template(params, module, directory)
