@@ -1,0 +1,260 @@
+"""`generate`: Hugging Face `generate` for our causal LMs, the whole decoding loop in one jit.
+
+Axis legend: B batch, R rows (B x beams or B x return sequences), P prompt bucket, S cache slots.
+
+Arguments are resolved on the host exactly as HF's `generate` resolves them (defaults from the
+config, `max_new_tokens` over `max_length`, `min_new_tokens` over `min_length`, the attention mask
+inferred from pad tokens); prompts are left-padded to a length bucket; then one jitted function
+runs prefill and the `lax.while_loop`. It compiles once per (module, batch, bucket, room for new
+tokens, strategy); lengths, penalties, temperature, top-k/top-p values and EOS/PAD ids are arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from biomed_jax.generation.beam_search import beam_search
+from biomed_jax.generation.buckets import bucket_length, left_pad, room_for
+from biomed_jax.generation.processors import ProcessorSettings
+from biomed_jax.generation.sampling import DecodeSettings, sample
+
+DEFAULT_NEW_TOKENS = 20  # HF GenerationConfig.max_length default, counted after the prompt
+EARLY_STOPPING = (True, False, "never")
+
+
+def generate(
+    module: nn.Module,
+    params: Any,
+    input_ids: Any,
+    attention_mask: Any = None,
+    *,
+    max_new_tokens: int | None = None,
+    max_length: int | None = None,
+    min_new_tokens: int = 0,
+    min_length: int = 0,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
+    num_return_sequences: int = 1,
+    no_repeat_ngram_size: int = 0,
+    repetition_penalty: float = 1.0,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    rng: jax.Array | None = None,
+) -> jax.Array:
+    """Prompt + generated tokens [B * num_return_sequences, L], as `transformers` `generate`.
+
+    `module` is a causal LM (e.g. `BioGptForCausalLM`) whose call takes `(input_ids,
+    attention_mask, cache=KVCache)` and returns `.logits` and `.cache`; `params` its parameters
+    (without the {"params": ...} wrapper). Rows finished early are padded with `pad_token_id`.
+    `top_k=0` disables top-k (HF's GenerationConfig defaults to 50). Sampling needs `rng`.
+    """
+    config = module.config
+    ids = _as_ids(input_ids, config.vocab_size)
+    prompt_length = ids.shape[1]
+    eos = _eos_ids(config.eos_token_id if eos_token_id is None else eos_token_id)
+    pad = config.pad_token_id if pad_token_id is None else pad_token_id
+    if pad is None and eos.size:
+        pad = int(eos[0])
+    mask = _attention_mask(ids, attention_mask, pad, eos)
+    _check_strategy(
+        do_sample, num_beams, num_return_sequences, early_stopping, temperature, top_k, top_p,
+        repetition_penalty, no_repeat_ngram_size, min_new_tokens, min_length,
+    )  # fmt: skip
+    if do_sample and rng is None:
+        raise ValueError("do_sample=True needs an explicit PRNG key: rng=jax.random.key(seed)")
+
+    if max_new_tokens is not None:
+        total = prompt_length + max_new_tokens
+    elif max_length is not None:
+        total = max_length
+    else:
+        total = min(prompt_length + DEFAULT_NEW_TOKENS, config.max_position_embeddings)
+    if total <= prompt_length:
+        raise ValueError(
+            f"nothing to generate: max_length {total} <= prompt length {prompt_length} "
+            "(use max_new_tokens >= 1)"
+        )
+    if total > config.max_position_embeddings:
+        raise ValueError(
+            f"max_length {total} exceeds max_position_embeddings {config.max_position_embeddings}"
+        )
+    least = prompt_length + min_new_tokens if min_new_tokens > 0 else min_length
+
+    bucket = bucket_length(prompt_length)
+    room = room_for(total - prompt_length)
+    start = bucket - prompt_length
+    fill = _fill_token(pad, eos, num_beams)
+    prompt, prompt_mask = left_pad(ids, mask, bucket, fill if fill >= 0 else 0)
+    expand = num_beams if num_beams > 1 else num_return_sequences
+    prompt, prompt_mask = np.repeat(prompt, expand, 0), np.repeat(prompt_mask, expand, 0)
+    keep = (eos.size + 1 if eos.size else 2) if num_beams > 1 else 1
+    denominators = _length_denominators(
+        room, total - prompt_length, length_penalty, early_stopping, num_beams
+    )
+    settings = DecodeSettings(
+        processors=ProcessorSettings(
+            min_length=np.int32(least),
+            eos_token_ids=eos,
+            repetition_penalty=np.float32(repetition_penalty),
+            temperature=np.float32(temperature),
+            top_k=np.int32(max(top_k, keep)),
+            top_p_cutoff=np.float32(1.0 - top_p),  # float64, then rounded: as torch compares
+            no_repeat_ngram_size=no_repeat_ngram_size,
+            use_repetition_penalty=repetition_penalty != 1.0,
+            use_min_length=least > 0 and eos.size > 0,
+            do_sample=do_sample,
+            use_temperature=temperature != 1.0,
+            use_top_k=top_k != 0,
+            use_top_p=top_p < 1.0,
+            min_tokens_to_keep=keep,
+        ),
+        start=np.int32(start),
+        # HF's repetition penalty skips left padding: argmax(mask != 0) per row.
+        penalty_start=(start + np.argmax(prompt_mask[:, start:] != 0, axis=1)).astype(np.int32),
+        max_length=np.int32(total),
+        pad_token_id=np.int32(fill),
+        finish_denominator=denominators[0],
+        bound_denominator=denominators[1],
+        num_beams=num_beams,
+        early_stopping=early_stopping,
+        num_return_sequences=num_return_sequences,
+    )
+    key = jax.random.key(0) if rng is None else rng
+    tokens, used = _decode(module, params, prompt, prompt_mask, settings, key, bucket + room)
+    return tokens[:, start : int(used)]
+
+
+@functools.partial(jax.jit, static_argnames=("module", "slots"))
+def _decode(
+    module: nn.Module,
+    params: Any,
+    prompt: jax.Array,  # [R, P] int32
+    prompt_mask: jax.Array,  # [R, P] int32
+    settings: DecodeSettings,
+    rng: jax.Array,
+    slots: int,
+) -> tuple[jax.Array, jax.Array]:
+    rows, bucket = prompt.shape
+    # Every slot after the prompt will hold a real token; causality hides the unwritten ones.
+    mask = jnp.concatenate([prompt_mask, jnp.ones((rows, slots - bucket), jnp.int32)], axis=1)
+    cache = module.config.init_cache(rows, slots, module.dtype)
+
+    def tokens_to_logits(tokens: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
+        out = module.apply({"params": params}, tokens, mask, cache=cache)
+        return out.logits[:, -1], out.cache
+
+    if settings.num_beams > 1:
+        return beam_search(tokens_to_logits, _reorder, prompt, cache, slots, settings, rng)
+    return sample(tokens_to_logits, prompt, cache, slots, settings, rng)
+
+
+def _reorder(cache: Any, rows: jax.Array) -> Any:
+    """KVCache rows (batch axis 1 of key/value [L, B, S, N, H]) in a new order."""
+    return cache.replace(key=cache.key[:, rows], value=cache.value[:, rows])
+
+
+def _as_ids(input_ids: Any, vocab_size: int) -> np.ndarray:
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be [batch, length] with both > 0, got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"input_ids must be integers, got {ids.dtype}")
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise ValueError(f"input_ids must lie in [0, {vocab_size}), got {ids.min()}..{ids.max()}")
+    return ids.astype(np.int32)
+
+
+def _eos_ids(eos: int | Sequence[int] | None) -> np.ndarray:
+    if eos is None:
+        return np.zeros((0,), np.int32)
+    return np.atleast_1d(np.asarray(eos, np.int32))
+
+
+def _attention_mask(ids: np.ndarray, mask: Any, pad: int | None, eos: np.ndarray) -> np.ndarray:
+    """The caller's mask, or HF's inference: ids != pad when pad occurs and is not an EOS id."""
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != ids.shape:
+            raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
+        if not np.isin(mask, (0, 1)).all():
+            raise ValueError("attention_mask must hold only 0 and 1")
+        return mask.astype(np.int32)
+    if pad is not None and (ids == pad).any() and pad not in eos:
+        return (ids != pad).astype(np.int32)
+    return np.ones_like(ids)
+
+
+def _fill_token(pad: int | None, eos: np.ndarray, num_beams: int) -> int:
+    """What fills slots after EOS; beam search uses HF's `pad_token_id or eos_token_id[0]`, else -1."""
+    if num_beams == 1:
+        return 0 if pad is None else pad
+    if not eos.size:
+        return -1
+    return pad if pad else int(eos[0])
+
+
+def _length_denominators(
+    room: int, new_tokens: int, length_penalty: float, early_stopping: bool | str, num_beams: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """float32(n ** length_penalty) per new-token count n (computed in float64, as Python does)."""
+    if num_beams == 1:
+        return None, None
+    counts = np.arange(room + 1, dtype=np.float64)
+    counts[0] = 1.0  # never used: a hypothesis has at least one new token
+    finish = (counts**length_penalty).astype(np.float32)
+    if early_stopping == "never" and length_penalty > 0.0:
+        bound = np.full_like(finish, np.float32(float(new_tokens) ** length_penalty))
+    else:
+        bound = finish
+    return finish, bound
+
+
+def _check_strategy(
+    do_sample: bool,
+    num_beams: int,
+    num_return_sequences: int,
+    early_stopping: bool | str,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    repetition_penalty: float,
+    no_repeat_ngram_size: int,
+    min_new_tokens: int,
+    min_length: int,
+) -> None:
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    if num_return_sequences < 1:
+        raise ValueError(f"num_return_sequences must be >= 1, got {num_return_sequences}")
+    if num_beams > 1 and num_return_sequences > num_beams:
+        raise ValueError(
+            f"num_return_sequences ({num_return_sequences}) must be <= num_beams ({num_beams})"
+        )
+    if num_beams == 1 and not do_sample and num_return_sequences != 1:
+        raise ValueError("greedy search returns one sequence per prompt: num_return_sequences=1")
+    if early_stopping not in EARLY_STOPPING or not isinstance(early_stopping, (bool, str)):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    if do_sample and not temperature > 0.0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not repetition_penalty > 0.0:
+        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
+    if no_repeat_ngram_size < 0:
+        raise ValueError(f"no_repeat_ngram_size must be >= 0, got {no_repeat_ngram_size}")
+    if min_new_tokens < 0 or min_length < 0:
+        raise ValueError("min_new_tokens and min_length must be >= 0")
