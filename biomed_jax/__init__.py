@@ -1,5 +1,6 @@
 """biomed_jax: BiomedBERT and BioGPT in JAX/Flax, conformant to Hugging Face transformers."""
 
+from biomed_jax.generation import generate
 from biomed_jax.loading import (
     ARCHITECTURES,
     Pretrained,
@@ -41,5 +42,6 @@ __all__ = [
     "UnsafeCheckpointError",
     "convert",
     "from_pretrained",
+    "generate",
     "load_params",
 ]
