@@ -21,6 +21,7 @@ from biomed_jax.models.biogpt import (
     BioGptModel,
 )
 from biomed_jax.models.config import BertConfig, BioGptConfig, ConfigError
+from biomed_jax.tokenizers import BioGptTokenizer
 from biomed_jax.weights.io import CheckpointError
 from biomed_jax.weights.torch_zip import UnsafeCheckpointError
 
@@ -36,6 +37,7 @@ __all__ = [
     "BioGptForSequenceClassification",
     "BioGptForTokenClassification",
     "BioGptModel",
+    "BioGptTokenizer",
     "CheckpointError",
     "ConfigError",
     "Pretrained",

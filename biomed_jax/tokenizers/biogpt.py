@@ -1,0 +1,177 @@
+"""BioGPT's tokenizer: Moses pre-tokenization -> BPE, with offsets into the original text.
+
+Identical to HF `transformers.BioGptTokenizer` (ids, tokens, decoded text): the text is cut at
+special tokens ("</s>" in the text stays one token, as HF's added-token split does), each piece is
+Moses-tokenized (`moses`, sacremoses' rules, English, aggressive dash splits, XML escaping), then
+each Moses token is byte-pair encoded (`bpe`). Every sequence starts with "</s>" (fairseq has no
+<s>). Unlike HF, `return_offsets_mapping=True` works: each BPE piece's span in the original text,
+through escaping (``&amp;`` spans the one "&") and dash splits (``@-@`` spans the "-").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import sacremoses
+
+from biomed_jax.tokenizers._encoding import EncodingBase, Offsets, Piece
+from biomed_jax.tokenizers.bpe import BPE, END_OF_WORD, read_merges
+from biomed_jax.tokenizers.moses import MosesPreTokenizer, align
+
+NO_LIMIT = int(1e30)  # HF's model_max_length when none is configured
+
+
+def load_vocab(vocab_file: str | Path) -> dict[str, int]:
+    """vocab.json: {token: id}."""
+    with open(vocab_file, encoding="utf-8") as f:
+        vocab = json.load(f)
+    if not isinstance(vocab, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) for k, v in vocab.items()
+    ):
+        raise ValueError(f"{vocab_file} must hold a JSON object of token -> int id")
+    return vocab
+
+
+class BioGptTokenizer(EncodingBase):
+    """BioGPT Moses + BPE tokenizer; `__call__`, `decode` etc. as HF's (see `_encoding`)."""
+
+    model_input_names = ("input_ids", "attention_mask")
+
+    def __init__(
+        self,
+        vocab_file: str | Path,
+        merges_file: str | Path,
+        unk_token: str = "<unk>",
+        bos_token: str = "<s>",
+        eos_token: str = "</s>",
+        sep_token: str = "</s>",
+        pad_token: str = "<pad>",
+        *,
+        model_max_length: int = NO_LIMIT,
+        padding_side: str = "right",
+        truncation_side: str = "right",
+        clean_up_tokenization_spaces: bool = False,
+    ) -> None:
+        specials = {
+            "unk_token": unk_token,
+            "bos_token": bos_token,
+            "eos_token": eos_token,
+            "sep_token": sep_token,
+            "pad_token": pad_token,
+        }
+        for name, token in specials.items():
+            if not isinstance(token, str) or not token:
+                raise TypeError(f"{name} must be a non-empty str, got {token!r}")
+        vocab = load_vocab(vocab_file)
+        super().__init__(
+            vocab,
+            specials,
+            model_max_length=model_max_length,
+            padding_side=padding_side,
+            truncation_side=truncation_side,
+            clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+        )
+        self.bpe = BPE(vocab, read_merges(merges_file), self.unk_token_id)
+        self.moses = MosesPreTokenizer("en")
+        self._detokenizer = sacremoses.MosesDetokenizer(lang="en")
+        by_length = sorted(self.all_special_tokens, key=len, reverse=True)
+        self._special_re = re.compile("|".join(re.escape(t) for t in by_length))
+        self._special_starts = frozenset(t[0] for t in by_length)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **overrides: Any) -> BioGptTokenizer:
+        """Read vocab.json, merges.txt and, when present, tokenizer_config.json and
+        special_tokens_map.json (special tokens, model_max_length, padding/truncation sides)."""
+        directory = Path(directory)
+        files = {name: directory / name for name in ("vocab.json", "merges.txt")}
+        for name, file in files.items():
+            if not file.is_file():
+                raise FileNotFoundError(f"{directory} has no {name}")
+        config: dict[str, Any] = {}
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            file = directory / name
+            if file.is_file():
+                with open(file, encoding="utf-8") as f:
+                    data = json.load(f)
+                if not isinstance(data, dict):
+                    raise ValueError(f"{file} does not hold a JSON object")
+                config.update(data)
+        known = (
+            "unk_token",
+            "bos_token",
+            "eos_token",
+            "sep_token",
+            "pad_token",
+            "model_max_length",
+            "padding_side",
+            "truncation_side",
+            "clean_up_tokenization_spaces",
+        )
+        args = {k: config[k] for k in known if config.get(k) is not None}
+        for k, v in args.items():
+            if isinstance(v, dict) and "content" in v:  # serialized AddedToken
+                args[k] = v["content"]
+        args.update(overrides)
+        return cls(files["vocab.json"], files["merges.txt"], **args)
+
+    def _template(self, pair: bool) -> tuple[Piece, ...]:
+        sep = self.sep_token_id
+        if pair:
+            return ((sep, 0), ("A", 0), (sep, 1), ("B", 1))
+        return ((sep, 0), ("A", 0))
+
+    # -- encoding ---------------------------------------------------------------------------------
+    def _segments(self, text: str):
+        """(start, end, special token id or None): the text cut at special tokens."""
+        pos = 0
+        if not self._special_starts.isdisjoint(text):
+            for m in self._special_re.finditer(text):
+                if m.start() > pos:
+                    yield pos, m.start(), None
+                yield m.start(), m.end(), self.vocab[m.group()]
+                pos = m.end()
+        if pos < len(text):
+            yield pos, len(text), None
+
+    def _encode_text(self, text: str) -> tuple[list[int], list[Offsets]]:
+        ids: list[int] = []
+        offsets: list[Offsets] = []
+        for start, end, special in self._segments(text):
+            if special is not None:
+                ids.append(special)
+                offsets.append((start, end))
+                continue
+            segment = text[start:end]
+            tokens = self.moses.tokenize(segment)
+            encode = self.bpe.encode
+            for token, (at, chars) in zip(tokens, align(segment, tokens)):
+                token_ids, spans, _ = encode(token)
+                ids += token_ids
+                if chars is None:
+                    at += start
+                    offsets += [(at + a, at + b) for a, b in spans]
+                else:
+                    offsets += [(start + chars[a][0], start + chars[b - 1][1]) for a, b in spans]
+        return ids, offsets
+
+    def tokenize(self, text: str) -> list[str]:
+        """BPE pieces as strings (with `</w>`), special tokens whole, as HF's `tokenize`."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        out: list[str] = []
+        for start, end, special in self._segments(text):
+            if special is not None:
+                out.append(text[start:end])
+            else:
+                for token in self.moses.tokenize(text[start:end]):
+                    out += self.bpe.encode(token)[2]
+        return out
+
+    # -- decoding ---------------------------------------------------------------------------------
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        """Join pieces ("</w>" ends a word), then Moses-detokenize (unescaping), as HF."""
+        words = "".join(t.replace(" ", "").replace(END_OF_WORD, " ") for t in tokens).split()
+        return self._detokenizer.detokenize(words)
