@@ -147,6 +147,97 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_option(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--model", help=f"hub id or directory (default: {default})")
+
+
+def cmd_fill_mask(args: argparse.Namespace) -> int:
+    from biomed_jax.pipelines import fill_mask
+
+    result = fill_mask(args.text, top_k=args.top_k, model=args.model)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    per_mask = [result] if result and isinstance(result[0], dict) else result
+    for k, candidates in enumerate(per_mask):
+        if len(per_mask) > 1:
+            print(f"mask {k + 1}:")
+        for c in candidates:
+            print(f"  {c['score']:.4f}  {c['token_str']:<16} {c['sequence']}")
+    return 0
+
+
+def _layers(text: str) -> int | list[int]:
+    values = [int(v) for v in text.split(",")]
+    return values[0] if len(values) == 1 else values
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from biomed_jax.pipelines import embed_file
+
+    manifest = embed_file(
+        args.input,
+        args.output,
+        field=args.field,
+        model=args.model,
+        shard_size=args.shard_size,
+        fmt=args.format,
+        progress=not args.quiet,
+        layers=args.layers,
+        pooling=args.pooling,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        stride=args.stride,
+    )
+    print(
+        f"{manifest['num_documents']} documents in {manifest['num_shards']} shards: {args.output}"
+    )
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from biomed_jax.pipelines import generate_text
+
+    texts = generate_text(
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams,
+        do_sample=args.do_sample,
+        model=args.model,
+        seed=args.seed,
+        num_return_sequences=args.num_return_sequences,
+        **({"min_length": args.min_length} if args.min_length else {}),
+        **({"early_stopping": True} if args.early_stopping else {}),
+    )
+    for text in [texts] if isinstance(texts, str) else texts:
+        print(text)
+    return 0
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    from biomed_jax.pipelines import attention, plot_attention
+
+    result = attention(args.text, layers=args.layers, heads=args.heads, model=args.model)
+    if args.png:
+        print(f"wrote {plot_attention(result, args.png)}")
+    if args.json or not args.png:
+        out = {**result, "attentions": result["attentions"].round(6).tolist()}
+        print(json.dumps(out) if args.json else _attention_summary(result))
+    return 0
+
+
+def _attention_summary(result: dict) -> str:
+    """For each chosen layer and head: the token each token attends to most."""
+    tokens, maps = result["tokens"], result["attentions"]
+    lines = [" ".join(tokens)]
+    for li, layer in enumerate(result["layers"]):
+        for hi, head in enumerate(result["heads"]):
+            top = maps[li, hi].argmax(-1)
+            pairs = ", ".join(f"{t}->{tokens[j]}" for t, j in zip(tokens, top))
+            lines.append(f"layer {layer} head {head}: {pairs}")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 # Parser
 
@@ -178,6 +269,52 @@ def build_parser() -> argparse.ArgumentParser:
     _add_hub_options(p)
     p.set_defaults(func=cmd_info)
 
+    enc, dec = "the BiomedBERT default", "microsoft/biogpt"
+    p = sub.add_parser("fill-mask", help="top-k tokens for each [MASK] in TEXT")
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print HF-style JSON")
+    _model_option(p, enc)
+    p.set_defaults(func=cmd_fill_mask)
+
+    p = sub.add_parser(
+        "embed", help="embed a text file (one document per line) or JSONL into sharded files"
+    )
+    p.add_argument("input", metavar="INPUT", help="text file, or JSONL with --field")
+    p.add_argument("output", metavar="OUTPUT_DIR", help="shards + manifest.json (resumable)")
+    p.add_argument("--field", help="JSONL field holding the text")
+    p.add_argument("--layers", type=_layers, default=-1, help="hidden state(s): -1 or 4,8,12")
+    p.add_argument("--pooling", choices=("cls", "mean"), default="cls")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, help="tokens per window (default: 512, or fewer)")
+    p.add_argument("--stride", type=int, help="cover long texts with windows overlapping STRIDE")
+    p.add_argument("--shard-size", type=int, default=1024, help="documents per shard file")
+    p.add_argument("--format", choices=("npy", "safetensors"), default="npy")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    _model_option(p, enc)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("generate", help="continue PROMPT with BioGPT")
+    p.add_argument("prompt", metavar="PROMPT")
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--do-sample", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-length", type=int, default=0)
+    p.add_argument("--early-stopping", action="store_true")
+    p.add_argument("--num-return-sequences", type=int, default=1)
+    _model_option(p, dec)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("attention", help="attention maps of TEXT (summary, JSON or --png grid)")
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("--layers", type=_layers, help="layer index or list (default: all)")
+    p.add_argument("--heads", type=_layers, help="head index or list (default: all)")
+    p.add_argument("--png", metavar="FILE", help="draw a heat-map grid (needs biomed-jax[plot])")
+    p.add_argument("--json", action="store_true", help="print tokens and maps as JSON")
+    _model_option(p, enc)
+    p.set_defaults(func=cmd_attention)
+
     sub.add_parser(
         "conformance",
         add_help=False,
@@ -202,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         return conformance_main(argv[split:])
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ModuleNotFoundError) as e:
         print(f"biomed-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

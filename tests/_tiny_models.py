@@ -7,15 +7,48 @@ import subprocess
 import sys
 from pathlib import Path
 
-WORDS = ["the", "patient", "was", "treated", "with", "aspirin", "for", "fever", "and", "cancer", "cells", "in", "mice", "protein", "gene", "expression", "of", "a", "is", "to", "we", "found", "that", "tumor", "growth", "inhibits", "induced", "by", "human", "disease"]
-BERT_VOCAB = (
-    ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    + list(".,;:()-'")
-    + [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    + [f"##{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
-    + [str(d) for d in range(10)]
-    + ["##s", "##ed", "##ing"]
-    + WORDS
+WORDS = [
+    "the",
+    "patient",
+    "was",
+    "treated",
+    "with",
+    "aspirin",
+    "for",
+    "fever",
+    "and",
+    "cancer",
+    "cells",
+    "in",
+    "mice",
+    "protein",
+    "gene",
+    "expression",
+    "of",
+    "a",
+    "is",
+    "to",
+    "we",
+    "found",
+    "that",
+    "tumor",
+    "growth",
+    "inhibits",
+    "induced",
+    "by",
+    "human",
+    "disease",
+]
+BERT_VOCAB = list(
+    dict.fromkeys(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        + list(".,;:()-'")
+        + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+        + [f"##{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
+        + [str(d) for d in range(10)]
+        + ["##ed", "##ing"]
+        + WORDS
+    )
 )
 SENTENCES = [
     "The patient was treated with aspirin for fever.",

@@ -1,0 +1,101 @@
+"""What every pipeline shares: the `model=` argument, length-bucketed batches, padding.
+
+Batching sorts texts by token count, cuts the sorted list into batches and pads each batch to a
+bucket length (a power of two, at least 8, at most max_length) and a bucket row count (a power of
+two, at most batch_size), so a few shapes cover any input and few compilations happen. Callers
+put results back in input order with the returned indices.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from biomed_jax.loading import Pretrained, from_pretrained
+
+DEFAULT_ENCODER = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext"
+DEFAULT_DECODER = "microsoft/biogpt"
+MIN_BUCKET = 8
+
+Model = str | Path | Pretrained | None
+
+
+@functools.lru_cache(maxsize=4)
+def _load(name: str, architecture: str | None) -> Pretrained:
+    return from_pretrained(name, architecture=architecture)
+
+
+def resolve_model(model: Model, default: str, architecture: str | None = None) -> Pretrained:
+    """A `Pretrained` from a hub id, a path (loaded once, then kept) or a `Pretrained` itself."""
+    if isinstance(model, Pretrained):
+        pretrained = model
+    elif model is None or isinstance(model, (str, Path)):
+        pretrained = _load(str(model or default), architecture)
+    else:
+        raise TypeError(
+            f"model must be a hub id, a path or a Pretrained, got {type(model).__name__}"
+        )
+    if pretrained.tokenizer is None:
+        raise ValueError(f"{pretrained.path} has no tokenizer files (vocab.txt or vocab.json)")
+    if architecture is not None and type(pretrained.module).__name__ != architecture:
+        raise ValueError(
+            f"this pipeline needs a {architecture}, got a {type(pretrained.module).__name__}; "
+            f"load it with from_pretrained(..., architecture={architecture!r})"
+        )
+    return pretrained
+
+
+def as_list(texts: str | Sequence[str], name: str = "texts") -> tuple[list[str], bool]:
+    """(list of texts, whether a single string was given); rejects anything but str."""
+    single = isinstance(texts, str)
+    items = [texts] if single else list(texts)
+    for i, text in enumerate(items):
+        if not isinstance(text, str):
+            raise TypeError(f"{name}[{i}] must be a str, got {type(text).__name__}")
+    if not items:
+        raise ValueError(f"{name} is empty")
+    return items, single
+
+
+def check_max_length(max_length: int | None, config: Any) -> int:
+    """`max_length`, checked against the model's positions; None: 512 or the model's limit if less."""
+    limit = getattr(config, "max_position_embeddings", None) or 512
+    if max_length is None:
+        return min(512, limit)
+    if max_length < 1:
+        raise ValueError(f"max_length must be positive, got {max_length}")
+    if max_length > limit:
+        raise ValueError(f"max_length={max_length} exceeds the model's {limit} positions")
+    return max_length
+
+
+def bucket(n: int, smallest: int, largest: int) -> int:
+    """The power of two >= n (and >= smallest), capped at largest."""
+    return min(largest, max(smallest, 1 << (max(n, 1) - 1).bit_length()))
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[np.ndarray]:
+    """Indices into `lengths`, sorted by length (stable), in chunks of `batch_size`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def pad_batch(
+    rows: Sequence[Sequence[int]], max_length: int, batch_size: int, pad_id: int, left: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """ids [B, T] and mask [B, T] (int32), B and T rounded up to buckets; extra rows are padding."""
+    length = bucket(max(len(r) for r in rows), MIN_BUCKET, max_length)
+    ids = np.full((bucket(len(rows), 1, batch_size), length), pad_id, np.int32)
+    mask = np.zeros(ids.shape, np.int32)
+    for i, row in enumerate(rows):
+        span = slice(length - len(row), length) if left else slice(0, len(row))
+        ids[i, span] = row
+        mask[i, span] = 1
+    return ids, mask

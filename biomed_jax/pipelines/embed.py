@@ -1,0 +1,172 @@
+"""Embeddings: pooled or per-token hidden states of any subset of the layers, in input order.
+
+Axes: N texts, T tokens, L selected hidden states, D model dim. Hidden state 0 is the embedding
+output, k the output of layer k (HF's `hidden_states`). Texts longer than max_length are truncated
+with a warning, or, with `stride`, covered by overlapping windows of max_length tokens that share
+`stride` tokens: each token then takes its vector from the window where it has the most context,
+"cls" averages the windows' first tokens and "mean" averages the merged token vectors.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from biomed_jax.pipelines._common import (
+    DEFAULT_ENCODER,
+    Model,
+    as_list,
+    check_max_length,
+    length_sorted_batches,
+    pad_batch,
+    resolve_model,
+)
+
+POOLINGS = ("cls", "mean", "none")
+
+
+@functools.partial(jax.jit, static_argnames=("module", "layers", "pooling"))
+def _hidden(module: nn.Module, params, ids, mask, layers: tuple[int, ...], pooling: str):
+    """[B, L, D] pooled ("cls", "mean") or [B, T, L, D] ("none") float32 hidden states."""
+    out = module.apply({"params": params}, ids, mask, output_hidden_states=True)
+    h = jnp.stack([out.hidden_states[k] for k in layers], axis=2).astype(jnp.float32)
+    if pooling == "cls":
+        return h[:, 0]
+    if pooling == "mean":
+        weights = mask.astype(jnp.float32)[:, :, None, None]  # [B, T, 1, 1]
+        return (h * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+    return h
+
+
+def _layer_indices(layers: int | Sequence[int], count: int) -> tuple[tuple[int, ...], bool]:
+    single = isinstance(layers, (int, np.integer))
+    chosen = [int(layers)] if single else [int(k) for k in layers]
+    if not chosen:
+        raise ValueError("layers is empty")
+    for k in chosen:
+        if not -count <= k < count:
+            raise ValueError(f"layer {k} out of range: the model has {count} hidden states")
+    return tuple(k % count for k in chosen), single
+
+
+def _special_tokens(tok) -> tuple[list[int], list[int]]:
+    """The special-token ids the tokenizer puts before and after a single text."""
+    template = tok._template(False)
+    at = next(i for i, (piece, _) in enumerate(template) if piece == "A")
+    if any(type_id != 0 for _, type_id in template):
+        raise ValueError("embed supports single-text templates with token type 0 only")
+    return [p for p, _ in template[:at]], [p for p, _ in template[at + 1 :]]
+
+
+def _windows(n: int, capacity: int, stride: int | None) -> list[tuple[int, int]]:
+    if n <= capacity or stride is None:
+        return [(0, min(n, capacity))]
+    step = capacity - stride
+    starts = range(0, max(n - stride, 1), step)
+    return [(s, min(s + capacity, n)) for s in starts]
+
+
+def _best_window(windows: list[tuple[int, int]], n: int) -> np.ndarray:
+    """For each of n content tokens, the window where it is farthest from both window edges."""
+    best = np.zeros(n, np.int64)
+    score = np.full(n, -1)
+    for w, (s, e) in enumerate(windows):
+        j = np.arange(s, e)
+        context = np.minimum(j - s, e - 1 - j)
+        better = context > score[s:e]
+        best[s:e][better] = w
+        score[s:e][better] = context[better]
+    return best
+
+
+def embed(
+    texts: str | Sequence[str],
+    *,
+    model: Model = None,
+    layers: int | Sequence[int] = -1,
+    pooling: str = "cls",
+    batch_size: int = 32,
+    max_length: int | None = None,
+    stride: int | None = None,
+) -> Any:
+    """Embeddings of `texts` as numpy float32, in input order.
+
+    max_length: tokens per row (default: 512, or the model's positions if fewer).
+    pooling "cls"/"mean": an array [N, D] for an int `layers`, [N, L, D] for a list of layers
+    (no N axis for a single string). pooling "none": per text a dict with "embeddings" ([T, D] or
+    [T, L, D], special tokens included), "offsets" ([T, 2] character spans, (0, 0) for special
+    tokens) and "tokens".
+    """
+    items, single_text = as_list(texts)
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    pretrained = resolve_model(model, DEFAULT_ENCODER)
+    config, tok = pretrained.config, pretrained.tokenizer
+    max_length = check_max_length(max_length, config)
+    chosen, single_layer = _layer_indices(layers, config.num_hidden_layers + 1)
+    prefix, suffix = _special_tokens(tok)
+    capacity = max_length - len(prefix) - len(suffix)
+    if stride is not None and not 0 <= stride < capacity:
+        raise ValueError(f"stride must be in 0..{capacity - 1} for max_length={max_length}")
+
+    encoded = tok(items, add_special_tokens=False, return_offsets_mapping=True)
+    content, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    windows = [_windows(len(ids), capacity, stride) for ids in content]
+    truncated = sum(len(ids) > capacity for ids in content) if stride is None else 0
+    if truncated:
+        warnings.warn(
+            f"{truncated} of {len(items)} texts are longer than max_length={max_length} tokens "
+            "and were truncated; pass stride= to embed whole texts in overlapping windows",
+            stacklevel=2,
+        )
+
+    # One row per window; rows of texts that need token vectors go through the "none" path.
+    per_token = [pooling == "none" or (pooling == "mean" and len(w) > 1) for w in windows]
+    rows = [(i, s, e) for i, w in enumerate(windows) for s, e in w]
+    out: dict[tuple[int, int], np.ndarray] = {}
+    for mode in {("none" if per_token[i] else pooling) for i, _, _ in rows}:
+        group = [r for r in rows if ("none" if per_token[r[0]] else pooling) == mode]
+        ids_of = [prefix + content[i][s:e] + suffix for i, s, e in group]
+        for index in length_sorted_batches([len(x) for x in ids_of], batch_size):
+            batch = [ids_of[k] for k in index]
+            ids, mask = pad_batch(batch, max_length, batch_size, tok.pad_token_id)
+            h = np.asarray(_hidden(pretrained.module, pretrained.params, ids, mask, chosen, mode))
+            for row, k in enumerate(index):
+                i, s, _ = group[k]
+                out[i, s] = h[row, : len(batch[row])] if mode == "none" else h[row]
+
+    results = []
+    for i, w in enumerate(windows):
+        if not per_token[i]:
+            vector = np.mean([out[i, s] for s, _ in w], axis=0)  # "cls": windows' first tokens
+            results.append(vector[0] if single_layer else vector)
+            continue
+        n = w[-1][1]
+        best = _best_window(w, n)
+        pieces = [out[i, w[0][0]][: len(prefix)]]
+        pieces += [out[i, w[b][0]][len(prefix) + j - w[b][0]][None] for j, b in enumerate(best)]
+        pieces.append(out[i, w[-1][0]][len(out[i, w[-1][0]]) - len(suffix) :])
+        vectors = np.concatenate(pieces)  # [T, L, D]
+        if single_layer:
+            vectors = vectors[:, 0]
+        if pooling == "mean":
+            results.append(vectors.mean(0))
+            continue
+        spans = [(0, 0)] * len(prefix) + [tuple(o) for o in offsets[i][:n]] + [(0, 0)] * len(suffix)
+        results.append(
+            {
+                "embeddings": vectors,
+                "offsets": np.asarray(spans, np.int64).reshape(-1, 2),
+                "tokens": tok.convert_ids_to_tokens(prefix + content[i][:n] + suffix),
+            }
+        )
+    if pooling == "none":
+        return results[0] if single_text else results
+    return results[0] if single_text else np.stack(results)
