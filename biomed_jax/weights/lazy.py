@@ -1,0 +1,223 @@
+"""Sharded loading: each device reads only its own slice of each tensor from safetensors.
+
+A parameter is built with `jax.make_array_from_callback`: for every device shard, the callback
+reads exactly that block with `safe_open(...).get_slice(key)[index]` (transposed for torch Linear
+weights, stacked over layers for the scanned stack), so no parameter is ever materialised whole
+on one device, nor whole in host memory when it is sharded. Works for our converted files and for
+HF safetensors (single file or `model-*-of-*` shards) through the model's name table; on several
+hosts each host reads only the shards of its own devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+
+from biomed_jax.weights.convert import NameTable, _normalize_key
+from biomed_jax.weights.io import CheckpointError, flatten, unflatten
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where one parameter (or one layer of a stacked parameter) lives in the checkpoint."""
+
+    file: str
+    key: str
+    transpose: bool = False
+
+
+def safetensors_files(directory: Path) -> list[Path]:
+    single = directory / "model.safetensors"
+    files = [single] if single.is_file() else sorted(directory.glob("model-*-of-*.safetensors"))
+    if not files:
+        raise CheckpointError(f"no safetensors weights in {directory}")
+    return files
+
+
+@contextmanager
+def _open_all(files: list[Path]) -> Iterator[dict[str, Any]]:
+    from safetensors import SafetensorError, safe_open
+
+    with ExitStack() as stack:
+        try:
+            yield {str(f): stack.enter_context(safe_open(str(f), framework="numpy")) for f in files}
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(
+                f"cannot read {files}: corrupt or truncated safetensors ({e})"
+            ) from e
+
+
+def plan_converted(handles: Mapping[str, Any]) -> dict[str, Source | list[Source]]:
+    """Our converted layout: keys are already our '/'-paths."""
+    return {key: Source(file, key) for file, f in handles.items() for key in f.keys()}  # noqa: SIM118
+
+
+def plan_hf(
+    handles: Mapping[str, Any], table: NameTable, num_layers: int
+) -> tuple[dict[str, Source | list[Source]], list[str]]:
+    """HF keys matched by the name table (as `convert_state_dict` does); returns the plan and the
+    problems (unmapped keys, incomplete layer stacks)."""
+    compiled = [
+        (rule.regex(hf_prefix), our_prefix + rule.ours, rule.transpose)
+        for hf_prefix, our_prefix, rules in table.groups
+        for rule in rules
+    ]
+    drops = [re.compile(p) for p in table.drop]
+    plan: dict[str, Source | list[Source]] = {}
+    layered: dict[str, dict[int, Source]] = {}
+    problems: list[str] = []
+    for file, f in handles.items():
+        for raw_key in f.keys():  # noqa: SIM118
+            key = _normalize_key(raw_key)
+            for regex, path, transpose in compiled:
+                match = regex.match(key)
+                if match and match.groups():
+                    layered.setdefault(path, {})[int(match.group(1))] = Source(
+                        file, raw_key, transpose
+                    )
+                    break
+                if match:
+                    plan[path] = Source(file, raw_key, transpose)
+                    break
+            else:
+                if not any(d.search(key) for d in drops):
+                    problems.append(f"unexpected checkpoint tensor {raw_key}")
+    for path, by_layer in layered.items():
+        if sorted(by_layer) != list(range(num_layers)):
+            problems.append(
+                f"{path}: layers {sorted(by_layer)} present, expected 0..{num_layers - 1}"
+            )
+        else:
+            plan[path] = [by_layer[i] for i in range(num_layers)]
+    return plan, problems
+
+
+def _shape(handles: Mapping[str, Any], source: Source | list[Source]) -> tuple[int, ...]:
+    first = source[0] if isinstance(source, list) else source
+    shape = tuple(handles[first.file].get_slice(first.key).get_shape())
+    shape = shape[::-1] if first.transpose else shape
+    return (len(source), *shape) if isinstance(source, list) else shape
+
+
+def _reader(handles: Mapping[str, Any], source: Source | list[Source], dtype: Any) -> Callable:
+    """index (tuple of slices into our layout) -> that block as a numpy array of `dtype`."""
+
+    def one(src: Source, index: tuple[slice, ...]) -> np.ndarray:
+        view = handles[src.file].get_slice(src.key)
+        if src.transpose:
+            return np.asarray(view[index[::-1]]).T
+        return np.asarray(view[index])
+
+    def read(index: tuple[slice, ...]) -> np.ndarray:
+        if isinstance(source, list):
+            layers = range(len(source))[index[0]]
+            block = np.stack([one(source[i], index[1:]) for i in layers])
+        else:
+            block = one(source, index)
+        return np.ascontiguousarray(block, dtype=dtype)
+
+    return read
+
+
+def load_sharded(
+    directory: str | Path,
+    template: Mapping[str, Any],
+    shardings: Mapping[str, Any],
+    *,
+    table: NameTable | None = None,
+    num_layers: int = 0,
+    init_fresh: Callable[[Any], Mapping[str, Any]] | None = None,
+    dtype: Any = None,
+) -> dict[str, Any]:
+    """Parameters of `template` (ShapeDtypeStructs) read shard by shard onto `shardings`.
+
+    table=None reads our converted layout; otherwise HF keys are mapped through `table`.
+    init_fresh(shardings) initializes the params the table lists as `fresh` when the checkpoint
+    lacks them (task heads), directly onto their shards. Raises CheckpointError listing every
+    missing, unexpected or misshapen tensor.
+    """
+    expected = flatten(template)
+    placement = flatten(shardings)
+    files = safetensors_files(Path(directory))
+    with _open_all(files) as handles:
+        if table is None:
+            plan, problems = plan_converted(handles), []
+        else:
+            plan, problems = plan_hf(handles, table, num_layers)
+        fresh_prefixes = table.fresh if table is not None else ()
+        missing = sorted(set(expected) - set(plan))
+        fresh = [p for p in missing if any(p.startswith(f) for f in fresh_prefixes)]
+        problems += [
+            f"missing parameter {p} {tuple(expected[p].shape)}" for p in missing if p not in fresh
+        ]
+        problems += [
+            f"checkpoint maps to {p}, which this model does not have"
+            for p in sorted(set(plan) - set(expected))
+        ]
+        for path in sorted(set(plan) & set(expected)):
+            got, want = _shape(handles, plan[path]), tuple(expected[path].shape)
+            if got != want:
+                problems.append(f"shape mismatch for {path}: checkpoint {got}, model {want}")
+        if problems:
+            raise CheckpointError(
+                f"{directory} does not fit the model:\n  " + "\n  ".join(problems)
+            )
+        out = {}
+        for path, spec in expected.items():
+            if path in fresh:
+                continue
+            target = np.dtype(dtype if dtype is not None else spec.dtype)
+            sharding: NamedSharding = placement[path]
+            out[path] = jax.make_array_from_callback(
+                tuple(spec.shape), sharding, _reader(handles, plan[path], target)
+            )
+    if fresh:
+        if init_fresh is None:
+            raise CheckpointError(f"checkpoint lacks {fresh} and no initializer was given")
+        logger.warning("newly initialized (not in the checkpoint): %s", ", ".join(fresh))
+        initial = flatten(init_fresh(shardings))
+        for path in fresh:
+            out[path] = initial[path] if dtype is None else initial[path].astype(dtype)
+    return unflatten(out)
+
+
+def load_on_mesh(
+    directory: str | Path, module: Any, architecture: str, mesh: Any, rules: Any, dtype: Any
+) -> dict[str, Any]:
+    """`from_pretrained(..., mesh=)`: the params of `module` from `directory`, placed by `rules`.
+
+    safetensors (ours or HF) are read shard by shard; a pytorch_model.bin (a zip that cannot be
+    sliced) is converted in host memory first and then split onto the devices.
+    """
+    from biomed_jax import loading, sharding
+
+    directory = Path(directory)
+    shardings = sharding.param_shardings(module, mesh, rules)
+    template = loading.param_template(module)
+    if loading.is_converted(directory):
+        return load_sharded(directory, template, shardings, dtype=dtype)
+    try:
+        safetensors_files(directory)
+    except CheckpointError:
+        params = loading._convert_hf(directory, module, architecture, dtype)
+        return jax.device_put(params, shardings)
+    return load_sharded(
+        directory,
+        template,
+        shardings,
+        table=loading.ARCHITECTURES[architecture].name_table(architecture),
+        num_layers=module.config.num_hidden_layers,
+        init_fresh=lambda s: jax.jit(lambda: loading.init_params(module), out_shardings=s)(),
+        dtype=dtype,
+    )

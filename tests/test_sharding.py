@@ -1,0 +1,273 @@
+"""Sharded models over the 8 forced host CPU devices (conftest sets XLA_FLAGS).
+
+BERT here has the BERT-base widths (D=768, N=12 heads, F=3072, V=30522, 512 positions) with 2
+layers instead of 12: every sharded dimension divides the meshes exactly as at base (the scanned
+stack compiles once whatever the depth). Reference: the same jitted computation on one device.
+float32 tolerances: outputs and losses 1e-5, updated params 1e-6 (SGD + momentum, lr 0.1).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from biomed_jax import BertConfig, BertForMaskedLM
+from biomed_jax import sharding as shd
+from biomed_jax.weights.io import flatten, unflatten
+
+BERT = BertConfig(
+    vocab_size=30522,
+    hidden_size=768,
+    num_hidden_layers=2,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    max_position_embeddings=512,
+)
+MESHES = [((8, 1), "fsdp"), ((4, 2), "fsdp_tp"), ((2, 4), "tp"), ((1, 8), "fsdp_tp")]
+IDS = pytest.mark.parametrize("shape,rules", MESHES, ids=[f"{d}x{m}-{r}" for (d, m), r in MESHES])
+ATOL = 1e-5
+
+
+def _inputs(config, batch=8, length=16, seed=0):
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(0, config.vocab_size, (batch, length)).astype(np.int32)
+    mask = np.ones((batch, length), np.int32)
+    mask[1, 9:] = 0
+    mask[5, 3:] = 0
+    return ids, mask
+
+
+def random_params(abstract, seed=0):
+    """Host (numpy) params for the boxed `abstract` tree: N(0, 0.02), LayerNorm scales around 1."""
+    rng = np.random.default_rng(seed)
+    flat = flatten(nn.unbox(abstract))
+    return unflatten(
+        {
+            path: rng.normal(1.0 if path.endswith("scale") else 0.0, 0.02, x.shape).astype(x.dtype)
+            for path, x in flat.items()
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def bert():
+    module = BertForMaskedLM(BERT)
+    abstract = shd.abstract_params(module)
+    return module, abstract, random_params(abstract)
+
+
+@pytest.fixture(scope="module")
+def bert_reference(bert):
+    module, _, params = bert
+    ids, mask = _inputs(BERT)
+    forward = jax.jit(lambda p, i, m: module.apply({"params": p}, i, m).logits)
+    return np.asarray(forward(params, ids, mask))
+
+
+# -- placement: each parameter is split exactly as the rule table says -------------------------
+
+V, D, F, L = 30522, 768, 3072, 2
+# (path, shape, expected spec per rule set on a mesh (data, model)); vocab 30522 divides 2 only.
+PLACEMENT = {
+    "bert/embeddings/word_embeddings/embedding": {
+        "dp": lambda d, m: P(None, None),
+        "fsdp": lambda d, m: P(None, "data"),
+        "tp": lambda d, m: P("model" if V % m == 0 else None, None),
+        "fsdp_tp": lambda d, m: P("model" if V % m == 0 else None, "data"),
+    },
+    "bert/encoder/layer/attention/query/kernel": {
+        "dp": lambda d, m: P(None, None, None),
+        "fsdp": lambda d, m: P(None, "data", None),
+        "tp": lambda d, m: P(None, None, "model"),
+        "fsdp_tp": lambda d, m: P(None, "data", "model"),
+    },
+    "bert/encoder/layer/attention/out/kernel": {
+        "dp": lambda d, m: P(None, None, None),
+        "fsdp": lambda d, m: P(None, None, "data"),  # heads x embed: the embed rule comes first
+        "tp": lambda d, m: P(None, "model", None),
+        "fsdp_tp": lambda d, m: P(None, "model", "data"),
+    },
+    "bert/encoder/layer/mlp/fc_in/bias": {
+        "dp": lambda d, m: P(None, None),
+        "fsdp": lambda d, m: P(None, "data"),
+        "tp": lambda d, m: P(None, "model"),
+        "fsdp_tp": lambda d, m: P(None, "model"),
+    },
+    "bert/encoder/layer/output_norm/scale": {
+        "dp": lambda d, m: P(None, None),
+        "fsdp": lambda d, m: P(None, "data"),
+        "tp": lambda d, m: P(None, None),
+        "fsdp_tp": lambda d, m: P(None, "data"),
+    },
+    "decoder_bias": {
+        "dp": lambda d, m: P(None),
+        "fsdp": lambda d, m: P("data" if V % d == 0 else None),
+        "tp": lambda d, m: P("model" if V % m == 0 else None),
+        "fsdp_tp": lambda d, m: P("model" if V % m == 0 else "data" if V % d == 0 else None),
+    },
+}
+SHAPES = {
+    "bert/embeddings/word_embeddings/embedding": (V, D),
+    "bert/encoder/layer/attention/query/kernel": (L, D, D),
+    "bert/encoder/layer/attention/out/kernel": (L, D, D),
+    "bert/encoder/layer/mlp/fc_in/bias": (L, F),
+    "bert/encoder/layer/output_norm/scale": (L, D),
+    "decoder_bias": (V,),
+}
+
+
+def _spec(spec: P, ndim: int) -> tuple:
+    return tuple(spec) + (None,) * (ndim - len(spec))
+
+
+@pytest.mark.parametrize("shape", [(8, 1), (4, 2), (2, 4), (1, 8)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_each_parameter_is_placed_as_the_rules_say(bert, shape):
+    module, abstract, params = bert
+    mesh = shd.make_mesh(*shape)
+    for rules in ("dp", "fsdp", "tp", "fsdp_tp"):
+        placed = flatten(shd.shard_params(params, mesh, rules, module=module))
+        for path, expected in PLACEMENT.items():
+            x, want = placed[path], expected[rules](*shape)
+            assert x.shape == SHAPES[path]
+            assert _spec(x.sharding.spec, x.ndim) == _spec(want, x.ndim), (path, rules, shape)
+            block = tuple(
+                n // (mesh.shape[a] if a else 1) for n, a in zip(x.shape, _spec(want, x.ndim))
+            )
+            assert len(x.addressable_shards) == 8
+            assert {s.data.shape for s in x.addressable_shards} == {block}, (path, rules)
+        # every parameter: its spec follows from its logical names, shards tile the array
+        names = flatten(jax.tree.map(lambda b: b.names, abstract, is_leaf=_is_boxed))
+        for path, x in placed.items():
+            assert x.sharding.spec == shd.mesh_spec(names[path], x.shape, mesh, rules)
+            assert x.sharding.mesh.shape == mesh.shape
+        # values survive the placement exactly
+        ref = flatten(params)
+        for path in PLACEMENT:
+            np.testing.assert_array_equal(np.asarray(placed[path]), np.asarray(ref[path]))
+
+
+def _is_boxed(x):
+    return isinstance(x, nn.Partitioned)
+
+
+def test_fsdp_over_8_devices_holds_an_eighth_of_the_parameters_per_device(bert):
+    module, _, params = bert
+    mesh = shd.make_mesh(8, 1)
+    total = sum(x.nbytes for x in jax.tree.leaves(params))
+    per_device = shd.bytes_per_device(shd.shard_params(params, mesh, "fsdp", module=module))
+    assert len(per_device) == 8
+    assert sum(per_device.values()) < total * 1.01  # almost nothing replicated
+    for nbytes in per_device.values():
+        assert total / 8 <= nbytes < total / 8 * 1.01
+    replicated = shd.bytes_per_device(shd.shard_params(params, mesh, "dp", module=module))
+    assert set(replicated.values()) == {total}
+
+
+# -- numerics: sharded == single device ---------------------------------------------------------
+
+
+@IDS
+def test_bert_forward_matches_single_device(bert, bert_reference, shape, rules):
+    module, _, params = bert
+    mesh = shd.make_mesh(*shape)
+    ids, mask = _inputs(BERT)
+    forward = shd.jit_forward(module, mesh, rules)
+    out = forward(
+        shd.shard_params(params, mesh, rules, module=module),
+        shd.shard_batch(ids, mesh, rules),
+        shd.shard_batch(mask, mesh, rules),
+    ).logits
+    assert out.sharding.spec == P("data")
+    np.testing.assert_allclose(np.asarray(out), bert_reference, atol=ATOL, rtol=0)
+
+
+# SGD with momentum and decoupled weight decay: its update is linear in the gradient, so float
+# noise stays noise. (Adam's first step divides each gradient by its own size: entries whose true
+# gradient is zero, like the attention key bias under softmax's shift invariance, turn rounding
+# noise into +-lr, and no tolerance below lr can compare them.)
+OPTIMIZER = optax.chain(optax.add_decayed_weights(0.01), optax.sgd(0.1, momentum=0.9))
+
+
+def _mlm_step(module, optimizer):
+    def loss_fn(params, batch):
+        logits = module.apply(
+            {"params": params},
+            batch["input_ids"],
+            batch["attention_mask"],
+            deterministic=False,
+            rngs={"dropout": jax.random.key(7)},
+        ).logits
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+        weights = batch["attention_mask"].astype(jnp.float32)
+        return (ce * weights).sum() / weights.sum()
+
+    def step(state, batch):
+        params, opt_state = state
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    return step
+
+
+@pytest.fixture(scope="module")
+def train_reference(bert):
+    module, _, params = bert
+    optimizer = OPTIMIZER
+    ids, mask = _inputs(BERT)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": np.roll(ids, 1, axis=1)}
+    step = jax.jit(_mlm_step(module, optimizer))
+    (new_params, _), loss = step((params, optimizer.init(params)), batch)
+    return optimizer, batch, jax.device_get(new_params), float(loss)
+
+
+@IDS
+def test_bert_train_step_matches_single_device(bert, train_reference, shape, rules):
+    module, abstract, params = bert
+    optimizer, batch, want_params, want_loss = train_reference
+    mesh = shd.make_mesh(*shape)
+    # optimizer state built from the boxed params keeps their logical names: same shardings
+    state_shardings = shd.tree_shardings(
+        (abstract, jax.eval_shape(optimizer.init, abstract)), mesh, rules
+    )
+    placed = shd.shard_params(params, mesh, rules, module=module)
+    opt_state = jax.jit(optimizer.init, out_shardings=state_shardings[1])(placed)
+    step = shd.jit_train_step(
+        _mlm_step(module, optimizer), mesh, state_shardings, rules, donate=False
+    )
+    (new_params, new_opt), loss = step((placed, opt_state), shd.shard_batch(batch, mesh, rules))
+
+    assert abs(float(loss) - want_loss) <= ATOL * abs(want_loss)
+    got, want = flatten(new_params), flatten(want_params)
+    for path, x in got.items():
+        assert x.sharding == flatten(state_shardings[0])[path]
+        np.testing.assert_allclose(np.asarray(x), want[path], atol=1e-6, rtol=0, err_msg=path)
+    momentum = flatten(new_opt[1][0].trace)
+    for path, x in got.items():
+        assert momentum[path].sharding == x.sharding
+
+
+# -- input checks ---------------------------------------------------------------------------
+
+
+def test_mesh_and_batch_errors():
+    assert dict(shd.make_mesh(model=2).shape) == {"data": 4, "model": 2}
+    with pytest.raises(ValueError, match="needs 6 devices"):
+        shd.make_mesh(3, 2)
+    with pytest.raises(ValueError, match="divide"):
+        shd.make_mesh(model=3)
+    mesh = shd.make_mesh(4, 2)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        shd.shard_batch({"ids": np.zeros((6, 3))}, mesh)
+    with pytest.raises(ValueError, match="unknown rule set"):
+        shd.shard_batch(np.zeros((8, 3)), mesh, "zero3")
+    with pytest.raises(TypeError, match="module="):
+        shd.shard_params({"w": np.zeros((8, 8))}, mesh)
+    split = shd.shard_batch({"ids": np.arange(24).reshape(8, 3)}, mesh)["ids"]
+    assert {s.data.shape for s in split.addressable_shards} == {(2, 3)}
+    assert shd.shard_batch(np.zeros((8, 3)), mesh, "dp").sharding.spec == P("data")
