@@ -93,3 +93,30 @@ def run_cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subproce
         timeout=300,
         **kwargs,
     )
+
+
+def save_tiny_biogpt(path: Path, data: Path, *, seed: int = 0) -> Path:
+    """A random BioGptForCausalLM (2 layers, D=32, 4 heads) with the real BioGPT vocab, HF layout."""
+    import shutil
+
+    import torch
+    import transformers
+
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copyfile(data / "biogpt" / name, path / name)
+    vocab_size = len(
+        transformers.BioGptTokenizer(str(path / "vocab.json"), str(path / "merges.txt"))
+    )
+    torch.manual_seed(seed)
+    config = transformers.BioGptConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+    )
+    transformers.BioGptForCausalLM(config).eval().save_pretrained(path)
+    return path

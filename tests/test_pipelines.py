@@ -10,10 +10,17 @@ import time
 
 import numpy as np
 import pytest
-from _tiny_models import SENTENCES, save_tiny_bert
+from _tiny_models import SENTENCES, save_tiny_bert, save_tiny_biogpt
 
 from biomed_jax import from_pretrained
-from biomed_jax.pipelines import attention, embed, embed_file, fill_mask, plot_attention
+from biomed_jax.pipelines import (
+    attention,
+    embed,
+    embed_file,
+    fill_mask,
+    generate_text,
+    plot_attention,
+)
 from biomed_jax.pipelines.stream import read_shards
 
 FP32_TOL = 1e-5  # float32 on CPU, as in the conformance suite
@@ -247,3 +254,28 @@ def test_embed_file_text_lines_and_progress(ours, tmp_path, capsys):
     bad.write_text('{"text": "fine"}\n{"title": "no text"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: no string field 'text'"):
         embed_file(bad, tmp_path / "bad", field="text", model=ours)
+
+
+def test_generate_text_equals_transformers_generate(shared_data, tmp_path):
+    """Greedy (batched, left-padded, different lengths) and beam search, decoded as HF does."""
+    import transformers
+
+    path = save_tiny_biogpt(tmp_path / "biogpt", shared_data)
+    hf = transformers.BioGptForCausalLM.from_pretrained(path).eval()
+    tok = transformers.BioGptTokenizer.from_pretrained(path)
+    prompts = ["COVID-19 is", "Aspirin inhibits the growth of tumor cells in", "The"]
+    got = generate_text(prompts, max_new_tokens=6, model=str(path), batch_size=3)
+    for prompt, text in zip(prompts, got):
+        out = hf.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=6, do_sample=False)
+        assert text == tok.decode(out[0], skip_special_tokens=True)
+    beams = generate_text(
+        prompts[1], max_new_tokens=6, num_beams=3, num_return_sequences=2, model=str(path)
+    )
+    out = hf.generate(
+        **tok(prompts[1], return_tensors="pt"),
+        max_new_tokens=6,
+        num_beams=3,
+        num_return_sequences=2,
+        do_sample=False,
+    )
+    assert beams == tok.batch_decode(out, skip_special_tokens=True)
