@@ -286,9 +286,7 @@ def _processor_settings(eos: np.ndarray, **values):
         top_p_cutoff=jnp.float32(1.0 - top_p),
         no_repeat_ngram_size=values.get("no_repeat_ngram_size", 0),
         use_repetition_penalty="repetition_penalty" in values,
-        use_min_length="min_length" in values,
         do_sample=True,
-        use_temperature="temperature" in values,
         use_top_k=top_k > 0,
         use_top_p=top_p < 1.0,
     )

@@ -46,9 +46,7 @@ class ProcessorSettings:
     top_p_cutoff: jax.Array  # [] float32: 1 - top_p, rounded from float64 as torch does
     no_repeat_ngram_size: int = flax.struct.field(pytree_node=False, default=0)
     use_repetition_penalty: bool = flax.struct.field(pytree_node=False, default=False)
-    use_min_length: bool = flax.struct.field(pytree_node=False, default=False)
     do_sample: bool = flax.struct.field(pytree_node=False, default=False)
-    use_temperature: bool = flax.struct.field(pytree_node=False, default=False)
     use_top_k: bool = flax.struct.field(pytree_node=False, default=False)
     use_top_p: bool = flax.struct.field(pytree_node=False, default=False)
     min_tokens_to_keep: int = flax.struct.field(pytree_node=False, default=1)
@@ -122,11 +120,9 @@ def process(scores: jax.Array, history: History, settings: ProcessorSettings) ->
         scores = repetition_penalty(scores, history, settings.repetition_penalty)
     if settings.no_repeat_ngram_size > 0:
         scores = no_repeat_ngram(scores, history, settings.no_repeat_ngram_size)
-    if settings.use_min_length:
-        scores = min_length(scores, history, settings)
+    scores = min_length(scores, history, settings)  # a no-op for min_length 0
     if settings.do_sample:
-        if settings.use_temperature:
-            scores = scores / settings.temperature
+        scores = scores / settings.temperature  # exact for 1.0
         if settings.use_top_k:
             scores = top_k(scores, settings.top_k)
         if settings.use_top_p:

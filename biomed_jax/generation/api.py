@@ -113,9 +113,7 @@ def generate(
             top_p_cutoff=np.float32(1.0 - top_p),  # float64, then rounded: as torch compares
             no_repeat_ngram_size=no_repeat_ngram_size,
             use_repetition_penalty=repetition_penalty != 1.0,
-            use_min_length=least > 0 and eos.size > 0,
             do_sample=do_sample,
-            use_temperature=temperature != 1.0,
             use_top_k=top_k != 0,
             use_top_p=top_p < 1.0,
             min_tokens_to_keep=keep,
