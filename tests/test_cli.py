@@ -6,9 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from _tiny_models import run_cli, save_tiny_bert
+from _tiny_models import SENTENCES, run_cli, save_tiny_bert, save_tiny_biogpt
 
 from biomed_jax import cli, from_pretrained, load_params
+from biomed_jax.pipelines import attention, fill_mask, generate_text
 from biomed_jax.weights.io import flatten
 
 
@@ -82,3 +83,46 @@ def test_compilation_cache_location(monkeypatch, tmp_path):
     monkeypatch.delenv("BIOMED_JAX_COMPILATION_CACHE")
     monkeypatch.setenv("BIOMED_JAX_CACHE", str(tmp_path / "ours"))
     assert cli.compilation_cache_dir() == tmp_path / "ours" / "xla"
+
+
+def test_fill_mask_subprocess_reuses_compilation_cache(hf_bert, tmp_path, cli_env):
+    """The second run finds every compiled program in the persistent cache and writes none."""
+    args = ("fill-mask", "The patient was [MASK] with aspirin.", "--model", str(hf_bert), "--json")
+    first = run_cli(*args, env=cli_env)
+    assert first.returncode == 0, first.stderr
+    entries = sorted(p.name for p in (tmp_path / "xla").iterdir())
+    assert entries, "nothing was written to the compilation cache"
+    second = run_cli(*args, env=cli_env)
+    assert second.returncode == 0, second.stderr
+    assert sorted(p.name for p in (tmp_path / "xla").iterdir()) == entries
+    got, want = json.loads(second.stdout), fill_mask(args[1], model=str(hf_bert))
+    assert json.loads(first.stdout) == got
+    assert [c["token"] for c in got] == [c["token"] for c in want]
+    np.testing.assert_allclose([c["score"] for c in got], [c["score"] for c in want], atol=1e-5)
+
+
+def test_attention_and_generate_commands(hf_bert, tmp_path, capsys, shared_data):
+    png = tmp_path / "maps.png"
+    args = ["--no-compilation-cache", "attention", SENTENCES[0], "--model", str(hf_bert)]
+    assert cli.main([*args, "--layers", "1", "--heads", "0,3", "--png", str(png), "--json"]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    printed = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    want = attention(SENTENCES[0], model=str(hf_bert), layers=1, heads=[0, 3])
+    assert printed["tokens"] == want["tokens"] and printed["heads"] == [0, 3]
+    np.testing.assert_allclose(printed["attentions"], want["attentions"], atol=1e-5)
+    assert cli.main(args) == 0
+    assert "layer 0 head 0: [CLS]->" in capsys.readouterr().out
+
+    biogpt = str(save_tiny_biogpt(tmp_path / "biogpt", shared_data))
+    prompt = "Aspirin inhibits"
+    argv = [
+        "--no-compilation-cache",
+        "generate",
+        prompt,
+        "--model",
+        biogpt,
+        "--max-new-tokens",
+        "5",
+    ]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == generate_text(prompt, max_new_tokens=5, model=biogpt) + "\n"
