@@ -113,27 +113,32 @@ class _Enc:
             first.overflowing,
         )
 
+    def concat(self, other: _Enc) -> _Enc:
+        """self + other, without overflow windows."""
+        return _Enc(
+            self.ids + other.ids,
+            self.type_ids + other.type_ids,
+            self.offsets + other.offsets,
+            self.special + other.special,
+            self.attention + other.attention,
+        )
+
     def merge_with(self, pair: _Enc) -> None:
-        """Append `pair`, combining overflow windows as Rust Encoding::merge_with does."""
-        overflowings = []
+        """Append `pair`, combining overflow windows in Rust Encoding::merge_with's order.
+
+        Rust also keeps windows of windows (nested); HF only reads the top level, so we drop them.
+        """
+        overflowing = []
         for self_o in self.overflowing:
-            n = self_o.copy()
-            n.merge_with(pair.copy())
-            overflowings.append(n)
-            for other_o in pair.overflowing:
-                n = self_o.copy()
-                n.merge_with(other_o.copy())
-                overflowings.append(n)
-        for other_o in pair.overflowing:
-            n = self.copy()
-            n.merge_with(other_o.copy())
-            overflowings.append(n)
+            overflowing.append(self_o.concat(pair))
+            overflowing += [self_o.concat(other_o) for other_o in pair.overflowing]
+        overflowing += [self.concat(other_o) for other_o in pair.overflowing]
         self.ids += pair.ids
         self.type_ids += pair.type_ids
         self.offsets += pair.offsets
         self.special += pair.special
         self.attention += pair.attention
-        self.overflowing = overflowings
+        self.overflowing = overflowing
 
     def pad(self, length: int, pad_id: int, pad_type_id: int, side: str) -> None:
         for o in self.overflowing:
