@@ -21,7 +21,7 @@ from biomed_jax.models.biogpt import (
     BioGptModel,
 )
 from biomed_jax.models.config import BertConfig, BioGptConfig, ConfigError
-from biomed_jax.tokenizers import BioGptTokenizer
+from biomed_jax.tokenizers import BertTokenizer, BioGptTokenizer
 from biomed_jax.weights.io import CheckpointError
 from biomed_jax.weights.torch_zip import UnsafeCheckpointError
 
@@ -32,6 +32,7 @@ __all__ = [
     "BertForSequenceClassification",
     "BertForTokenClassification",
     "BertModel",
+    "BertTokenizer",
     "BioGptConfig",
     "BioGptForCausalLM",
     "BioGptForSequenceClassification",

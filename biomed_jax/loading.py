@@ -202,7 +202,11 @@ def load_tokenizer(directory: Path, config: Any) -> Any:
     from biomed_jax import tokenizers
 
     if (directory / "vocab.txt").is_file() and hasattr(tokenizers, "BertTokenizer"):
-        return tokenizers.BertTokenizer.from_pretrained(directory)
+        # model_max_length: tokenizer_config.json, else the model's position table, else 512
+        max_positions = getattr(config, "max_position_embeddings", None) or 512
+        return tokenizers.BertTokenizer.from_pretrained(
+            directory, default_model_max_length=max_positions
+        )
     if (directory / "merges.txt").is_file() and hasattr(tokenizers, "BioGptTokenizer"):
         return tokenizers.BioGptTokenizer.from_pretrained(directory)
     return None
