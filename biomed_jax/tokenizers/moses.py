@@ -15,6 +15,7 @@ characters and sacremoses' multi-dot markers.
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 
 import sacremoses
 
@@ -158,6 +159,10 @@ def _skippable(c: str) -> bool:
     return c.isspace() or c <= "\x1f"
 
 
+def _is_junk(c: str) -> bool:
+    return c <= "\x1f" and not c.isspace()
+
+
 def align(text: str, tokens: list[str]) -> list[tuple[int, tuple[tuple[int, int], ...] | None]]:
     """Where each Moses token of `text` comes from.
 
@@ -181,7 +186,7 @@ def align(text: str, tokens: list[str]) -> list[tuple[int, tuple[tuple[int, int]
             continue
         start, spans, i = p, [], 0
         while i < len(token):
-            while p < n and text[p] <= "\x1f" and not text[p].isspace():
+            while p < n and _is_junk(text[p]):
                 p += 1  # ASCII_JUNK, dropped inside a token
             c = token[i]
             if c == "&":
@@ -194,16 +199,30 @@ def align(text: str, tokens: list[str]) -> list[tuple[int, tuple[tuple[int, int]
                 spans.append((p, p + 1))
                 p += 1
                 i += 1
-            elif c == "." and (m := _MULTIDOT_MARKER.match(text, p)):
-                dots = (m.end() - m.start() - 5) // 3  # sacremoses restore_multidots
-                bounds = [p + 3 * d for d in range(dots)] + [m.end()]
-                spans += [(bounds[d], bounds[d + 1]) for d in range(dots)]
-                p = m.end()
-                i += dots
+            elif c == "." and (dots := _marker_dots(text, p)):
+                spans += dots
+                p = dots[-1][1]
+                i += len(dots)
             else:
                 _expect(text, p, c, token)
         out.append((start, tuple(spans)))
     return out
+
+
+def _marker_dots(text: str, p: int) -> list[tuple[int, int]]:
+    """Spans of the dots that sacremoses' restore_multidots makes of a literal "DOT..MULTI" at p
+    (control characters inside it were deleted before); [] if there is none."""
+    letters, where = [], []
+    while p < len(text) and (text[p] in "DOTMULI" or _is_junk(text[p])):
+        if not _is_junk(text[p]):
+            letters.append(text[p])
+            where.append(p)
+        p += 1
+    m = _MULTIDOT_MARKER.match("".join(letters))
+    if m is None:
+        return []
+    bounds = [where[3 * d] for d in range((m.end() - 5) // 3)] + [where[m.end() - 1] + 1]
+    return list(pairwise(bounds))
 
 
 def _expect(text: str, p: int, char: str, token: str) -> None:
