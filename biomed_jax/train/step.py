@@ -54,7 +54,8 @@ def create_train_state(
     if gradient_checkpointing is not None:
         changes["gradient_checkpointing"] = gradient_checkpointing
     module = module.clone(**changes) if changes else module
-    master = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
+    # A copy: train_step donates the state's buffers, which must not be the caller's arrays.
+    master = jax.tree.map(lambda p: jnp.array(p, jnp.float32, copy=True), params)
     state = TrainState.create(
         apply_fn=module.apply,
         params=master,
@@ -99,7 +100,7 @@ def train_step(
         state.params
     )
     new_state = state.apply_gradients(grads=grads)
-    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
 @jax.jit
