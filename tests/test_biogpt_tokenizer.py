@@ -180,6 +180,12 @@ def test_decode_interface_matches_hf(hf, ours):
         assert ours.batch_decode(batch, **kwargs) == hf.batch_decode(batch, **kwargs)
         assert ours.batch_decode(np.asarray(batch), **kwargs) == hf.batch_decode(batch, **kwargs)
     assert ours.decode(batch[0][3]) == hf.decode(batch[0][3])
+    outside = [5, 99999, 6, 2]  # an id outside the vocab reads as "<unk>" in HF's Python tokenizer
+    for kwargs in ({}, {"skip_special_tokens": True}):
+        assert ours.decode(outside, **kwargs) == hf.decode(outside, **kwargs)
+        assert ours.convert_ids_to_tokens(outside, **kwargs) == hf.convert_ids_to_tokens(
+            outside, **kwargs
+        )
     assert ours.convert_ids_to_tokens(batch[1]) == hf.convert_ids_to_tokens(batch[1])
     assert ours.convert_tokens_to_ids(["the</w>", "zzqq"]) == hf.convert_tokens_to_ids(
         ["the</w>", "zzqq"]

@@ -171,6 +171,10 @@ class BioGptTokenizer(EncodingBase):
         return out
 
     # -- decoding ---------------------------------------------------------------------------------
+    def _id_to_token(self, i: int) -> str | None:
+        """HF's Python BioGptTokenizer: an id outside the vocab reads as the unknown token."""
+        return self.ids_to_tokens.get(i, self.unk_token)
+
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         """Join pieces ("</w>" ends a word), then Moses-detokenize (unescaping), as HF."""
         words = "".join(t.replace(" ", "").replace(END_OF_WORD, " ") for t in tokens).split()
