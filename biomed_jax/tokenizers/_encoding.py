@@ -286,9 +286,13 @@ class EncodingBase:
     ) -> str | list[str] | None:
         """Vocab tokens; an id outside the vocab raises (HF Rust returns None for it)."""
         if isinstance(ids, (int, np.integer)):
-            return self.ids_to_tokens.get(int(ids))
+            return self._id_to_token(int(ids))
         skip = set(self.all_special_ids) if skip_special_tokens else ()
-        return [self.ids_to_tokens.get(int(i)) for i in ids if int(i) not in skip]
+        return [self._id_to_token(int(i)) for i in ids if int(i) not in skip]
+
+    def _id_to_token(self, i: int) -> str | None:
+        """The token of id `i`; None for an id outside the vocab (HF Rust), which decode skips."""
+        return self.ids_to_tokens.get(i)
 
     def tokenize(self, text: str) -> list[str]:
         _check_text(text, "text")
@@ -472,6 +476,10 @@ class EncodingBase:
         padding, truncation, max_length = self._resolve(
             padding, truncation, max_length, pad_to_multiple_of
         )
+        if truncation is not None and stride > max_length - self.num_special_tokens_to_add(False):
+            raise ValueError(
+                f"stride ({stride}) is larger than max_length ({max_length}) minus the special tokens"
+            )
 
         encode = self._encode_text
         encs = [
@@ -538,9 +546,8 @@ class EncodingBase:
                 f"decode takes one sequence of int ids, got shape {ids.shape} {ids.dtype}"
             )
         skip = set(self.all_special_ids) if skip_special_tokens else ()
-        tokens = [
-            self.ids_to_tokens[i] for i in ids.tolist() if i in self.ids_to_tokens and i not in skip
-        ]
+        to_token = self._id_to_token
+        tokens = [t for i in ids.tolist() if i not in skip and (t := to_token(i)) is not None]
         text = self.convert_tokens_to_string(tokens)
         if clean_up_tokenization_spaces is None:
             clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
