@@ -243,6 +243,20 @@ class BioGptForCausalLM(_BioGptWithHead):
         )
 
 
+def last_token_index(input_ids: jax.Array, pad_token_id: int | None) -> jax.Array:
+    """[B]: as HF, the rightmost index whose id is not the pad id (0 for an all-pad row).
+
+    Without a pad id HF takes the last index, and only for a batch of one.
+    """
+    batch, length = input_ids.shape
+    if pad_token_id is None:
+        if batch != 1:
+            raise ValueError("batch sizes > 1 need config.pad_token_id to find each last token")
+        return jnp.full((batch,), length - 1)
+    not_pad = (input_ids != pad_token_id).astype(jnp.int32)  # [B, T]
+    return jnp.argmax(jnp.arange(length) * not_pad, axis=1)
+
+
 class BioGptForSequenceClassification(_BioGptWithHead):
     """BioGPT + bias-free `score` on the last token that is not `pad_token_id` (as HF)."""
 
@@ -275,9 +289,7 @@ class BioGptForSequenceClassification(_BioGptWithHead):
             output_attentions=output_attentions,
             deterministic=deterministic,
         )
-        # HF: the rightmost index whose id is not the pad id (index 0 for an all-pad row).
-        not_pad = (input_ids != self.config.pad_token_id).astype(jnp.int32)  # [B, T]
-        last = jnp.argmax(jnp.arange(input_ids.shape[1]) * not_pad, axis=1)  # [B]
+        last = last_token_index(input_ids, self.config.pad_token_id)  # [B]
         pooled = jnp.take_along_axis(out.last_hidden_state, last[:, None, None], axis=1)[:, 0]
         logits = self.score(pooled).astype(jnp.float32)  # [B, num_labels]
         return SequenceClassifierOutput(logits, out.hidden_states, out.attentions)

@@ -238,7 +238,7 @@ class BioGptConfig(HFConfig):
     # Read for interop only: HF's BioGPT builds every LayerNorm with torch's default eps 1e-5.
     layer_norm_eps: float = 1e-12
     scale_embedding: bool = True
-    pad_token_id: int = 1
+    pad_token_id: int | None = 1
     bos_token_id: int = 0
     eos_token_id: int = 2
     architectures: tuple[str, ...] | None = None
