@@ -247,3 +247,11 @@ def test_bad_input_is_refused(ours, tmp_path):
         BioGptTokenizer.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="English"):
         MosesPreTokenizer("de")
+
+
+def test_added_tokens_are_refused(vocab_dir, tmp_path):
+    hf = transformers.BioGptTokenizer(vocab_dir / "vocab.json", vocab_dir / "merges.txt")
+    hf.add_tokens(["BRCA1-mutant"])
+    hf.save_pretrained(tmp_path)
+    with pytest.raises(NotImplementedError, match="BRCA1-mutant"):
+        BioGptTokenizer.from_pretrained(tmp_path)

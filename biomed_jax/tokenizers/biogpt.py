@@ -115,7 +115,22 @@ class BioGptTokenizer(EncodingBase):
             if isinstance(v, dict) and "content" in v:  # serialized AddedToken
                 args[k] = v["content"]
         args.update(overrides)
-        return cls(files["vocab.json"], files["merges.txt"], **args)
+        tok = cls(files["vocab.json"], files["merges.txt"], **args)
+        added = dict(config.get("added_tokens_decoder") or {})
+        if (directory / "added_tokens.json").is_file():
+            with open(directory / "added_tokens.json", encoding="utf-8") as f:
+                added.update({str(i): {"content": t} for t, i in json.load(f).items()})
+        extra = sorted(
+            v["content"]
+            for v in added.values()
+            if v["content"] not in tok.all_special_tokens
+            or any(v.get(flag) for flag in ("lstrip", "rstrip", "single_word"))
+        )
+        if extra:
+            raise NotImplementedError(
+                f"{directory}: added tokens beyond the plain special tokens are not supported: {extra}"
+            )
+        return tok
 
     def _template(self, pair: bool) -> tuple[Piece, ...]:
         sep = self.sep_token_id
