@@ -3,7 +3,9 @@
 BERT here has the BERT-base widths (D=768, N=12 heads, F=3072, V=30522, 512 positions) with 2
 layers instead of 12: every sharded dimension divides the meshes exactly as at base (the scanned
 stack compiles once whatever the depth). Reference: the same jitted computation on one device.
-float32 tolerances: outputs and losses 1e-5, updated params 1e-6 (SGD + momentum, lr 0.1).
+float32 tolerances: outputs 1e-5 absolute + 1e-5 relative (BioGPT's logits reach 13, where one
+float32 ulp is 1e-6 and a sharded matmul sums in another order), losses 1e-5 relative, updated
+params 1e-6 absolute (SGD + momentum, lr 0.1); generated tokens identical.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from biomed_jax import BertConfig, BertForMaskedLM
+from biomed_jax import BertConfig, BertForMaskedLM, BioGptConfig, BioGptForCausalLM
 from biomed_jax import sharding as shd
+from biomed_jax.generation import generate
 from biomed_jax.weights.io import flatten, unflatten
 
 BERT = BertConfig(
@@ -183,7 +186,7 @@ def test_bert_forward_matches_single_device(bert, bert_reference, shape, rules):
         shd.shard_batch(mask, mesh, rules),
     ).logits
     assert out.sharding.spec == P("data")
-    np.testing.assert_allclose(np.asarray(out), bert_reference, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(np.asarray(out), bert_reference, atol=ATOL, rtol=ATOL)
 
 
 # SGD with momentum and decoupled weight decay: its update is linear in the gradient, so float
@@ -250,6 +253,42 @@ def test_bert_train_step_matches_single_device(bert, train_reference, shape, rul
     momentum = flatten(new_opt[1][0].trace)
     for path, x in got.items():
         assert momentum[path].sharding == x.sharding
+
+
+# -- BioGPT: forward and greedy generation ------------------------------------------------------
+
+# BioGPT's 347M widths (D=1024, N=16, F=4096, V=42384, 1024 positions) with 2 of its 24 layers.
+BIOGPT = BioGptConfig(num_hidden_layers=2)
+
+
+@pytest.fixture(scope="module")
+def biogpt():
+    module = BioGptForCausalLM(BIOGPT)
+    params = random_params(shd.abstract_params(module), seed=1)
+    ids, mask = _inputs(BIOGPT, length=12, seed=1)
+    mask = mask[:, ::-1].copy()  # left padding, as generation wants
+    forward = jax.jit(lambda p, i, m: module.apply({"params": p}, i, m).logits)
+    logits = np.asarray(forward(params, ids, mask))
+    tokens = np.asarray(generate(module, params, ids, mask, max_new_tokens=GENERATED))
+    return module, params, (ids, mask), logits, tokens
+
+
+GENERATED = 6
+
+
+@IDS
+def test_biogpt_forward_and_greedy_generation_match_single_device(biogpt, shape, rules):
+    module, params, (ids, mask), want_logits, want_tokens = biogpt
+    mesh = shd.make_mesh(*shape)
+    placed = shd.shard_params(params, mesh, rules, module=module)
+    logits = shd.jit_forward(module, mesh, rules)(
+        placed, shd.shard_batch(ids, mesh, rules), shd.shard_batch(mask, mesh, rules)
+    ).logits
+    np.testing.assert_allclose(np.asarray(logits), want_logits, atol=ATOL, rtol=ATOL)
+    with shd.use(mesh, rules):
+        tokens = generate(module, placed, ids, mask, max_new_tokens=GENERATED)
+    assert tokens.shape == (8, ids.shape[1] + GENERATED)
+    np.testing.assert_array_equal(np.asarray(tokens), want_tokens)
 
 
 # -- input checks ---------------------------------------------------------------------------
