@@ -1,0 +1,166 @@
+"""What both fine-tuning examples share: arguments, model loading, the training loop, saving."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from biomed_jax import train
+from biomed_jax.loading import (
+    ARCHITECTURES,
+    FORMAT,
+    TOKENIZER_FILES,
+    from_pretrained,
+    init_params,
+)
+from biomed_jax.models.config import BertConfig
+from biomed_jax.weights.io import atomic_write_bytes, atomic_write_text, save_params
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def parser(description: str, data: Path) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model", required=True, help="BERT checkpoint directory (HF or converted)")
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="ignore weights: initialize from --model's config.json (needs only it and vocab.txt)",
+    )
+    p.add_argument("--data", type=Path, default=data, help=f"data directory (default {data})")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--accumulation-steps", type=int, default=1)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--remat", action="store_true", help="recompute layer activations in backward")
+    p.add_argument("--max-train", type=int, default=None, help="use only this many examples")
+    p.add_argument("--max-eval", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--output", type=Path, help="write the fine-tuned model + training state here")
+    p.add_argument("--resume", type=Path, help="a train_state.safetensors to continue from")
+    p.add_argument("--json", type=Path, help="write the loss curve and metrics as JSON")
+    return p
+
+
+def load_model(args: argparse.Namespace, architecture: str, labels: tuple[str, ...], **config):
+    """(module, params, tokenizer) for `architecture` with a fresh head of len(labels) outputs."""
+    overrides = {"num_labels": len(labels), "id2label": labels, **config}
+    if args.random_init:
+        from biomed_jax.tokenizers import BertTokenizer
+
+        cfg = BertConfig.from_pretrained(args.model, **overrides)
+        module = ARCHITECTURES[architecture].module(cfg)
+        return module, init_params(module, args.seed), BertTokenizer.from_pretrained(args.model)
+    model = from_pretrained(args.model, architecture=architecture, **overrides)
+    if model.tokenizer is None:
+        raise FileNotFoundError(f"{args.model} has no vocab.txt: the examples need its tokenizer")
+    return model.module, model.params, model.tokenizer
+
+
+def batches(n: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
+    """Shuffled full batches of row indices (the last partial batch is dropped: one shape)."""
+    order = np.random.RandomState(seed).permutation(n)
+    for i in range(n // batch_size):
+        yield order[i * batch_size : (i + 1) * batch_size]
+
+
+def predict_all(state: train.TrainState, data: dict[str, np.ndarray], batch_size: int):
+    """Logits for every row, in fixed-size batches (the last one padded by repetition)."""
+    n = len(data["input_ids"])
+    out = []
+    for start in range(0, n, batch_size):
+        rows = np.arange(start, start + batch_size) % n
+        logits = train.predict(state, {k: v[rows] for k, v in data.items() if k != "labels"})
+        out.append(np.asarray(logits)[: min(batch_size, n - start)])
+    return np.concatenate(out)
+
+
+def fit(
+    args: argparse.Namespace,
+    module: Any,
+    params: Any,
+    train_data: dict[str, np.ndarray],
+    evaluate: Callable[[train.TrainState], dict[str, Any]],
+) -> dict[str, Any]:
+    """Train for args.epochs, evaluating after each epoch; returns the loss curve and metrics."""
+    n = len(train_data["input_ids"])
+    if n < args.batch_size:
+        raise ValueError(f"{n} training examples is fewer than one batch of {args.batch_size}")
+    per_epoch = n // args.batch_size
+    updates = max(1, math.ceil(args.epochs * per_epoch / args.accumulation_steps))
+    tx = train.create_optimizer(
+        args.lr,
+        updates,
+        warmup_steps=int(args.warmup_ratio * updates),
+        weight_decay=args.weight_decay,
+        max_grad_norm=args.max_grad_norm,
+        accumulation_steps=args.accumulation_steps,
+    )
+    state = train.create_train_state(
+        module,
+        params,
+        tx,
+        dtype=jnp.bfloat16 if args.dtype == "bfloat16" else None,
+        gradient_checkpointing=args.remat,
+    )
+    if args.resume:
+        state = train.restore_train_state(args.resume, state)
+    done = int(state.step)
+    key = jax.random.key(args.seed)
+    history: dict[str, Any] = {"loss": [], "eval": [], "train_examples": n}
+    window: list[jax.Array] = []
+    started, step = time.perf_counter(), 0
+    for epoch in range(args.epochs):
+        for rows in batches(n, args.batch_size, args.seed + epoch):
+            step += 1
+            if step <= done:  # resuming: these batches were already seen
+                continue
+            batch = {k: v[rows] for k, v in train_data.items()}
+            state, metrics = train.train_step(state, batch, jax.random.fold_in(key, step))
+            window.append(metrics["loss"])
+            if step % args.log_every == 0:
+                loss = float(np.mean(jax.device_get(window)))
+                window = []
+                history["loss"].append({"step": step, "loss": loss})
+                print(f"step {step:5d}  loss {loss:.4f}  ({time.perf_counter() - started:.0f} s)")
+        scores = {"epoch": epoch + 1, "step": step, **evaluate(state)}
+        history["eval"].append(scores)
+        print(json.dumps(scores))
+    history["seconds"] = time.perf_counter() - started
+    if args.output:
+        save(args.output, module, state, Path(args.model))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(history, indent=2))
+    return history
+
+
+def save(directory: Path, module: Any, state: train.TrainState, source: Path) -> None:
+    """A checkpoint `from_pretrained` loads (config.json, tokenizer files from `source`,
+    model.safetensors) and the training state (train_state.safetensors, for --resume)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            atomic_write_bytes(directory / name, (source / name).read_bytes())
+    module.config.replace(architectures=(type(module).__name__,)).save_pretrained(directory)
+    params = jax.device_get(state.params)
+    save_params(
+        params,
+        directory / "model.safetensors",
+        {"format": FORMAT, "architecture": type(module).__name__},
+    )
+    train.save_train_state(directory / "train_state.safetensors", state)
