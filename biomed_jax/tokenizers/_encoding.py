@@ -15,6 +15,7 @@ Subclass hooks (everything else lives here, once):
   e.g. BERT single: ((cls, 0), ("A", 0), (sep, 0)).
 - `convert_tokens_to_string(self, tokens) -> str`: join tokens back into text (decode).
 - optional: `tokenize(self, text) -> list[str]` (default: the tokens of `_encode_text`'s ids);
+  `_id_to_token(self, i) -> str | None` (default: vocab lookup, None outside it, which decode skips);
   `model_input_names` (class attribute: which of token_type_ids / attention_mask are returned
   by default); `_clean_up(self, text)` (the `clean_up_tokenization_spaces` step of decode).
 """
@@ -284,7 +285,7 @@ class EncodingBase:
     def convert_ids_to_tokens(
         self, ids: int | Sequence[int], skip_special_tokens: bool = False
     ) -> str | list[str] | None:
-        """Vocab tokens; an id outside the vocab raises (HF Rust returns None for it)."""
+        """Vocab tokens (`_id_to_token`: None for an id outside the vocab, as HF Rust)."""
         if isinstance(ids, (int, np.integer)):
             return self._id_to_token(int(ids))
         skip = set(self.all_special_ids) if skip_special_tokens else ()

@@ -225,25 +225,30 @@ class BertTokenizer(EncodingBase):
     def _encode_span(
         self, text: str, pos: int, endpos: int, ids: list[int], offsets: list[Offsets]
     ) -> None:
+        """Encode text[pos:endpos] chunk by chunk. A cached chunk is an int when it is one token
+        spanning the whole chunk (the common case), else (ids, offsets relative to the chunk)."""
         cache = self._chunk_cache
+        add_id, add_offsets = ids.append, offsets.append
         for m in _CHUNK.finditer(text, pos, endpos):
-            chunk = m.group()
-            hit = cache.get(chunk)
+            hit = cache.get(m.group())
             if hit is None:
                 if len(cache) >= CACHE_LIMIT:
                     cache.clear()
-                hit = cache[chunk] = self._encode_chunk(chunk)
-            ids += hit[0]
-            start = m.start()
-            if start:
-                offsets += [(start + a, start + b) for a, b in hit[1]]
+                hit = cache[m.group()] = self._encode_chunk(m.group())
+            if hit.__class__ is int:
+                add_id(hit)
+                add_offsets(m.span())
             else:
-                offsets += hit[1]
+                ids += hit[0]
+                start = m.start()
+                offsets += [(start + a, start + b) for a, b in hit[1]]
 
-    def _encode_chunk(self, chunk: str) -> tuple[tuple[int, ...], tuple[Offsets, ...]]:
-        """Pieces of one whitespace-free chunk, offsets relative to the chunk."""
+    def _encode_chunk(self, chunk: str) -> int | tuple[tuple[int, ...], tuple[Offsets, ...]]:
+        """Pieces of one whitespace-free chunk, offsets relative to the chunk (see _encode_span)."""
         pieces: list[tuple[int, int, int]] = []
-        if chunk.isascii() and not _ASCII_CONTROL.search(chunk):
+        if chunk.isascii() and chunk.isalnum():  # one plain word
+            pieces += self._wordpiece(chunk.lower() if self.do_lower_case else chunk)
+        elif chunk.isascii() and not _ASCII_CONTROL.search(chunk):
             norm = chunk.lower() if self.do_lower_case else chunk
             for m in _ASCII_WORD.finditer(norm):
                 start = m.start()
@@ -270,6 +275,8 @@ class BertTokenizer(EncodingBase):
                     if j < len(chars) and breaks[j]:
                         self._add_word(chars, align, j, j + 1, pieces)
                     word_start = j + 1
+        if len(pieces) == 1 and pieces[0][1:] == (0, len(chunk)):
+            return pieces[0][0]
         return tuple(p[0] for p in pieces), tuple((a, b) for _, a, b in pieces)
 
     def _add_word(self, chars, align, start, stop, pieces) -> None:

