@@ -221,6 +221,8 @@ def from_pretrained(
     dtype: Any = jnp.float32,
     param_dtype: Any = jnp.float32,
     precision: Any = "highest",
+    mesh: Any = None,
+    rules: Any = None,
     **config_overrides: Any,
 ) -> Pretrained:
     """Load an HF or converted checkpoint into a `Pretrained` (config, params, module, tokenizer).
@@ -231,6 +233,8 @@ def from_pretrained(
     `architecture` picks the module class (default: the config's `architectures`, else the base
     model); task heads absent from the checkpoint are initialized anew with a warning, as HF does.
     `config_overrides` (e.g. num_labels=3) replace config fields.
+    `mesh` (a `biomed_jax.sharding.make_mesh`): each device reads only its own shards of the
+    safetensors, placed by `rules` (`biomed_jax.sharding`, default FSDP_TP).
     """
     source = hub.resolve(path, revision=revision, cache_dir=cache_dir)
     directory = source.path
@@ -246,7 +250,11 @@ def from_pretrained(
         and name in (hf_config.get("architectures") or ())
     ):
         directory = hub.cached_conversion(source, name, convert, is_converted)
-    if is_converted(directory):
+    if mesh is not None:
+        from biomed_jax.weights.lazy import load_on_mesh
+
+        params = load_on_mesh(directory, module, name, mesh, rules, param_dtype)
+    elif is_converted(directory):
         params = load_params(directory, dtype=param_dtype)
         _check_against_template(params, module, directory)
     else:
