@@ -21,6 +21,7 @@ from biomed_jax.models.biogpt import (
     BioGptModel,
 )
 from biomed_jax.models.config import BertConfig, BioGptConfig, ConfigError
+from biomed_jax.sharding import make_mesh, shard_batch, shard_params
 from biomed_jax.tokenizers import BertTokenizer, BioGptTokenizer
 from biomed_jax.weights.io import CheckpointError
 from biomed_jax.weights.torch_zip import UnsafeCheckpointError
@@ -47,4 +48,7 @@ __all__ = [
     "from_pretrained",
     "generate",
     "load_params",
+    "make_mesh",
+    "shard_batch",
+    "shard_params",
 ]
