@@ -1,6 +1,7 @@
 """biomed_jax: BiomedBERT and BioGPT in JAX/Flax, conformant to Hugging Face transformers."""
 
 from biomed_jax.generation import generate
+from biomed_jax.hub import ModelNotFoundError
 from biomed_jax.loading import (
     ARCHITECTURES,
     Pretrained,
@@ -21,6 +22,7 @@ from biomed_jax.models.biogpt import (
     BioGptModel,
 )
 from biomed_jax.models.config import BertConfig, BioGptConfig, ConfigError
+from biomed_jax.pipelines import attention, embed, fill_mask, generate_text
 from biomed_jax.sharding import make_mesh, shard_batch, shard_params
 from biomed_jax.tokenizers import BertTokenizer, BioGptTokenizer
 from biomed_jax.weights.io import CheckpointError
@@ -42,11 +44,16 @@ __all__ = [
     "BioGptTokenizer",
     "CheckpointError",
     "ConfigError",
+    "ModelNotFoundError",
     "Pretrained",
     "UnsafeCheckpointError",
+    "attention",
     "convert",
+    "embed",
+    "fill_mask",
     "from_pretrained",
     "generate",
+    "generate_text",
     "load_params",
     "make_mesh",
     "shard_batch",

@@ -42,7 +42,7 @@ def generate_text(
     pretrained = resolve_model(model, DEFAULT_DECODER, "BioGptForCausalLM")
     tok = pretrained.tokenizer
     encoded = [tok(p)["input_ids"] for p in prompts]
-    rng = jax.random.key(seed)
+    rng = jax.random.key(seed) if do_sample else None
     results: list[Any] = [None] * len(prompts)
     for index in length_sorted_batches([len(e) for e in encoded], batch_size):
         rows = [encoded[i] for i in index]
@@ -52,7 +52,9 @@ def generate_text(
         for r, row in enumerate(rows):
             ids[r, width - len(row) :] = row
             mask[r, width - len(row) :] = 1
-        rng, key = jax.random.split(rng)
+        key = None
+        if do_sample:
+            rng, key = jax.random.split(rng)
         sequences = np.asarray(
             generate(
                 pretrained.module,
@@ -63,7 +65,7 @@ def generate_text(
                 num_beams=num_beams,
                 do_sample=do_sample,
                 num_return_sequences=num_return_sequences,
-                rng=key if do_sample else None,
+                rng=key,
                 **generate_kwargs,
             )
         ).reshape(len(rows), num_return_sequences, -1)
