@@ -528,7 +528,7 @@ class EncodingBase:
         if return_tensors == "np":
             return {k: _to_array(k, v) for k, v in out.items()}
         if not batched and not return_overflowing_tokens:
-            return {k: v[0] for k, v in out.items()}
+            return {k: v[0] if k != "length" else v for k, v in out.items()}  # as HF
         return out
 
     # -- decoding ---------------------------------------------------------------------------------
