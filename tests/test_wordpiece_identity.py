@@ -188,3 +188,23 @@ def test_legacy_subset(minilm_dir, cased_dir, texts, docs):
             want = dict(legacy(d["title"], d["abstract"], **kw))
             assert_same(ours(d["title"], d["abstract"], **kw), want, ordered=False)
         assert ours.tokenize(sub[0]) == legacy.tokenize(sub[0])
+
+
+def test_arrays_feed_the_model(minilm_dir, texts):
+    """return_tensors='np' goes straight into the loaded model: same hidden states as HF torch
+    on HF's own encoding (float32, atol 1e-4)."""
+    import torch
+
+    from biomed_jax import from_pretrained
+
+    model = from_pretrained(minilm_dir)
+    batch = texts[:3]
+    enc = model.tokenizer(batch, padding=True, truncation=True, max_length=64, return_tensors="np")
+    ours = np.asarray(model(**enc).last_hidden_state)
+    hf_enc = transformers.BertTokenizer.from_pretrained(minilm_dir)(
+        batch, padding=True, truncation=True, max_length=64, return_tensors="pt"
+    )
+    with torch.no_grad():
+        hf = transformers.BertModel.from_pretrained(minilm_dir)(**hf_enc).last_hidden_state
+    mask = enc["attention_mask"].astype(bool)
+    np.testing.assert_allclose(ours[mask], hf.numpy()[mask], atol=1e-4)
