@@ -163,6 +163,17 @@ def test_bad_vocab_errors(tmp_path):
         BertTokenizer(write_vocab(tmp_path / "c.txt", SPECIALS), never_split=["foo"])
     with pytest.raises(FileNotFoundError, match=r"vocab\.txt"):
         BertTokenizer.from_pretrained(tmp_path)
+    write_vocab(tmp_path / "vocab.txt", SPECIALS)
+    added = {
+        "0": {"content": "[PAD]", "special": True},
+        "5": {"content": "<gene>", "special": False},
+    }
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": added}))
+    with pytest.raises(NotImplementedError, match=r"'<gene>' \(id 5\)"):
+        BertTokenizer.from_pretrained(tmp_path)
+    del added["5"]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": added}))
+    assert BertTokenizer.from_pretrained(tmp_path).vocab_size == 5
 
 
 # ---- model_max_length ---------------------------------------------------------------------------

@@ -198,7 +198,26 @@ class BertTokenizer(EncodingBase):
         if args.get("model_max_length", LARGE_INTEGER + 1) > LARGE_INTEGER:
             args["model_max_length"] = default_model_max_length
         args.update(overrides)
-        return cls(vocab_file, **args)
+        tokenizer = cls(vocab_file, **args)
+        tokenizer._refuse_added_tokens(kwargs)
+        return tokenizer
+
+    def _refuse_added_tokens(self, config: dict[str, Any]) -> None:
+        """Tokens added on top of vocab.txt are not implemented: refuse them, never drop them."""
+        added = {
+            int(i): t["content"] if isinstance(t, dict) else t
+            for i, t in (config.get("added_tokens_decoder") or {}).items()
+        }
+        extra = [
+            f"{t!r} (id {i})"
+            for i, t in added.items()
+            if t not in self.all_special_tokens or self.vocab.get(t) != i
+        ]
+        extra += [repr(t) for t in config.get("additional_special_tokens") or ()]
+        if extra:
+            raise NotImplementedError(
+                f"added tokens beyond vocab.txt's special tokens are not supported: {', '.join(extra)}"
+            )
 
     def _template(self, pair: bool) -> tuple[Piece, ...]:
         cls, sep = self.cls_token_id, self.sep_token_id
