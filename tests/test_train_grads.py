@@ -154,6 +154,6 @@ def test_small_gradients_match_torch(arch, extra):
 
 
 @pytest.mark.slow
-def test_base_size_gradients_and_adamw_step_match_torch():
+def test_base_size_gradients_match_torch():
     for arch in ("BertForSequenceClassification", "BertForTokenClassification"):
         check_gradients(arch, BASE, 2, 16, num_labels=3)

@@ -10,6 +10,8 @@ from biomed_jax.train.losses import (
     sequence_classification_loss,
     token_classification_loss,
 )
+from biomed_jax.train.metrics import entity_scores, multilabel_micro_f1
+from biomed_jax.train.ner import NerEncoding, bio_tags, decode_spans, encode_for_ner
 from biomed_jax.train.optim import (
     adamw,
     create_optimizer,
@@ -26,17 +28,23 @@ from biomed_jax.train.step import (
 
 __all__ = [
     "IGNORE_INDEX",
+    "NerEncoding",
     "TrainState",
     "adamw",
     "binary_cross_entropy_loss",
+    "bio_tags",
     "compute_loss",
     "create_optimizer",
     "create_train_state",
     "cross_entropy_loss",
     "decay_mask",
+    "decode_spans",
+    "encode_for_ner",
+    "entity_scores",
     "linear_schedule_with_warmup",
     "loss_for_model",
     "mse_loss",
+    "multilabel_micro_f1",
     "predict",
     "restore_train_state",
     "save_train_state",
