@@ -93,7 +93,8 @@ def _snapshot(repo_id: str, revision: str | None, cache_dir: str | Path | None) 
     except LocalEntryNotFoundError as e:
         offline = constants.HF_HUB_OFFLINE
         raise ModelNotFoundError(
-            f"{repo_id} (revision {revision or 'main'}) is not in the Hugging Face cache at {where}"
+            f"{repo_id} (revision {revision or 'main'}) is neither a local directory nor in the"
+            f" Hugging Face cache at {where}"
             + (
                 " and HF_HUB_OFFLINE=1 forbids downloading it."
                 if offline

@@ -103,7 +103,9 @@ def test_offline_without_cached_copy_is_one_clear_error(fake_hub):
     message = str(error.value)
     assert "microsoft/not-downloaded" in message and "HF_HUB_OFFLINE=1" in message
     assert "hf download microsoft/not-downloaded" in message and str(fake_hub) in message
-    with pytest.raises(hub.ModelNotFoundError, match="not in the Hugging Face cache"):
+    with pytest.raises(
+        hub.ModelNotFoundError, match="neither a local directory nor in the Hugging Face cache"
+    ):
         from_pretrained(REPO, revision="c" * 40)
 
 
