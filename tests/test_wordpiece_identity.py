@@ -208,3 +208,17 @@ def test_arrays_feed_the_model(minilm_dir, texts):
         hf = transformers.BertModel.from_pretrained(minilm_dir)(**hf_enc).last_hidden_state
     mask = enc["attention_mask"].astype(bool)
     np.testing.assert_allclose(ours[mask], hf.numpy()[mask], atol=1e-4)
+
+
+def test_left_truncation_windows(minilm_dir, docs):
+    """truncation_side='left' (keep the end): windows walk backwards from the end, as Rust's."""
+    ours = BertTokenizer.from_pretrained(minilm_dir, truncation_side="left")
+    ref = transformers.BertTokenizer.from_pretrained(minilm_dir, truncation_side="left")
+    assert ref.truncation_side == "left"
+    part = docs[5::10]
+    titles, abstracts = [d["title"] for d in part], [d["abstract"] for d in part]
+    kw = dict(truncation=True, max_length=48, stride=8, return_overflowing_tokens=True, **FULL)
+    for text, pair in ((abstracts, None), (titles, abstracts)):
+        got = ours(text, pair, **kw)
+        assert_same(got, hf_dict(ref(text, pair, **kw)))
+        assert len(got["input_ids"]) > 3 * len(part)
