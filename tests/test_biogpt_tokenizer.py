@@ -115,6 +115,7 @@ TEXTS = st.one_of(
 def test_unicode_matches_hf(hf, ours, text):
     assert check_against_hf(hf, ours, text) == []
     assert ours.tokenize(text) == hf.tokenize(text)
+    assert ours.moses.tokenize(text) == hf.moses_tokenize(text, "en")  # the Moses stage alone
 
 
 def test_offsets_table():
