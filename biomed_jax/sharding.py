@@ -123,6 +123,33 @@ def param_shardings(module: nn.Module, mesh: Mesh, rules: Rules | str | None = N
     return tree_shardings(abstract_params(module), mesh, rules)
 
 
+def state_shardings(
+    state: Any, module: nn.Module, mesh: Mesh, rules: Rules | str | None = None
+) -> Any:
+    """NamedShardings for a tree that holds copies of `module`'s params (a TrainState, optimizer
+    moments): a leaf whose trailing dict keys and shape are a parameter's gets that parameter's
+    sharding; every other leaf (step counters, scalars) is replicated."""
+    specs = {
+        tuple(k.key for k in path): (leaf.shape, sharding)
+        for (path, leaf), sharding in zip(
+            jax.tree_util.tree_flatten_with_path(nn.unbox(abstract_params(module)))[0],
+            jax.tree.leaves(param_shardings(module, mesh, rules)),
+        )
+    }
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def one(path: tuple, leaf: Any) -> NamedSharding:
+        keys: list[Any] = []
+        for entry in reversed(path):
+            if not isinstance(entry, jax.tree_util.DictKey):
+                break
+            keys.insert(0, entry.key)
+        shape, sharding = specs.get(tuple(keys), (None, replicated))
+        return sharding if shape == getattr(leaf, "shape", None) else replicated
+
+    return jax.tree_util.tree_map_with_path(one, state)
+
+
 def shard_params(
     params: Any, mesh: Mesh, rules: Rules | str | None = None, *, module: nn.Module | None = None
 ) -> Any:
@@ -230,23 +257,31 @@ def jit_forward(
 
 
 def jit_train_step(
-    step: Callable[[Any, Any], tuple[Any, Any]],
+    step: Callable[..., tuple[Any, Any]],
     mesh: Mesh,
     state_shardings: Any,
     rules: Rules | str | None = None,
     *,
     donate: bool = True,
-) -> Callable[[Any, Any], tuple[Any, Any]]:
-    """step(state, batch) -> (state, metrics), jitted: the state keeps `state_shardings` in and
-    out (see `tree_shardings`), the batch is split along its leading axis, metrics replicated."""
-    return jit_sharded(
-        step,
+) -> Callable[..., tuple[Any, Any]]:
+    """step(state, batch, *rest) -> (state, metrics), jitted: the state keeps `state_shardings` in
+    and out (see `state_shardings`), the batch is split along its leading axis, `rest` (an RNG
+    key, ...) and the metrics are replicated. With `donate` the input state's buffers are reused."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    jitted = jit_sharded(
+        lambda state, batch, rest: step(state, batch, *rest),
         mesh,
         rules,
-        in_shardings=(state_shardings, batch_sharding(mesh, rules)),
-        out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())),
+        in_shardings=(state_shardings, batch_sharding(mesh, rules), replicated),
+        out_shardings=(state_shardings, replicated),
         donate_argnums=(0,) if donate else (),
     )
+
+    @functools.wraps(step)
+    def call(state: Any, batch: Any, *rest: Any) -> tuple[Any, Any]:
+        return jitted(state, batch, rest)
+
+    return call
 
 
 def bytes_per_device(tree: Any) -> dict[Any, int]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -21,6 +20,13 @@ from jax.sharding import PartitionSpec as P
 from biomed_jax import BertConfig, BertForMaskedLM, BioGptConfig, BioGptForCausalLM
 from biomed_jax import sharding as shd
 from biomed_jax.generation import generate
+from biomed_jax.train import (
+    IGNORE_INDEX,
+    create_train_state,
+    decay_mask,
+    token_classification_loss,
+    train_step,
+)
 from biomed_jax.weights.io import flatten, unflatten
 
 BERT = BertConfig(
@@ -189,70 +195,52 @@ def test_bert_forward_matches_single_device(bert, bert_reference, shape, rules):
     np.testing.assert_allclose(np.asarray(out), bert_reference, atol=ATOL, rtol=ATOL)
 
 
-# SGD with momentum and decoupled weight decay: its update is linear in the gradient, so float
-# noise stays noise. (Adam's first step divides each gradient by its own size: entries whose true
-# gradient is zero, like the attention key bias under softmax's shift invariance, turn rounding
-# noise into +-lr, and no tolerance below lr can compare them.)
-OPTIMIZER = optax.chain(optax.add_decayed_weights(0.01), optax.sgd(0.1, momentum=0.9))
+# SGD with momentum and decoupled weight decay (HF's decay mask): its update is linear in the
+# gradient, so float noise stays noise. (Adam's first step divides each gradient by its own size:
+# entries whose true gradient is zero, like the attention key bias under softmax's shift
+# invariance, turn rounding noise into +-lr, and no tolerance below lr can compare them.)
+OPTIMIZER = optax.chain(
+    optax.add_decayed_weights(0.01, mask=decay_mask), optax.sgd(0.1, momentum=0.9)
+)
+DROPOUT = jax.random.key(7)
 
 
-def _mlm_step(module, optimizer):
-    def loss_fn(params, batch):
-        logits = module.apply(
-            {"params": params},
-            batch["input_ids"],
-            batch["attention_mask"],
-            deterministic=False,
-            rngs={"dropout": jax.random.key(7)},
-        ).logits
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
-        weights = batch["attention_mask"].astype(jnp.float32)
-        return (ce * weights).sum() / weights.sum()
-
-    def step(state, batch):
-        params, opt_state = state
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
-    return step
+def _train_state(module, params):
+    return create_train_state(module, params, OPTIMIZER, loss_fn=token_classification_loss)
 
 
 @pytest.fixture(scope="module")
 def train_reference(bert):
     module, _, params = bert
-    optimizer = OPTIMIZER
     ids, mask = _inputs(BERT)
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": np.roll(ids, 1, axis=1)}
-    step = jax.jit(_mlm_step(module, optimizer))
-    (new_params, _), loss = step((params, optimizer.init(params)), batch)
-    return optimizer, batch, jax.device_get(new_params), float(loss)
+    labels = np.where(mask == 1, np.roll(ids, 1, axis=1), IGNORE_INDEX)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    new_state, metrics = train_step(_train_state(module, params), batch, DROPOUT)
+    return batch, jax.device_get(new_state.params), float(metrics["loss"])
 
 
 @IDS
 def test_bert_train_step_matches_single_device(bert, train_reference, shape, rules):
-    module, abstract, params = bert
-    optimizer, batch, want_params, want_loss = train_reference
+    """biomed_jax.train's step (dropout on), its state placed by `state_shardings`."""
+    module, _, params = bert
+    batch, want_params, want_loss = train_reference
     mesh = shd.make_mesh(*shape)
-    # optimizer state built from the boxed params keeps their logical names: same shardings
-    state_shardings = shd.tree_shardings(
-        (abstract, jax.eval_shape(optimizer.init, abstract)), mesh, rules
+    state = _train_state(module, params)
+    shardings = shd.state_shardings(state, module, mesh, rules)
+    step = shd.jit_train_step(train_step, mesh, shardings, rules)
+    new_state, metrics = step(
+        jax.device_put(state, shardings), shd.shard_batch(batch, mesh, rules), DROPOUT
     )
-    placed = shd.shard_params(params, mesh, rules, module=module)
-    opt_state = jax.jit(optimizer.init, out_shardings=state_shardings[1])(placed)
-    step = shd.jit_train_step(
-        _mlm_step(module, optimizer), mesh, state_shardings, rules, donate=False
-    )
-    (new_params, new_opt), loss = step((placed, opt_state), shd.shard_batch(batch, mesh, rules))
 
-    assert abs(float(loss) - want_loss) <= ATOL * abs(want_loss)
-    got, want = flatten(new_params), flatten(want_params)
+    assert abs(float(metrics["loss"]) - want_loss) <= ATOL * abs(want_loss)
+    got, want = flatten(new_state.params), flatten(want_params)
+    placement = flatten(shd.param_shardings(module, mesh, rules))
+    momentum = flatten(new_state.opt_state[1][0].trace)
     for path, x in got.items():
-        assert x.sharding == flatten(state_shardings[0])[path]
+        assert x.sharding == placement[path], path
+        assert momentum[path].sharding == placement[path], path
         np.testing.assert_allclose(np.asarray(x), want[path], atol=1e-6, rtol=0, err_msg=path)
-    momentum = flatten(new_opt[1][0].trace)
-    for path, x in got.items():
-        assert momentum[path].sharding == x.sharding
+    assert new_state.step.sharding.is_fully_replicated
 
 
 # -- BioGPT: forward and greedy generation ------------------------------------------------------
@@ -307,6 +295,18 @@ def test_mesh_and_batch_errors():
         shd.shard_batch(np.zeros((8, 3)), mesh, "zero3")
     with pytest.raises(TypeError, match="module="):
         shd.shard_params({"w": np.zeros((8, 8))}, mesh)
+    # boxed params straight from init carry their names: no module= needed
+    small = BertForMaskedLM(
+        BERT.replace(vocab_size=64, hidden_size=64, num_attention_heads=8, intermediate_size=128)
+    )
+    boxed = small.init(jax.random.key(0), np.zeros((1, 1), np.int32))["params"]
+    by_box, by_module = (
+        flatten(shd.shard_params(p, mesh, "fsdp_tp", module=m))
+        for p, m in ((boxed, None), (nn.unbox(boxed), small))
+    )
+    for path, x in by_box.items():
+        assert x.sharding == by_module[path].sharding, path
+    assert by_box["decoder_bias"].sharding.spec == P("model")
     split = shd.shard_batch({"ids": np.arange(24).reshape(8, 3)}, mesh)["ids"]
     assert {s.data.shape for s in split.addressable_shards} == {(2, 3)}
     assert shd.shard_batch(np.zeros((8, 3)), mesh, "dp").sharding.spec == P("data")
