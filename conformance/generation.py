@@ -115,9 +115,15 @@ def hf_generate(hf, ids: np.ndarray, mask: np.ndarray, **kwargs) -> tuple[np.nda
 
 
 def check_model(
-    size: str, hf_config: dict, prompts: list[list[int]], max_new_tokens: int, strategies=STRATEGIES
+    size: str,
+    hf_config: dict,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    strategies=STRATEGIES,
+    alone: int | None = None,
 ) -> list[Row]:
-    """Ours vs HF for each strategy (batched, left-padded), and each row alone vs batched."""
+    """Ours vs HF for each strategy (batched, left-padded); the first `alone` prompts (default
+    all) are also generated one by one and must equal their batched rows."""
     from biomed_jax import generate
 
     hf, ours = build_models(hf_config, EOS_SCALE[size])
@@ -136,16 +142,22 @@ def check_model(
             note += f", min top-2 gap {gap:.2g}"
         rows.append(exact(suite, "sequences", got, ref, note))
         if name in ALONE_STRATEGIES:
-            rows.append(_alone_row(suite, ours, prompts, got, max_new_tokens, kwargs, pad))
+            count = len(prompts) if alone is None else alone
+            per_prompt = got.shape[0] // len(prompts)
+            rows.append(
+                _alone_row(
+                    suite, ours, prompts[:count], got[: count * per_prompt], max(map(len, prompts)),
+                    max_new_tokens, kwargs, pad,
+                )
+            )  # fmt: skip
     return rows
 
 
-def _alone_row(suite, ours, prompts, batched, max_new_tokens, kwargs, pad) -> Row:
+def _alone_row(suite, ours, prompts, batched, width, max_new_tokens, kwargs, pad) -> Row:
     """Each prompt generated alone equals its rows of the batched call (padding stripped)."""
     from biomed_jax import generate
 
     per_prompt = batched.shape[0] // len(prompts)
-    width = max(map(len, prompts))
     if "min_length" in kwargs:  # it counts the (padded) prompt: alone, the same new-token minimum
         kwargs = dict(kwargs)
         kwargs["min_new_tokens"] = max(kwargs.pop("min_length") - width, 0)
@@ -304,5 +316,5 @@ def run(full_size: bool, dtypes: tuple[str, ...]) -> list[Row]:
     rows += check_model("small", SMALL, prompts, max_new_tokens=20)
     if full_size:
         full = {k: STRATEGIES[k] for k in ("greedy", "beam5-min_length-early")}
-        rows += check_model("full", FULL, prompts[:20], max_new_tokens=12, strategies=full)
+        rows += check_model("full", FULL, prompts[:20], max_new_tokens=12, strategies=full, alone=4)
     return rows

@@ -126,8 +126,9 @@ def generate(
         finish_denominator=denominators[0],
         bound_denominator=denominators[1],
         num_beams=num_beams,
-        early_stopping=early_stopping,
-        num_return_sequences=num_return_sequences,
+        # Beam-search-only options stay out of the compilation key of greedy/sampling.
+        early_stopping=early_stopping if num_beams > 1 else False,
+        num_return_sequences=num_return_sequences if num_beams > 1 else 1,
     )
     key = jax.random.key(0) if rng is None else rng
     tokens, used = _decode(module, params, prompt, prompt_mask, settings, key, bucket + room)

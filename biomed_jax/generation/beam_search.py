@@ -1,6 +1,7 @@
 """Beam search with Hugging Face's semantics (transformers v5 `_beam_search`), as fixed-shape helpers.
 
-Axis legend: B batch, K beams, C = max(2, 1 + number of EOS ids) x K candidates per step, S token slots, V vocab.
+Axis legend: B batch, K beams, C candidates per step (max(2, 1 + number of EOS ids) x K, as HF),
+S token slots, V vocab.
 
 Per step, as HF: log-softmax, processors, add running beam scores, keep the top C continuations
 over K x V (or sample C without replacement: Gumbel top-k). Candidates that hit EOS or max_length
