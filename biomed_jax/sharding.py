@@ -284,6 +284,13 @@ def jit_train_step(
     return call
 
 
+def local_rows(x: jax.Array) -> np.ndarray:
+    """This host's rows of an array split along its leading axis, in global order (each host
+    writes these to its own output shard; on one host, the whole array)."""
+    blocks = {s.index[0].start or 0: s.data for s in x.addressable_shards}
+    return np.concatenate([np.asarray(blocks[start]) for start in sorted(blocks)])
+
+
 def bytes_per_device(tree: Any) -> dict[Any, int]:
     """Bytes of the arrays of `tree` held by each device (shards counted where they live)."""
     total: dict[Any, int] = {}

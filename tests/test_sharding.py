@@ -310,6 +310,7 @@ def test_mesh_and_batch_errors():
     split = shd.shard_batch({"ids": np.arange(24).reshape(8, 3)}, mesh)["ids"]
     assert {s.data.shape for s in split.addressable_shards} == {(2, 3)}
     assert shd.shard_batch(np.zeros((8, 3)), mesh, "dp").sharding.spec == P("data")
+    np.testing.assert_array_equal(shd.local_rows(split), np.arange(24).reshape(8, 3))
 
 
 # -- sharded loading: each device reads only its own blocks of the safetensors -------------------
