@@ -30,15 +30,6 @@ import numpy as np
 Piece = tuple[Any, int]
 Offsets = tuple[int, int]
 
-SPECIAL_TOKEN_NAMES = (
-    "unk_token",
-    "sep_token",
-    "pad_token",
-    "cls_token",
-    "mask_token",
-    "bos_token",
-    "eos_token",
-)
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second")
 PADDING_STRATEGIES = ("longest", "max_length")
 LARGE_INTEGER = int(1e20)  # HF: model_max_length above this means "no limit"
