@@ -74,6 +74,35 @@ def test_config_defaults_are_microsoft_biogpt_and_round_trip_through_transformer
     assert back.scale_embedding and back.pad_token_id == 1
 
 
+def test_microsoft_biogpt_config_json_is_accepted():
+    """The keys of the published microsoft/biogpt config.json (written by transformers 4.x)."""
+    published = {
+        "activation_dropout": 0.0,
+        "architectures": ["BioGptForCausalLM"],
+        "attention_probs_dropout_prob": 0.1,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": 1024,
+        "initializer_range": 0.02,
+        "intermediate_size": 4096,
+        "layer_norm_eps": 1e-12,
+        "layerdrop": 0.0,
+        "max_position_embeddings": 1024,
+        "model_type": "biogpt",
+        "num_attention_heads": 16,
+        "num_hidden_layers": 24,
+        "pad_token_id": 1,
+        "scale_embedding": True,
+        "torch_dtype": "float32",
+        "transformers_version": "4.25.0.dev0",
+        "use_cache": True,
+        "vocab_size": 42384,
+    }
+    assert BioGptConfig.from_dict(published) == BioGptConfig()
+
+
 def test_constants_are_the_ones_the_reference_really_uses(hf_lm):
     """LayerNorm eps (not config.layer_norm_eps), position offset, embed scale, q scaling, tying."""
     model, _ = hf_lm
