@@ -299,7 +299,7 @@ def test_mesh_and_batch_errors():
     small = BertForMaskedLM(
         BERT.replace(vocab_size=64, hidden_size=64, num_attention_heads=8, intermediate_size=128)
     )
-    boxed = small.init(jax.random.key(0), np.zeros((1, 1), np.int32))["params"]
+    boxed = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shd.abstract_params(small))
     by_box, by_module = (
         flatten(shd.shard_params(p, mesh, "fsdp_tp", module=m))
         for p, m in ((boxed, None), (nn.unbox(boxed), small))
