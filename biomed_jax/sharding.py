@@ -45,11 +45,18 @@ FSDP: Rules = (
     ("vocab", DATA),
     ("norm", DATA),
 )
-# Tensor parallel (Megatron): attention heads, MLP hidden and vocabulary split over "model";
+# Tensor parallel (Megatron): attention heads, MLP hidden and vocabulary split over "model"
+# (tables whose vocabulary does not divide it, such as BERT's 30522, on their model dim instead);
 # the batch over "data" (a mesh (d, m) is DP x TP).
-TP: Rules = (("batch", DATA), ("heads", MODEL), ("mlp", MODEL), ("vocab", MODEL))
+TP: Rules = (
+    ("batch", DATA),
+    ("heads", MODEL),
+    ("mlp", MODEL),
+    ("vocab", MODEL),
+    ("embed", MODEL),
+)
 # FSDP over "data" combined with TP over "model": works on any mesh, scales both ways.
-FSDP_TP: Rules = (*TP, *FSDP[1:])
+FSDP_TP: Rules = (*TP[:4], *FSDP[1:], TP[4])
 DEFAULT_RULES = FSDP_TP
 RULE_SETS: dict[str, Rules] = {"dp": DP, "fsdp": FSDP, "tp": TP, "fsdp_tp": FSDP_TP}
 

@@ -86,7 +86,8 @@ PLACEMENT = {
     "bert/embeddings/word_embeddings/embedding": {
         "dp": lambda d, m: P(None, None),
         "fsdp": lambda d, m: P(None, "data"),
-        "tp": lambda d, m: P("model" if V % m == 0 else None, None),
+        # vocab over "model" where it divides, else the model dim
+        "tp": lambda d, m: P("model", None) if V % m == 0 else P(None, "model"),
         "fsdp_tp": lambda d, m: P("model" if V % m == 0 else None, "data"),
     },
     "bert/encoder/layer/attention/query/kernel": {
@@ -107,6 +108,12 @@ PLACEMENT = {
         "tp": lambda d, m: P(None, "model"),
         "fsdp_tp": lambda d, m: P(None, "model"),
     },
+    "bert/encoder/layer/mlp/fc_out/bias": {
+        "dp": lambda d, m: P(None, None),
+        "fsdp": lambda d, m: P(None, "data"),
+        "tp": lambda d, m: P(None, "model"),
+        "fsdp_tp": lambda d, m: P(None, "data"),
+    },
     "bert/encoder/layer/output_norm/scale": {
         "dp": lambda d, m: P(None, None),
         "fsdp": lambda d, m: P(None, "data"),
@@ -125,6 +132,7 @@ SHAPES = {
     "bert/encoder/layer/attention/query/kernel": (L, D, D),
     "bert/encoder/layer/attention/out/kernel": (L, D, D),
     "bert/encoder/layer/mlp/fc_in/bias": (L, F),
+    "bert/encoder/layer/mlp/fc_out/bias": (L, D),
     "bert/encoder/layer/output_norm/scale": (L, D),
     "decoder_bias": (V,),
 }
@@ -450,7 +458,7 @@ def test_sharded_loading_of_converted_and_torch_files_fresh_heads_and_errors(tmp
     kwargs = {"architecture": "BertForTokenClassification", "num_labels": 4}
     fresh = flatten(from_pretrained(hf, mesh=mesh, rules="tp", **kwargs).params)
     plain = flatten(from_pretrained(hf, **kwargs).params)
-    assert fresh["classifier/kernel"].sharding.spec == P(None, None)
+    assert fresh["classifier/kernel"].sharding.spec == P("model", None)
     assert fresh["bert/encoder/layer/mlp/fc_in/kernel"].sharding.spec == P(None, None, "model")
     for path, x in fresh.items():
         np.testing.assert_allclose(np.asarray(x), np.asarray(plain[path]), atol=1e-7, err_msg=path)
