@@ -36,7 +36,7 @@ DATA, MODEL = "data", "model"
 # Data parallel: the batch is split over "data", every parameter is replicated.
 DP: Rules = (("batch", DATA),)
 # Fully sharded data parallel: as DP, and each parameter is split over "data" too (ZeRO-3 style),
-# on its model-dim axis first, else on its widest other axis.
+# on its model dim ("embed") where it has one, else on its MLP, head, vocabulary or norm axis.
 FSDP: Rules = (
     ("batch", DATA),
     ("embed", DATA),
