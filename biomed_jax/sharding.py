@@ -273,7 +273,8 @@ def jit_train_step(
 ) -> Callable[..., tuple[Any, Any]]:
     """step(state, batch, *rest) -> (state, metrics), jitted: the state keeps `state_shardings` in
     and out (see `state_shardings`), the batch is split along its leading axis, `rest` (an RNG
-    key, ...) and the metrics are replicated. With `donate` the input state's buffers are reused."""
+    key, ...) and the metrics are replicated. With `donate` the input state's buffers are reused:
+    arrays it was placed from (device_put may alias them) are invalid afterwards."""
     replicated = NamedSharding(mesh, PartitionSpec())
     jitted = jit_sharded(
         lambda state, batch, rest: step(state, batch, *rest),
