@@ -6,7 +6,7 @@
 Seeded random BiomedBERT-base weights (vocab 30522, 768 wide, 12 layers), float32, torch's
 default attention (sdpa). Ours and torch at the same remat setting are timed interleaved (one
 step of each per round) so machine drift hits both alike. Peak memory: each configuration also
-runs alone in a fresh subprocess (2 steps) and reports its peak resident memory (CPU: ru_maxrss) or peak device memory
+runs alone in a fresh subprocess (2 steps) and reports its peak resident memory (CPU: VmHWM) or peak device memory
 (GPU: torch.cuda.max_memory_allocated / jax peak_bytes_in_use); ours also reports XLA's planned
 step memory (memory_analysis). Prints JSON; ratio = torch_ms / ours_ms (>1: we are faster).
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -112,13 +111,21 @@ def build(config: str, batch: dict[str, np.ndarray], analyze: bool = False):
     return ours_step_fn(remat, batch, analyze)
 
 
+def peak_rss_bytes() -> int:
+    """This process's resident high-water mark (VmHWM; ru_maxrss would include the parent's)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
 def probe(config: str, batch: int, length: int) -> dict:
     """Run in a fresh process: build, 2 steps, report peak memory."""
     step, planned = build(config, make_batch(batch, length), analyze=True)
     step()
     step()
-    out = {"config": config, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
-    out["peak_rss_bytes"] *= 1024  # Linux reports KiB
+    out = {"config": config, "peak_rss_bytes": peak_rss_bytes()}
     if planned is not None:
         out["xla_planned_step_bytes"] = planned
     import torch
