@@ -63,6 +63,12 @@ def main() -> None:
     parser.add_argument("--cases", default="greedy:1,greedy:4,greedy:8,beam5:1")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument(
+        "--precision",
+        default="default",
+        choices=("default", "highest"),
+        help="'default': plain float32 matmuls, as torch; 'highest': float64 sums on CPU (slower)",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     args = parser.parse_args()
@@ -79,7 +85,12 @@ def main() -> None:
     hf = transformers.BioGptForCausalLM(transformers.BioGptConfig()).eval()
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
-        model = from_pretrained(tmp, architecture="BioGptForCausalLM", dtype=jnp.dtype(args.dtype))
+        model = from_pretrained(
+            tmp,
+            architecture="BioGptForCausalLM",
+            dtype=jnp.dtype(args.dtype),
+            precision=args.precision,
+        )
     if args.no_torch:
         hf = None
     params = jax.device_put(model.params)
@@ -146,6 +157,7 @@ def main() -> None:
                 "benchmark": "generate",
                 "device": jax.devices()[0].device_kind,
                 "dtype": args.dtype,
+                "precision": args.precision,
                 "threads": args.threads,
                 "repeats": args.repeats,
                 "prompt_tokens": PROMPT,
