@@ -17,7 +17,7 @@ from typing import Any
 
 import sacremoses
 
-from biomed_jax.tokenizers._encoding import EncodingBase, Offsets, Piece
+from biomed_jax.tokenizers._encoding import EncodingBase, Offsets, Piece, read_tokenizer_config
 from biomed_jax.tokenizers.bpe import BPE, END_OF_WORD, read_merges
 from biomed_jax.tokenizers.moses import MosesPreTokenizer, align
 
@@ -90,15 +90,7 @@ class BioGptTokenizer(EncodingBase):
         for name, file in files.items():
             if not file.is_file():
                 raise FileNotFoundError(f"{directory} has no {name}")
-        config: dict[str, Any] = {}
-        for name in ("tokenizer_config.json", "special_tokens_map.json"):
-            file = directory / name
-            if file.is_file():
-                with open(file, encoding="utf-8") as f:
-                    data = json.load(f)
-                if not isinstance(data, dict):
-                    raise ValueError(f"{file} does not hold a JSON object")
-                config.update(data)
+        config = read_tokenizer_config(directory)
         known = (
             "unk_token",
             "bos_token",

@@ -10,7 +10,6 @@ skip the per-character path.
 from __future__ import annotations
 
 import bisect
-import json
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -18,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from biomed_jax.tokenizers import _unicode_tables as tables
-from biomed_jax.tokenizers._encoding import LARGE_INTEGER, EncodingBase, Offsets, Piece
+from biomed_jax.tokenizers._encoding import (
+    LARGE_INTEGER,
+    EncodingBase,
+    Offsets,
+    Piece,
+    read_tokenizer_config,
+)
 
 CACHE_LIMIT = 1 << 18  # entries per cache before it is cleared
 _ASCII_PUNCT = r"!-/:-@\[-`{-~"
@@ -167,15 +172,7 @@ class BertTokenizer(EncodingBase):
         vocab_file = directory / "vocab.txt"
         if not vocab_file.is_file():
             raise FileNotFoundError(f"{directory} has no vocab.txt")
-        kwargs: dict[str, Any] = {}
-        for name in ("tokenizer_config.json", "special_tokens_map.json"):
-            file = directory / name
-            if file.is_file():
-                with open(file, encoding="utf-8") as f:
-                    data = json.load(f)
-                if not isinstance(data, dict):
-                    raise ValueError(f"{file} does not hold a JSON object")
-                kwargs.update(data)
+        kwargs = read_tokenizer_config(directory)
         known = (
             "do_lower_case",
             "tokenize_chinese_chars",
