@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,39 @@ def _normalize_key(key: str) -> str:
     return key
 
 
+@dataclasses.dataclass(frozen=True)
+class Match:
+    """Where one checkpoint key goes: our path, its layer (None: not per-layer), transposed?"""
+
+    path: str
+    layer: int | None
+    transpose: bool
+
+
+def match_keys(table: NameTable, keys: Iterable[str]) -> tuple[dict[str, Match], list[str]]:
+    """Each raw key a rule maps -> its Match, and the keys neither mapped nor on the drop list."""
+    compiled = [
+        (rule.regex(hf_prefix), our_prefix + rule.ours, rule.transpose)
+        for hf_prefix, our_prefix, rules in table.groups
+        for rule in rules
+    ]
+    drops = [re.compile(p) for p in table.drop]
+    matched: dict[str, Match] = {}
+    unexpected: list[str] = []
+    for raw_key in keys:
+        key = _normalize_key(raw_key)
+        for regex, path, transpose in compiled:
+            found = regex.match(key)
+            if found:
+                layer = int(found.group(1)) if found.groups() else None
+                matched[raw_key] = Match(path, layer, transpose)
+                break
+        else:
+            if not any(d.search(key) for d in drops):
+                unexpected.append(raw_key)
+    return matched, unexpected
+
+
 def convert_state_dict(
     state: Mapping[str, np.ndarray],
     table: NameTable,
@@ -73,30 +106,16 @@ def convert_state_dict(
     missing parameter and shape mismatch.
     """
     expected = flatten(template)
-    compiled = [
-        (rule.regex(hf_prefix), our_prefix + rule.ours, rule)
-        for hf_prefix, our_prefix, rules in table.groups
-        for rule in rules
-    ]
-    drops = [re.compile(p) for p in table.drop]
+    matched, unexpected = match_keys(table, state)
     flat: dict[str, np.ndarray] = {}
     layered: dict[str, dict[int, np.ndarray]] = {}
-    unexpected: list[str] = []
-    for raw_key, tensor in state.items():
-        key = _normalize_key(raw_key)
-        for regex, path, rule in compiled:
-            match = regex.match(key)
-            if match:
-                value = np.asarray(tensor)
-                value = value.T if rule.transpose else value
-                if match.groups():
-                    layered.setdefault(path, {})[int(match.group(1))] = value
-                else:
-                    flat[path] = value
-                break
+    for raw_key, m in matched.items():
+        value = np.asarray(state[raw_key])
+        value = value.T if m.transpose else value
+        if m.layer is None:
+            flat[m.path] = value
         else:
-            if not any(d.search(key) for d in drops):
-                unexpected.append(raw_key)
+            layered.setdefault(m.path, {})[m.layer] = value
 
     problems: list[str] = []
     for path, by_layer in layered.items():

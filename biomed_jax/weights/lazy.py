@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-from biomed_jax.weights.convert import NameTable, _normalize_key
+from biomed_jax.weights.convert import NameTable, match_keys
 from biomed_jax.weights.io import CheckpointError, flatten, unflatten
 
 logger = logging.getLogger(__name__)
@@ -68,31 +67,17 @@ def plan_hf(
 ) -> tuple[dict[str, Source | list[Source]], list[str]]:
     """HF keys matched by the name table (as `convert_state_dict` does); returns the plan and the
     problems (unmapped keys, incomplete layer stacks)."""
-    compiled = [
-        (rule.regex(hf_prefix), our_prefix + rule.ours, rule.transpose)
-        for hf_prefix, our_prefix, rules in table.groups
-        for rule in rules
-    ]
-    drops = [re.compile(p) for p in table.drop]
+    owner = {key: file for file, f in handles.items() for key in f.keys()}  # noqa: SIM118
+    matched, unexpected = match_keys(table, owner)
     plan: dict[str, Source | list[Source]] = {}
     layered: dict[str, dict[int, Source]] = {}
-    problems: list[str] = []
-    for file, f in handles.items():
-        for raw_key in f.keys():  # noqa: SIM118
-            key = _normalize_key(raw_key)
-            for regex, path, transpose in compiled:
-                match = regex.match(key)
-                if match and match.groups():
-                    layered.setdefault(path, {})[int(match.group(1))] = Source(
-                        file, raw_key, transpose
-                    )
-                    break
-                if match:
-                    plan[path] = Source(file, raw_key, transpose)
-                    break
-            else:
-                if not any(d.search(key) for d in drops):
-                    problems.append(f"unexpected checkpoint tensor {raw_key}")
+    problems = [f"unexpected checkpoint tensor {k}" for k in unexpected]
+    for raw_key, m in matched.items():
+        source = Source(owner[raw_key], raw_key, m.transpose)
+        if m.layer is None:
+            plan[m.path] = source
+        else:
+            layered.setdefault(m.path, {})[m.layer] = source
     for path, by_layer in layered.items():
         if sorted(by_layer) != list(range(num_layers)):
             problems.append(
