@@ -172,7 +172,43 @@ def _layers(text: str) -> int | list[int]:
     return values[0] if len(values) == 1 else values
 
 
+def init_distributed(args: argparse.Namespace) -> None:
+    """`jax.distributed.initialize` with the given flags (the rest auto-detected: TPU pods, SLURM,
+    Open MPI, ...), when --distributed or any of its flags is set; before any other JAX call."""
+    given = {
+        "coordinator_address": args.coordinator,
+        "num_processes": args.num_processes,
+        "process_id": args.process_id,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if not (args.distributed or given):
+        return
+    count, rank = args.num_processes, args.process_id
+    if count is not None and count < 1:
+        raise ValueError(f"--num-processes must be positive, got {count}")
+    if rank is not None and (rank < 0 or (count is not None and rank >= count)):
+        raise ValueError(
+            f"--process-id must be in 0..{'N' if count is None else count}-1, got {rank}"
+        )
+    import jax
+
+    jax.distributed.initialize(**given)
+
+
+def local_devices(count: int | None) -> list | None:
+    """The first `count` of this process's devices (None: let the pipeline take all)."""
+    if count is None:
+        return None
+    import jax
+
+    available = jax.local_devices()
+    if not 1 <= count <= len(available):
+        raise ValueError(f"--devices must be in 1..{len(available)} (local devices), got {count}")
+    return available[:count]
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
+    init_distributed(args)
     from biomed_jax.pipelines import embed_file
 
     manifest = embed_file(
@@ -188,9 +224,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_length=args.max_length,
         stride=args.stride,
+        devices=local_devices(args.devices),
+    )
+    where = (
+        f" (process {manifest['process_index']}, from document {manifest['first_document']})"
+        if "process_index" in manifest
+        else ""
     )
     print(
-        f"{manifest['num_documents']} documents in {manifest['num_shards']} shards: {args.output}"
+        f"{manifest['num_documents']} documents in {manifest['num_shards']} shards{where}: "
+        f"{args.output}"
     )
     return 0
 
@@ -247,6 +290,22 @@ def _add_hub_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="Hugging Face hub cache directory (default: HF_HOME's)")
 
 
+def _add_distributed_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "multi-host",
+        "run the same command on every host: each embeds its own block of the documents and "
+        "writes its own process-NNNNN-* files",
+    )
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() (auto-detected on TPU pods, SLURM, Open MPI)",
+    )
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (implies it)")
+    g.add_argument("--num-processes", type=int, metavar="N", help="processes in all (implies it)")
+    g.add_argument("--process-id", type=int, metavar="I", help="this one's rank (implies it)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="biomed-jax", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -291,7 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=1024, help="documents per shard file")
     p.add_argument("--format", choices=("npy", "safetensors"), default="npy")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument(
+        "--devices", type=int, help="split each batch over the first N local devices (default: all)"
+    )
     _model_option(p, enc)
+    _add_distributed_options(p)
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("generate", help="continue PROMPT with BioGPT")

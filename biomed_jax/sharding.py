@@ -192,12 +192,14 @@ def batch_sharding(mesh: Mesh, rules: Rules | str | None = None) -> NamedShardin
 def shard_batch(batch: Any, mesh: Mesh, rules: Rules | str | None = None) -> Any:
     """Split every array of a pytree along its leading (batch) axis over the batch mesh axes.
 
-    On several hosts each host passes its own local batch; the global batch is their
-    concatenation in process order.
+    On a mesh spanning several hosts each host passes its own local batch; the global batch is
+    their concatenation in process order. A mesh of this host's devices only (as the pipelines
+    use) takes the whole batch, whatever the process count.
     """
     sharding = batch_sharding(mesh, rules)
     ways = math.prod(mesh.shape[a] for a in batch_axes(rules))
-    local_ways = ways // jax.process_count()
+    local = sharding.is_fully_addressable
+    local_ways = ways if local else ways // jax.process_count()
 
     def one(x: Any) -> jax.Array:
         x = np.asarray(x) if not isinstance(x, jax.Array) else x
@@ -206,7 +208,7 @@ def shard_batch(batch: Any, mesh: Mesh, rules: Rules | str | None = None) -> Any
                 f"batch axis of an array with shape {x.shape} must be a multiple of {local_ways} "
                 f"(the {ways} batch shards of mesh {dict(mesh.shape)})"
             )
-        if jax.process_count() > 1:
+        if not local:
             return jax.make_array_from_process_local_data(sharding, np.asarray(x))
         return jax.device_put(x, sharding)
 

@@ -126,3 +126,49 @@ def test_attention_and_generate_commands(hf_bert, tmp_path, capsys, shared_data)
     ]
     assert cli.main(argv) == 0
     assert capsys.readouterr().out == generate_text(prompt, max_new_tokens=5, model=biogpt) + "\n"
+
+
+def test_embed_distributed_and_device_flags_reach_jax(monkeypatch, tmp_path, capsys):
+    """--coordinator/--num-processes/--process-id go to jax.distributed.initialize (before the
+    pipeline runs), --devices N picks the first N local devices; bad values exit with code 2."""
+    import jax
+
+    import biomed_jax.pipelines
+
+    events = []
+    monkeypatch.setattr(
+        jax.distributed, "initialize", lambda **kwargs: events.append(("initialize", kwargs))
+    )
+
+    def fake_embed_file(input_path, output_dir, **kwargs):
+        events.append(("embed_file", kwargs["devices"]))
+        return {"num_documents": 3, "num_shards": 1, "process_index": 2, "first_document": 6}
+
+    monkeypatch.setattr(biomed_jax.pipelines, "embed_file", fake_embed_file)
+    base = ["--no-compilation-cache", "embed", str(tmp_path / "in.txt"), str(tmp_path / "out")]
+    flags = ["--coordinator", "10.0.0.1:1234", "--num-processes", "4", "--process-id", "2"]
+    assert cli.main([*base, *flags, "--devices", "3"]) == 0
+    assert events == [
+        (
+            "initialize",
+            {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 2},
+        ),
+        ("embed_file", jax.local_devices()[:3]),
+    ]
+    assert "3 documents in 1 shards (process 2, from document 6)" in capsys.readouterr().out
+
+    events.clear()
+    assert cli.main([*base, "--distributed"]) == 0  # TPU pods, SLURM: everything auto-detected
+    assert events == [("initialize", {}), ("embed_file", None)]
+    events.clear()
+    assert cli.main(base) == 0  # one host: no initialize, all local devices
+    assert events == [("embed_file", None)]
+
+    events.clear()
+    assert cli.main([*base, "--num-processes", "4", "--process-id", "4"]) == 2
+    assert "--process-id must be in 0..4-1, got 4" in capsys.readouterr().err
+    assert cli.main([*base, "--num-processes", "0"]) == 2
+    assert "--num-processes must be positive" in capsys.readouterr().err
+    assert cli.main([*base, "--devices", "9"]) == 2
+    assert "--devices must be in 1..8 (local devices), got 9" in capsys.readouterr().err
+    assert events == []

@@ -188,7 +188,12 @@ def test_attention_equals_transformers(ours, reference, tmp_path, monkeypatch):
 
 
 def test_embed_file_resumes_after_kill(ours, hf_bert, tmp_path):
-    """Kill a CLI `embed` for real midway; the rerun resumes and equals an uninterrupted run."""
+    """Kill a CLI `embed` for real midway; the rerun resumes and equals an uninterrupted run.
+
+    The CLI gets as many devices as this process (each batch split over all of them), so both
+    halves run the same programs and the result is bit-identical."""
+    import jax
+
     docs = tmp_path / "docs.jsonl"
     texts = [SENTENCES[i % len(SENTENCES)] + f" {i}" for i in range(3000)]
     docs.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
@@ -196,7 +201,8 @@ def test_embed_file_resumes_after_kill(ours, hf_bert, tmp_path):
     args = ["embed", str(docs), str(out), "--field", "text", "--model", str(hf_bert),
             "--shard-size", "10", "--batch-size", "8", "--pooling", "mean",
             "--format", "safetensors"]  # fmt: skip
-    env = {"BIOMED_JAX_COMPILATION_CACHE": "off", "XLA_FLAGS": "", "HF_HUB_OFFLINE": "1"}
+    devices = f"--xla_force_host_platform_device_count={jax.local_device_count()}"
+    env = {"BIOMED_JAX_COMPILATION_CACHE": "off", "XLA_FLAGS": devices, "HF_HUB_OFFLINE": "1"}
     import os
 
     process = subprocess.Popen(

@@ -4,17 +4,29 @@ Batching sorts texts by token count, cuts the sorted list into batches and pads 
 bucket length (a power of two, at least 8, at most max_length) and a bucket row count (a power of
 two, at most batch_size), so a few shapes cover any input and few compilations happen. Callers
 put results back in input order with the returned indices.
+
+Data parallel: `data_mesh` makes a ("data", "model"=1) mesh of this process's devices (all of
+them by default), `place` puts the params on it (replicated, or by a rule set) and `run_split`
+pads a batch's rows up to a multiple of the batch shards, splits them over the mesh and brings
+the real rows' outputs back to host. With one local device nothing changes: no mesh, no padding.
+Each process of a multi-host job runs its own pipeline on its own devices (its own documents).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
+import jax
 import numpy as np
+from jax.sharding import Mesh
 
+from biomed_jax import sharding as shd
 from biomed_jax.loading import Pretrained, from_pretrained
 
 DEFAULT_ENCODER = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext"
@@ -22,6 +34,7 @@ DEFAULT_DECODER = "microsoft/biogpt"
 MIN_BUCKET = 8
 
 Model = str | Path | Pretrained | None
+Devices = Mesh | Sequence[jax.Device] | None
 
 
 @functools.lru_cache(maxsize=4)
@@ -99,3 +112,69 @@ def pad_batch(
         ids[i, span] = row
         mask[i, span] = 1
     return ids, mask
+
+
+def data_mesh(devices: Devices = None) -> Mesh | None:
+    """The mesh a pipeline splits its batches over: `devices` itself if a Mesh, else a
+    ("data", "model"=1) mesh of `devices` (default: all of this process's devices; None if that
+    is a single device, which runs as is)."""
+    if isinstance(devices, Mesh):
+        mesh = devices
+    else:
+        chosen = list(jax.local_devices() if devices is None else devices)
+        if not chosen:
+            raise ValueError("devices is empty")
+        if devices is None and len(chosen) == 1:
+            return None
+        mesh = shd.make_mesh(model=1, devices=chosen)
+    foreign = [d for d in mesh.devices.flat if d.process_index != jax.process_index()]
+    if foreign:
+        raise ValueError(
+            f"pipelines run on this process's devices only (process {jax.process_index()}); "
+            f"the mesh has {len(foreign)} devices of other processes"
+        )
+    return mesh
+
+
+def pipeline_rules(rules: shd.Rules | str | None) -> shd.Rules:
+    """A pipeline's rule set: data parallel (params replicated) unless one is given."""
+    return shd.DP if rules is None else shd.resolve_rules(rules)
+
+
+@functools.lru_cache(maxsize=8)
+def _param_shardings(module: nn.Module, mesh: Mesh, rules: shd.Rules) -> Any:
+    return shd.param_shardings(module, mesh, rules)
+
+
+def place(
+    pretrained: Pretrained, mesh: Mesh | None, rules: shd.Rules | str | None = None
+) -> Pretrained:
+    """`pretrained` with its params on `mesh` by `rules` (default: replicated); as is without a
+    mesh. Params already placed so are not copied again."""
+    rules = pipeline_rules(rules)
+    if mesh is None:
+        return pretrained
+    shardings = _param_shardings(pretrained.module, mesh, rules)
+    return dataclasses.replace(pretrained, params=jax.device_put(pretrained.params, shardings))
+
+
+def run_split(
+    fn: Callable[..., Any],
+    params: Any,
+    *arrays: np.ndarray,
+    mesh: Mesh | None,
+    rules: shd.Rules | str | None = None,
+) -> Any:
+    """fn(params, *arrays) as host numpy arrays. With a mesh, the arrays' rows (all [B, ...])
+    are padded up to a multiple of the batch shards with copies of the last row, split over the
+    mesh's batch axes, and only the B real rows of every output come back."""
+    if mesh is None:
+        return jax.device_get(fn(params, *arrays))
+    rules = pipeline_rules(rules)
+    rows = arrays[0].shape[0]
+    ways = math.prod(mesh.shape[axis] for axis in shd.batch_axes(rules))
+    extra = -rows % ways
+    padded = [np.concatenate([a, np.repeat(a[-1:], extra, axis=0)]) for a in arrays]
+    with shd.use(mesh, rules):
+        out = fn(params, *shd.shard_batch(padded, mesh, rules))
+    return jax.tree.map(lambda x: np.asarray(x)[:rows], out)

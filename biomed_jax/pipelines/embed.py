@@ -5,6 +5,7 @@ output, k the output of layer k (HF's `hidden_states`). Texts longer than max_le
 with a warning, or, with `stride`, covered by overlapping windows of max_length tokens that share
 `stride` tokens: each token then takes its vector from the window where it has the most context,
 "cls" averages the windows' first tokens and "mean" averages the merged token vectors.
+Each batch is split over all local devices (see `_common.run_split`).
 """
 
 from __future__ import annotations
@@ -19,14 +20,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from biomed_jax import sharding as shd
 from biomed_jax.pipelines._common import (
     DEFAULT_ENCODER,
+    Devices,
     Model,
     as_list,
     check_max_length,
+    data_mesh,
     length_sorted_batches,
     pad_batch,
+    place,
     resolve_model,
+    run_split,
 )
 
 POOLINGS = ("cls", "mean", "none")
@@ -95,10 +101,14 @@ def embed(
     batch_size: int = 32,
     max_length: int | None = None,
     stride: int | None = None,
+    devices: Devices = None,
+    rules: shd.Rules | str | None = None,
 ) -> Any:
     """Embeddings of `texts` as numpy float32, in input order.
 
     max_length: tokens per row (default: 512, or the model's positions if fewer).
+    devices: the devices each batch of `batch_size` rows is split over (default: all of this
+    process's), or a Mesh of them; rules: how params are placed there (default: replicated).
     pooling "cls"/"mean": an array [N, D] for an int `layers`, [N, L, D] for a list of layers
     (no N axis for a single string). pooling "none": per text a dict with "embeddings" ([T, D] or
     [T, L, D], special tokens included), "offsets" ([T, 2] character spans, (0, 0) for special
@@ -107,7 +117,8 @@ def embed(
     items, single_text = as_list(texts)
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    pretrained = resolve_model(model, DEFAULT_ENCODER)
+    mesh = data_mesh(devices)
+    pretrained = place(resolve_model(model, DEFAULT_ENCODER), mesh, rules)
     config, tok = pretrained.config, pretrained.tokenizer
     max_length = check_max_length(max_length, config)
     chosen, single_layer = _layer_indices(layers, config.num_hidden_layers + 1)
@@ -137,7 +148,8 @@ def embed(
         for index in length_sorted_batches([len(x) for x in ids_of], batch_size):
             batch = [ids_of[k] for k in index]
             ids, mask = pad_batch(batch, max_length, batch_size, tok.pad_token_id)
-            h = np.asarray(_hidden(pretrained.module, pretrained.params, ids, mask, chosen, mode))
+            hidden = functools.partial(_hidden, pretrained.module, layers=chosen, pooling=mode)
+            h = run_split(hidden, pretrained.params, ids, mask, mesh=mesh, rules=rules)
             for row, k in enumerate(index):
                 i, s, _ = group[k]
                 out[i, s] = h[row, : len(batch[row])] if mode == "none" else h[row]

@@ -1,4 +1,7 @@
-"""Fill-mask: the top_k tokens for every [MASK], as transformers' fill-mask pipeline returns them."""
+"""Fill-mask: the top_k tokens for every [MASK], as transformers' fill-mask pipeline returns them.
+
+Each batch is split over all local devices (see `_common.run_split`).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +14,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from biomed_jax import sharding as shd
 from biomed_jax.pipelines._common import (
     DEFAULT_ENCODER,
+    Devices,
     Model,
     as_list,
+    data_mesh,
     length_sorted_batches,
     pad_batch,
+    place,
     resolve_model,
+    run_split,
 )
 
 
@@ -34,15 +42,19 @@ def fill_mask(
     *,
     model: Model = None,
     batch_size: int = 32,
+    devices: Devices = None,
+    rules: shd.Rules | str | None = None,
 ) -> list[Any]:
     """For each [MASK]: the top_k `{score, token, token_str, sequence}`, best first.
 
     One text with one mask gives a list of dicts; with several masks, one such list per mask (and
     `sequence` keeps the special tokens, as HF does). A list of texts gives one result per text.
-    Scores are softmax probabilities.
+    Scores are softmax probabilities. devices, rules: as `embed`'s (default: every batch split
+    over all of this process's devices, params replicated).
     """
     texts, single = as_list(text_or_texts)
-    pretrained = resolve_model(model, DEFAULT_ENCODER, "BertForMaskedLM")
+    mesh = data_mesh(devices)
+    pretrained = place(resolve_model(model, DEFAULT_ENCODER, "BertForMaskedLM"), mesh, rules)
     tok = pretrained.tokenizer
     vocab_size = pretrained.config.vocab_size
     if not 1 <= top_k <= vocab_size:
@@ -59,9 +71,8 @@ def fill_mask(
     for index in length_sorted_batches([len(e) for e in encoded], batch_size):
         rows = [encoded[i] for i in index]
         ids, mask = pad_batch(rows, limit, batch_size, tok.pad_token_id)
-        probs, tokens = jax.device_get(
-            _top_k(pretrained.module, pretrained.params, ids, mask, top_k)
-        )
+        top = functools.partial(_top_k, pretrained.module, top_k=top_k)
+        probs, tokens = run_split(top, pretrained.params, ids, mask, mesh=mesh, rules=rules)
         for row, i in enumerate(index):
             results[i] = _postprocess(tok, rows[row], probs[row], tokens[row])
     return results[0] if single else results
