@@ -1,0 +1,88 @@
+"""The two attention schedules (all heads at once, one (batch, head) pair at a time) agree."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from biomed_jax.nn import attention
+
+B, T, N, H = 2, 9, 3, 8
+
+
+def _inputs(seed: int = 0):
+    rng = np.random.RandomState(seed)
+    q, k, v = (jnp.asarray(rng.randn(B, T, N, H).astype(np.float32)) for _ in range(3))
+    valid = np.ones((B, T), np.int32)
+    valid[1, 5:] = 0  # a padded row
+    return q, k, v, jnp.asarray(valid)
+
+
+def _run(monkeypatch, per_head: bool, fn):
+    monkeypatch.setattr(attention, "PER_HEAD_SCORE_BYTES", 0 if per_head else 1 << 62)
+    assert attention.per_head_schedule((B, N, T, T)) == (
+        jax.default_backend() == "cpu" and per_head
+    )
+    return fn()
+
+
+MASKS = {
+    "bidirectional": lambda valid: attention.make_attention_mask(valid),  # [B, 1, 1, S]
+    "causal": lambda valid: attention.make_attention_mask(valid, jnp.arange(T)),  # [B, 1, T, S]
+    "per_head": lambda valid: (
+        jnp.broadcast_to(  # [B, N, T, S], one head sees nothing
+            attention.make_attention_mask(valid), (B, N, T, T)
+        )
+        .at[0, 1]
+        .set(False)
+    ),
+}
+
+
+@pytest.mark.parametrize("mask_kind", sorted(MASKS))
+def test_schedules_agree_on_outputs_probs_and_grads(monkeypatch, mask_kind):
+    q, k, v, valid = _inputs()
+    mask = MASKS[mask_kind](valid)
+
+    def forward_and_grad():
+        def loss(q, k, v):
+            out, probs = attention.dot_product_attention(q, k, v, mask)
+            return (out**2).sum() + (probs * jnp.arange(T)).sum(), (out, probs)
+
+        (_, (out, probs)), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(
+            q, k, v
+        )
+        return out, probs, grads
+
+    batched = _run(monkeypatch, False, forward_and_grad)
+    looped = _run(monkeypatch, True, forward_and_grad)
+    for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(looped)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-6)
+    out, probs, _ = looped
+    assert np.isfinite(np.asarray(out)).all()
+    np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, atol=1e-6)
+    if mask_kind == "per_head":  # a head with no visible key: uniform, finite
+        np.testing.assert_allclose(np.asarray(probs[0, 1]), 1.0 / T, atol=1e-7)
+
+
+def test_schedules_share_dropout_masks(monkeypatch):
+    q, k, v, valid = _inputs(1)
+    mask = attention.make_attention_mask(valid)
+
+    def dropped(key):
+        return lambda: attention.dot_product_attention(
+            q, k, v, mask, dropout_rate=0.3, dropout_rng=jax.random.key(key)
+        )[0]
+
+    batched = _run(monkeypatch, False, dropped(0))
+    looped = _run(monkeypatch, True, dropped(0))
+    np.testing.assert_allclose(np.asarray(batched), np.asarray(looped), rtol=0, atol=2e-6)
+    other_key = _run(monkeypatch, True, dropped(1))
+    assert np.abs(np.asarray(other_key) - np.asarray(looped)).max() > 1e-3
+
+
+def test_schedule_choice_follows_score_size():
+    on_cpu = jax.default_backend() == "cpu"
+    assert attention.per_head_schedule((8, 12, 512, 512)) == on_cpu  # 100 MB of scores
+    assert not attention.per_head_schedule((1, 16, 1, 1024))  # one decoding step
+    assert not attention.per_head_schedule((1, 12, 128, 128))  # 768 KB
