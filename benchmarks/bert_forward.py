@@ -12,6 +12,7 @@ same thing). On a GPU, `--dtype bfloat16` reports bf16 throughput and its fracti
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -67,7 +68,9 @@ def main() -> None:
         model = from_pretrained(tmp, dtype=jnp.dtype(args.dtype), precision=args.precision)
     params = jax.device_put(model.params)
 
-    @jax.jit
+    from biomed_jax.compilation import compiler_options
+
+    @functools.partial(jax.jit, compiler_options=compiler_options())  # as our pipelines compile
     def forward(params, ids, mask):
         return model.module.apply({"params": params}, ids, mask).last_hidden_state
 
@@ -124,6 +127,7 @@ def main() -> None:
                 "precision": args.precision,
                 "threads": args.threads,
                 "repeats": args.repeats,
+                "compiler_options": compiler_options(),
                 "results": results,
             },
             indent=2,

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from biomed_jax.compilation import jit
 from biomed_jax.pipelines._common import (
     DEFAULT_ENCODER,
     Model,
@@ -23,7 +22,7 @@ from biomed_jax.pipelines._common import (
 )
 
 
-@functools.partial(jax.jit, static_argnames=("module",))
+@jit(static_argnames=("module",))
 def _attentions(module: nn.Module, params, ids, mask):
     """[L, N, T, S] float32 attention probabilities of the one row."""
     out = module.apply({"params": params}, ids, mask, output_attentions=True)

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from biomed_jax import sharding as shd
+from biomed_jax.compilation import jit
 from biomed_jax.pipelines._common import (
     DEFAULT_ENCODER,
     Devices,
@@ -38,7 +38,7 @@ from biomed_jax.pipelines._common import (
 POOLINGS = ("cls", "mean", "none")
 
 
-@functools.partial(jax.jit, static_argnames=("module", "layers", "pooling"))
+@jit(static_argnames=("module", "layers", "pooling"))
 def _hidden(module: nn.Module, params, ids, mask, layers: tuple[int, ...], pooling: str):
     """[B, L, D] pooled ("cls", "mean") or [B, T, L, D] ("none") float32 hidden states."""
     out = module.apply({"params": params}, ids, mask, output_hidden_states=True)

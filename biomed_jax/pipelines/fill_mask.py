@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from biomed_jax import sharding as shd
+from biomed_jax.compilation import jit
 from biomed_jax.pipelines._common import (
     DEFAULT_ENCODER,
     Devices,
@@ -29,7 +30,7 @@ from biomed_jax.pipelines._common import (
 )
 
 
-@functools.partial(jax.jit, static_argnames=("module", "top_k"))
+@jit(static_argnames=("module", "top_k"))
 def _top_k(module: nn.Module, params, ids, mask, top_k: int):
     """Softmax over the vocab and its top_k at every position: ([B, T, K] probs, [B, T, K] ids)."""
     logits = module.apply({"params": params}, ids, mask).logits  # [B, T, V]
