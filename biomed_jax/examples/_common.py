@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biomed_jax import train
+from biomed_jax import hub, train
 from biomed_jax.loading import (
     ARCHITECTURES,
     FORMAT,
@@ -143,7 +143,7 @@ def fit(
         print(json.dumps(scores))
     history["seconds"] = time.perf_counter() - started
     if args.output:
-        save(args.output, module, state, Path(args.model))
+        save(args.output, module, state, hub.resolve(args.model).path)  # hub ids too
     if args.json:
         atomic_write_text(args.json, json.dumps(history, indent=2))
     return history
