@@ -82,6 +82,17 @@ def save_tiny_bert(path: Path, *, seed: int = 0, max_position_embeddings: int = 
     return path
 
 
+def save_random_init_bert(path: Path, vocab_dir: Path, **config) -> Path:
+    """config.json (our BertConfig with `config`) + `vocab_dir`'s vocab.txt: what the examples'
+    --random-init needs (no weights)."""
+    from biomed_jax import BertConfig
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_bytes((vocab_dir / "vocab.txt").read_bytes())
+    BertConfig(**config).save_pretrained(path)
+    return path
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
     """`biomed-jax ARGS` in a subprocess with this interpreter."""
     full_env = {**os.environ, **(env or {})}

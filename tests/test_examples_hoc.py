@@ -8,8 +8,7 @@ import json
 
 import numpy as np
 import pytest
-
-from biomed_jax import BertConfig
+from _tiny_models import save_random_init_bert
 
 
 def prior_entropy(rows, num_labels: int = 10) -> float:
@@ -23,9 +22,9 @@ def prior_entropy(rows, num_labels: int = 10) -> float:
 def tiny_model(directory, vocab, *, dropout: float):
     """A random-init BERT with the real uncased WordPiece vocabulary. initializer_range ~ 1/sqrt(D):
     at BERT's 0.02 (made for D=768) a narrow model's [CLS] barely depends on the input at init."""
-    directory.mkdir()
-    (directory / "vocab.txt").write_bytes((vocab / "vocab.txt").read_bytes())
-    BertConfig(
+    return save_random_init_bert(
+        directory,
+        vocab,
         hidden_size=64,
         num_hidden_layers=1,
         num_attention_heads=2,
@@ -34,8 +33,7 @@ def tiny_model(directory, vocab, *, dropout: float):
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
         initializer_range=0.1,
-    ).save_pretrained(directory)
-    return directory
+    )
 
 
 def write_split(directory, name, rows):

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from _tiny_models import SENTENCES, save_tiny_bert, save_tiny_biogpt
+from _tiny_models import SENTENCES, save_tiny_biogpt
 
 from biomed_jax import from_pretrained
 from biomed_jax.pipelines import (
@@ -30,11 +30,6 @@ MASKED = [
     "Aspirin [MASK].",
     "We found that protein expression inhibits tumor growth, and [MASK] expression is induced.",
 ]
-
-
-@pytest.fixture(scope="module")
-def hf_bert(tmp_path_factory):
-    return save_tiny_bert(tmp_path_factory.mktemp("hf_bert"))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import types
 import jax
 import numpy as np
 import pytest
-from _tiny_models import SENTENCES, save_tiny_bert
+from _tiny_models import SENTENCES
 from jax.sharding import PartitionSpec as P
 
 from biomed_jax import from_pretrained
@@ -31,11 +31,6 @@ STREAM = importlib.import_module("biomed_jax.pipelines.stream")
 FILL_MASK = importlib.import_module("biomed_jax.pipelines.fill_mask")
 FP32_TOL = 1e-5
 TEXTS = [f"{SENTENCES[i % len(SENTENCES)]} {i}" for i in range(13)]
-
-
-@pytest.fixture(scope="module")
-def hf_bert(tmp_path_factory):
-    return save_tiny_bert(tmp_path_factory.mktemp("hf_bert"))
 
 
 @pytest.fixture(scope="module")

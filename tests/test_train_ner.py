@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from _tiny_models import save_random_init_bert
 
 from biomed_jax.tokenizers import BertTokenizer
 from biomed_jax.train import metrics, ner
@@ -101,18 +102,15 @@ def test_bc5cdr_gold_spans_survive_the_round_trip(shared_data, minilm_dir, schem
 
 @pytest.fixture(scope="module")
 def random_bert(tmp_path_factory, minilm_dir):
-    from biomed_jax import BertConfig
-
-    directory = tmp_path_factory.mktemp("tiny_bert")
-    (directory / "vocab.txt").write_bytes((minilm_dir / "vocab.txt").read_bytes())
-    BertConfig(
+    return save_random_init_bert(
+        tmp_path_factory.mktemp("tiny_bert"),
+        minilm_dir,
         hidden_size=32,
         num_hidden_layers=1,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=64,
-    ).save_pretrained(directory)
-    return directory
+    )
 
 
 COMMON = ["--random-init", "--epochs", "2", "--batch-size", "8", "--lr", "3e-3"]

@@ -145,10 +145,10 @@ def embed(
     for mode in {("none" if per_token[i] else pooling) for i, _, _ in rows}:
         group = [r for r in rows if ("none" if per_token[r[0]] else pooling) == mode]
         ids_of = [prefix + content[i][s:e] + suffix for i, s, e in group]
+        hidden = functools.partial(_hidden, pretrained.module, layers=chosen, pooling=mode)
         for index in length_sorted_batches([len(x) for x in ids_of], batch_size):
             batch = [ids_of[k] for k in index]
             ids, mask = pad_batch(batch, max_length, batch_size, tok.pad_token_id)
-            hidden = functools.partial(_hidden, pretrained.module, layers=chosen, pooling=mode)
             h = run_split(hidden, pretrained.params, ids, mask, mesh=mesh, rules=rules)
             for row, k in enumerate(index):
                 i, s, _ = group[k]

@@ -69,10 +69,10 @@ def fill_mask(
             raise ValueError(f"text {i} has {len(ids)} tokens; the model takes at most {limit}")
 
     results: list[Any] = [None] * len(texts)
+    top = functools.partial(_top_k, pretrained.module, top_k=top_k)
     for index in length_sorted_batches([len(e) for e in encoded], batch_size):
         rows = [encoded[i] for i in index]
         ids, mask = pad_batch(rows, limit, batch_size, tok.pad_token_id)
-        top = functools.partial(_top_k, pretrained.module, top_k=top_k)
         probs, tokens = run_split(top, pretrained.params, ids, mask, mesh=mesh, rules=rules)
         for row, i in enumerate(index):
             results[i] = _postprocess(tok, rows[row], probs[row], tokens[row])
