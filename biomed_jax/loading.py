@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from biomed_jax import hub
 from biomed_jax.models import bert, biogpt
+from biomed_jax.models.common import to_layout
 from biomed_jax.models.config import BertConfig, BioGptConfig, HFConfig
 from biomed_jax.weights.bert_names import bert_name_table
 from biomed_jax.weights.biogpt_names import biogpt_name_table
@@ -137,8 +138,9 @@ def is_converted(directory: Path) -> bool:
     return file.is_file() and safetensors_metadata(file).get("format") == FORMAT
 
 
-def load_params(path: str | Path, dtype: Any = None) -> dict[str, Any]:
-    """The nested param dict of a converted checkpoint (directory or its model.safetensors)."""
+def load_params(path: str | Path, dtype: Any = None, scan_layers: bool = False) -> dict[str, Any]:
+    """The nested param dict of a converted checkpoint (directory or its model.safetensors), in
+    the layout of a module with `scan_layers` (files store the stack scanned: [L, ...] tensors)."""
     path = Path(path)
     file = path / "model.safetensors" if path.is_dir() else path
     if not file.is_file():
@@ -150,7 +152,7 @@ def load_params(path: str | Path, dtype: Any = None) -> dict[str, Any]:
     flat = read_safetensors(file)
     if dtype is not None:
         flat = {k: v.astype(dtype) for k, v in flat.items()}
-    return unflatten(flat)
+    return to_layout(unflatten(flat), scan_layers)
 
 
 def _build(
@@ -160,6 +162,7 @@ def _build(
     param_dtype: Any,
     precision: Any,
     config_overrides: dict[str, Any],
+    scan_layers: bool = True,
 ) -> tuple[Any, nn.Module, str, dict[str, Any]]:
     hf_config = _read_config_json(directory)
     name = resolve_architecture(hf_config, architecture)
@@ -167,12 +170,16 @@ def _build(
     config = arch.config.from_dict(hf_config, **config_overrides)
     if getattr(config, "architectures", None) != (name,):
         config = config.replace(architectures=(name,))
-    module = arch.module(config, dtype=dtype, param_dtype=param_dtype, precision=precision)
+    module = arch.module(
+        config, dtype=dtype, param_dtype=param_dtype, precision=precision, scan_layers=scan_layers
+    )
     return config, module, name, hf_config
 
 
 def _convert_hf(directory: Path, module: nn.Module, name: str, param_dtype: Any) -> dict[str, Any]:
+    """The HF checkpoint's params in the scanned layout (stacked over layers)."""
     arch = ARCHITECTURES[name]
+    module = module.clone(scan_layers=True)
     return convert_state_dict(
         read_hf_state_dict(directory),
         arch.name_table(name),
@@ -184,7 +191,9 @@ def _convert_hf(directory: Path, module: nn.Module, name: str, param_dtype: Any)
 
 
 def _check_against_template(params: dict[str, Any], module: nn.Module, source: Path) -> None:
-    expected = {k: tuple(v.shape) for k, v in flatten(param_template(module)).items()}
+    """Scanned-layout `params` against the scanned version of `module`."""
+    template = param_template(module.clone(scan_layers=True))
+    expected = {k: tuple(v.shape) for k, v in flatten(template).items()}
     got = {k: tuple(v.shape) for k, v in flatten(params).items()}
     problems = [f"missing parameter {k} {s}" for k, s in expected.items() if k not in got]
     problems += [f"unexpected parameter {k}" for k in got if k not in expected]
@@ -223,6 +232,7 @@ def from_pretrained(
     precision: Any = "highest",
     mesh: Any = None,
     rules: Any = None,
+    scan_layers: bool = False,
     **config_overrides: Any,
 ) -> Pretrained:
     """Load an HF or converted checkpoint into a `Pretrained` (config, params, module, tokenizer).
@@ -233,6 +243,8 @@ def from_pretrained(
     `architecture` picks the module class (default: the config's `architectures`, else the base
     model); task heads absent from the checkpoint are initialized anew with a warning, as HF does.
     `config_overrides` (e.g. num_labels=3) replace config fields.
+    `scan_layers`: run the layer stack as one `nn.scan` (params stacked [L, ...]; compiles faster)
+    instead of unrolled layers with their own weight buffers (default; faster at run time).
     `mesh` (a `biomed_jax.sharding.make_mesh`): each device reads only its own shards of the
     safetensors, placed by `rules` (`biomed_jax.sharding`, default FSDP_TP).
     """
@@ -240,7 +252,7 @@ def from_pretrained(
     directory = source.path
     dtype = jnp.float32 if dtype is None else dtype
     config, module, name, hf_config = _build(
-        directory, architecture, dtype, param_dtype, precision, config_overrides
+        directory, architecture, dtype, param_dtype, precision, config_overrides, scan_layers
     )
     # Cache only what needs no fresh head: the checkpoint's own architecture, no config overrides.
     if (
@@ -255,10 +267,11 @@ def from_pretrained(
 
         params = load_on_mesh(directory, module, name, mesh, rules, param_dtype)
     elif is_converted(directory):
-        params = load_params(directory, dtype=param_dtype)
+        params = load_params(directory, dtype=param_dtype, scan_layers=True)
         _check_against_template(params, module, directory)
+        params = to_layout(params, scan_layers)
     else:
-        params = _convert_hf(directory, module, name, param_dtype)
+        params = to_layout(_convert_hf(directory, module, name, param_dtype), scan_layers)
     return Pretrained(config, params, module, load_tokenizer(directory, config), directory)
 
 

@@ -57,7 +57,7 @@ def test_grad_is_finite_and_nonzero(model):
     grads = jax.grad(loss)(params)
     leaves = jax.tree.leaves(grads)
     assert all(np.isfinite(g).all() for g in leaves)
-    assert np.abs(grads["bert"]["encoder"]["layer"]["attention"]["query"]["kernel"]).max() > 0
+    assert np.abs(grads["bert"]["encoder"]["layer_0"]["attention"]["query"]["kernel"]).max() > 0
 
 
 def test_padding_does_not_change_valid_positions(model):
@@ -162,13 +162,12 @@ def test_bad_precision_is_an_error():
         module.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))
 
 
-def test_params_carry_logical_axis_names():
-    module = BertModel(CONFIG)
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_params_carry_logical_axis_names(scan_layers):
+    module = BertModel(CONFIG, scan_layers=scan_layers)
     boxed = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32)))
     specs = nn.get_partition_spec(boxed)["params"]
-    assert tuple(specs["encoder"]["layer"]["attention"]["query"]["kernel"]) == (
-        "layers",
-        "embed",
-        "heads",
-    )
+    layer = specs["encoder"]["layer" if scan_layers else "layer_1"]
+    stacked = ("layers",) if scan_layers else ()
+    assert tuple(layer["attention"]["query"]["kernel"]) == (*stacked, "embed", "heads")
     assert tuple(specs["embeddings"]["word_embeddings"]["embedding"]) == ("vocab", "embed")

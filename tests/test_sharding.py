@@ -1,8 +1,8 @@
 """Sharded models over the 8 forced host CPU devices (conftest sets XLA_FLAGS).
 
 BERT here has the BERT-base widths (D=768, N=12 heads, F=3072, V=30522, 512 positions) with 2
-layers instead of 12: every sharded dimension divides the meshes exactly as at base (the scanned
-stack compiles once whatever the depth). Reference: the same jitted computation on one device.
+layers instead of 12: every sharded dimension divides the meshes exactly as at base; its layers are
+scanned (stacked [L, ...] params, sharded along their other axes), except where a test says unrolled. Reference: the same jitted computation on one device.
 float32 tolerances: outputs 1e-5 absolute + 1e-5 relative (BioGPT's logits reach 13, where one
 float32 ulp is 1e-6 and a sharded matmul sums in another order), losses 1e-5 relative, updated
 params 1e-6 absolute (SGD + momentum, lr 0.1); generated tokens identical.
@@ -26,6 +26,7 @@ from biomed_jax import (
 )
 from biomed_jax import sharding as shd
 from biomed_jax.generation import generate
+from biomed_jax.models.common import unstack_layers
 from biomed_jax.train import (
     IGNORE_INDEX,
     create_train_state,
@@ -73,7 +74,7 @@ def random_params(abstract, seed=0):
 
 @pytest.fixture(scope="module")
 def bert():
-    module = BertForMaskedLM(BERT, precision=PRECISION)
+    module = BertForMaskedLM(BERT, precision=PRECISION, scan_layers=True)
     abstract = shd.abstract_params(module)
     return module, abstract, random_params(abstract)
 
@@ -174,6 +175,14 @@ def test_each_parameter_is_placed_as_the_rules_say(bert, shape):
         ref = flatten(params)
         for path in PLACEMENT:
             np.testing.assert_array_equal(np.asarray(placed[path]), np.asarray(ref[path]))
+        # unrolled layers: each layer's tensor is split as the stack is, less the layer axis
+        unrolled = module.clone(scan_layers=False)
+        per_layer = flatten(shd.shard_params(unstack_layers(params), mesh, rules, module=unrolled))
+        for path in (p for p in PLACEMENT if "/layer/" in p):
+            for i in range(L):
+                x = per_layer[path.replace("/layer/", f"/layer_{i}/")]
+                assert x.shape == SHAPES[path][1:]
+                assert x.sharding.spec == P(*placed[path].sharding.spec[1:]), (path, rules)
 
 
 def _is_boxed(x):
@@ -466,7 +475,7 @@ def test_sharded_loading_of_converted_and_torch_files_fresh_heads_and_errors(tmp
     fresh = flatten(from_pretrained(hf, mesh=mesh, rules="tp", **kwargs).params)
     plain = flatten(from_pretrained(hf, **kwargs).params)
     assert fresh["classifier/kernel"].sharding.spec == P("model", None)
-    assert fresh["bert/encoder/layer/mlp/fc_in/kernel"].sharding.spec == P(None, None, "model")
+    assert fresh["bert/encoder/layer_1/mlp/fc_in/kernel"].sharding.spec == P(None, "model")
     for path, x in fresh.items():
         np.testing.assert_allclose(np.asarray(x), np.asarray(plain[path]), atol=1e-7, err_msg=path)
 

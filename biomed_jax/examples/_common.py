@@ -22,6 +22,7 @@ from biomed_jax.loading import (
     from_pretrained,
     init_params,
 )
+from biomed_jax.models.common import stack_layers
 from biomed_jax.models.config import BertConfig
 from biomed_jax.weights.io import atomic_write_bytes, atomic_write_text, save_params
 
@@ -157,7 +158,7 @@ def save(directory: Path, module: Any, state: train.TrainState, source: Path) ->
         if (source / name).is_file():
             atomic_write_bytes(directory / name, (source / name).read_bytes())
     module.config.replace(architectures=(type(module).__name__,)).save_pretrained(directory)
-    params = jax.device_get(state.params)
+    params = stack_layers(jax.device_get(state.params))  # files hold the stack scanned
     save_params(
         params,
         directory / "model.safetensors",

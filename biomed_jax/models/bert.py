@@ -1,7 +1,8 @@
 """BERT encoder (BiomedBERT) and its heads, as in Hugging Face `modeling_bert.py`.
 
 Axis legend: B batch, T length, D hidden, N heads, H head dim, F intermediate, V vocab.
-Post-LayerNorm blocks: x = LN(x + Attn(x)); x = LN(x + MLP(x)). Layers run under one `nn.scan`.
+Post-LayerNorm blocks: x = LN(x + Attn(x)); x = LN(x + MLP(x)). Layers run unrolled, or under one
+`nn.scan` with `scan_layers=True` (`models.common.layer_stack`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from biomed_jax.models.common import ModelBase, check_inputs, scan_layers, unstack
+from biomed_jax.models.common import ModelBase, check_inputs, layer_stack, unstack
 from biomed_jax.models.outputs import (
     BaseModelOutput,
     MaskedLMOutput,
@@ -47,7 +48,7 @@ class BertEmbeddings(ModelBase):
 
 
 class BertLayer(ModelBase):
-    """One post-LN encoder block; scanned: (h, mask) -> (h, (h, attention probs))."""
+    """One post-LN encoder block: (h, mask) -> (h, (h, attention probs))."""
 
     deterministic: bool = True
     output_hidden_states: bool = False
@@ -79,16 +80,17 @@ class BertLayer(ModelBase):
 
 
 class BertEncoder(ModelBase):
-    """The scanned stack of `BertLayer`s; params under encoder/layer with a leading layer axis."""
+    """The stack of `BertLayer`s: params under encoder/layer_{i} (or encoder/layer, scanned)."""
 
     @nn.compact
     def __call__(
         self, h, mask, deterministic: bool, output_hidden_states: bool, output_attentions: bool
     ):
-        layers = scan_layers(
+        layers = layer_stack(
             BertLayer,
             self.config.num_hidden_layers,
-            self.gradient_checkpointing,
+            scan=self.scan_layers,
+            remat=self.gradient_checkpointing,
             in_axes=nn.broadcast,
             config=self.config,
             **self.numerics,
@@ -106,9 +108,7 @@ class BertModel(ModelBase):
 
     def setup(self) -> None:
         self.embeddings = BertEmbeddings(self.config, **self.numerics)
-        self.encoder = BertEncoder(
-            self.config, **self.numerics, gradient_checkpointing=self.gradient_checkpointing
-        )
+        self.encoder = BertEncoder(self.config, **self.numerics, **self.stack_options)
         if self.add_pooling_layer:
             self.pooler = Dense(
                 self.config.hidden_size,
@@ -186,7 +186,7 @@ class BertForMaskedLM(_BertWithHead):
             c,
             **self.numerics,
             add_pooling_layer=False,
-            gradient_checkpointing=self.gradient_checkpointing,
+            **self.stack_options,
         )
         self.transform = Dense(
             c.hidden_size, ("embed", "embed_out"), init_std=c.initializer_range, **self.numerics
@@ -232,9 +232,7 @@ class BertForSequenceClassification(_BertWithHead):
 
     def setup(self) -> None:
         c = self.config
-        self.bert = BertModel(
-            c, **self.numerics, gradient_checkpointing=self.gradient_checkpointing
-        )
+        self.bert = BertModel(c, **self.numerics, **self.stack_options)
         rate = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
         self.dropout = nn.Dropout(rate)
         self.classifier = Dense(
@@ -275,7 +273,7 @@ class BertForTokenClassification(_BertWithHead):
             c,
             **self.numerics,
             add_pooling_layer=False,
-            gradient_checkpointing=self.gradient_checkpointing,
+            **self.stack_options,
         )
         rate = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
         self.dropout = nn.Dropout(rate)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biomed_jax.models.common import ModelBase, check_inputs, scan_layers, unstack
+from biomed_jax.models.common import ModelBase, check_inputs, layer_stack, unstack
 from biomed_jax.models.outputs import (
     BaseModelOutput,
     CausalLMOutput,
@@ -38,7 +38,7 @@ def mask_positions(attention_mask: jax.Array) -> jax.Array:
 
 
 class BioGptDecoderLayer(ModelBase):
-    """One pre-LN block; scanned: (h, mask, kv, index) -> (h, (h, attention probs, new kv))."""
+    """One pre-LN block: (h, mask, kv, index) -> (h, (h, attention probs, new kv))."""
 
     deterministic: bool = True
     output_hidden_states: bool = False
@@ -83,16 +83,17 @@ class BioGptDecoderLayer(ModelBase):
 
 
 class BioGptDecoder(ModelBase):
-    """The scanned stack of `BioGptDecoderLayer`s; params under layers/layer with a leading L axis."""
+    """The stack of `BioGptDecoderLayer`s: params under layers/layer_{i} (or layers/layer, scanned)."""
 
     @nn.compact
     def __call__(
         self, h, mask, kv_cache, cache_index, deterministic, output_hidden_states, output_attentions
     ):
-        layers = scan_layers(
+        layers = layer_stack(
             BioGptDecoderLayer,
             self.config.num_hidden_layers,
-            self.gradient_checkpointing,
+            scan=self.scan_layers,
+            remat=self.gradient_checkpointing,
             in_axes=(nn.broadcast, 0, nn.broadcast),
             config=self.config,
             **self.numerics,
@@ -117,9 +118,7 @@ class BioGptModel(ModelBase):
             **kw,
         )
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
-        self.layers = BioGptDecoder(
-            c, **self.numerics, gradient_checkpointing=self.gradient_checkpointing
-        )
+        self.layers = BioGptDecoder(c, **self.numerics, **self.stack_options)
         self.layer_norm = LayerNorm(c.REFERENCE_LAYER_NORM_EPS, self.dtype, self.param_dtype)
 
     def __call__(
@@ -206,9 +205,7 @@ class _BioGptWithHead(ModelBase):
         return self.biogpt(input_ids, attention_mask, position_ids, **kwargs)
 
     def _backbone(self) -> BioGptModel:
-        return BioGptModel(
-            self.config, **self.numerics, gradient_checkpointing=self.gradient_checkpointing
-        )
+        return BioGptModel(self.config, **self.numerics, **self.stack_options)
 
 
 class BioGptForCausalLM(_BioGptWithHead):

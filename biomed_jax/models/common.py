@@ -1,7 +1,17 @@
-"""What every model module shares: numeric options, input checks, the scanned layer stack."""
+"""What every model module shares: numeric options, input checks, the layer stack and its layouts.
+
+The stack of identical layers runs in one of two ways (`scan_layers`), with its own param layout:
+- unrolled (default): each layer is its own module, params under `layer_0`, `layer_1`, ...; every
+  layer reads its own weight buffers.
+- scanned: one `nn.scan`, params under `layer` with a leading layer axis [L, ...]; compiles once
+  for all layers, but on CPU XLA copies each layer's weights out of the stack on every call.
+`stack_layers` / `unstack_layers` convert between the two (checkpoints on disk are stacked).
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -13,17 +23,26 @@ from biomed_jax.nn.layers import Dtype, PrecisionLike, check_token_ids
 
 
 class ModelBase(nn.Module):
-    """Fields of every model: config, compute/param dtypes, matmul precision, remat."""
+    """Fields of every model: config, compute/param dtypes, matmul precision, remat, layer stack."""
 
     config: Any
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     precision: PrecisionLike = "highest"
     gradient_checkpointing: bool = False
+    scan_layers: bool = False
 
     @property
     def numerics(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "param_dtype": self.param_dtype, "precision": self.precision}
+
+    @property
+    def stack_options(self) -> dict[str, Any]:
+        """How submodules run their layer stack: remat and scan, as this module does."""
+        return {
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "scan_layers": self.scan_layers,
+        }
 
 
 def check_inputs(
@@ -47,22 +66,91 @@ def check_inputs(
             )
 
 
-def scan_layers(
-    layer_cls: type[nn.Module], num_layers: int, remat: bool, in_axes: Any, **layer_kwargs: Any
-) -> nn.Module:
-    """Layers as one `nn.scan` (params stacked on a leading "layers" axis); optional remat per layer.
+STACKED = "layer"  # the scanned stack's param name; unrolled layers are layer_0, layer_1, ...
+_UNROLLED = re.compile(rf"{STACKED}_(\d+)")
 
-    Scanning compiles the stack once instead of num_layers times (see README for measurements).
+
+def layer_stack(
+    layer_cls: type[nn.Module],
+    num_layers: int,
+    *,
+    scan: bool,
+    remat: bool,
+    in_axes: Any,
+    **layer_kwargs: Any,
+) -> Callable[..., tuple[jax.Array, Any]]:
+    """`num_layers` copies of `layer_cls`: (h, *args) -> (h, ys stacked on a leading L axis).
+
+    Call it inside a compact method. Each layer maps (h, *args) -> (h, ys); `in_axes` says per arg
+    whether every layer sees it whole (`nn.broadcast`) or its own slice of a leading L axis (0).
+    Both ways compute the same function; only the param layout and the compiled program differ.
     """
-    cls = nn.remat(layer_cls, prevent_cse=False) if remat else layer_cls
-    return nn.scan(
-        cls,
-        variable_axes={"params": 0},
-        split_rngs={"params": True, "dropout": True},
-        in_axes=in_axes,
-        length=num_layers,
-        metadata_params={nn.PARTITION_NAME: "layers"},
-    )(**layer_kwargs, name="layer")
+    cls = nn.remat(layer_cls, prevent_cse=not scan) if remat else layer_cls
+    if scan:
+        return nn.scan(
+            cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=in_axes,
+            length=num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(**layer_kwargs, name=STACKED)
+
+    layers = [cls(**layer_kwargs, name=f"{STACKED}_{i}") for i in range(num_layers)]
+    axes = in_axes if isinstance(in_axes, tuple) else (in_axes,)
+
+    def run(h: jax.Array, *args: Any) -> tuple[jax.Array, Any]:
+        outputs = []
+        for i, layer in enumerate(layers):
+            own = [
+                a if ax is nn.broadcast else jax.tree.map(lambda x, i=i: x[i], a)
+                for a, ax in zip(args, axes, strict=True)
+            ]
+            h, ys = layer(h, *own)
+            outputs.append(ys)
+        return h, jax.tree.map(lambda *ys: jnp.stack(ys), *outputs)
+
+    return run
+
+
+def unstack_layers(params: Any) -> Any:
+    """Scanned layout -> unrolled: every `layer` subtree [L, ...] becomes `layer_0` ... `layer_{L-1}`."""
+    if not isinstance(params, dict):
+        return params
+    out = {}
+    for name, sub in params.items():
+        if name == STACKED:
+            count = jax.tree.leaves(sub)[0].shape[0]
+            out.update(
+                (f"{STACKED}_{i}", jax.tree.map(lambda x, i=i: x[i], sub)) for i in range(count)
+            )
+        else:
+            out[name] = unstack_layers(sub)
+    return out
+
+
+def stack_layers(params: Any) -> Any:
+    """Unrolled layout -> scanned (the inverse of `unstack_layers`); stacked params pass through."""
+    if not isinstance(params, dict):
+        return params
+    layers = {
+        int(m.group(1)): sub for name, sub in params.items() if (m := _UNROLLED.fullmatch(name))
+    }
+    out = {name: stack_layers(sub) for name, sub in params.items() if not _UNROLLED.fullmatch(name)}
+    if layers:
+        if sorted(layers) != list(range(len(layers))):
+            raise ValueError(f"layers {sorted(layers)} are not 0..{len(layers) - 1}")
+        out[STACKED] = jax.tree.map(_stack, *(layers[i] for i in range(len(layers))))
+    return out
+
+
+def _stack(*xs: Any) -> Any:
+    return np.stack(xs) if isinstance(xs[0], np.ndarray) else jnp.stack(xs)
+
+
+def to_layout(params: Any, scan_layers: bool) -> Any:
+    """Params in either layout, converted to the one a module with `scan_layers` expects."""
+    return stack_layers(params) if scan_layers else unstack_layers(params)
 
 
 def unstack(stacked: jax.Array | None) -> tuple[jax.Array, ...] | None:

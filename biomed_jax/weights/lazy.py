@@ -183,8 +183,25 @@ def load_on_mesh(
     """`from_pretrained(..., mesh=)`: the params of `module` from `directory`, placed by `rules`.
 
     safetensors (ours or HF) are read shard by shard; a pytorch_model.bin (a zip that cannot be
-    sliced) is converted in host memory first and then split onto the devices.
+    sliced) is converted in host memory first and then split onto the devices. Files hold the
+    layer stack scanned; for an unrolled `module` the stack is then split on the devices, each
+    layer onto its own shards.
     """
+    from biomed_jax import sharding
+    from biomed_jax.models.common import to_layout
+
+    params = _load_scanned(
+        directory, module.clone(scan_layers=True), architecture, mesh, rules, dtype
+    )
+    if module.scan_layers:
+        return params
+    shardings = sharding.param_shardings(module, mesh, rules)
+    return jax.jit(lambda p: to_layout(p, False), out_shardings=shardings)(params)
+
+
+def _load_scanned(
+    directory: str | Path, module: Any, architecture: str, mesh: Any, rules: Any, dtype: Any
+) -> dict[str, Any]:
     from biomed_jax import loading, sharding
 
     directory = Path(directory)
