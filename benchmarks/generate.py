@@ -1,9 +1,10 @@
 """BioGPT generation: our compiled `generate` against HF PyTorch `generate`, same run and threads.
 
     python benchmarks/generate.py [--cases greedy:1,greedy:4,greedy:8,beam5:1] [--repeats 3]
+                                  [--new-tokens 32]
 
 Random seeded BioGPT weights of the real size (347M: 24 layers, 1024 wide, vocab 42384), fp32.
-Prompts of 8 tokens, 32 new tokens (min_new_tokens=32, so no row stops early). Calls alternate
+Prompts of 8 tokens, 32 new tokens by default (min_new_tokens too, so no row stops early). Calls alternate
 (ours, HF, ours, HF, ...) so machine drift hits both alike. Prints JSON per case: median seconds
 per call, generated tokens/s, ms per generated token (per decode step, prefill included),
 our compile time (trace + lowering + XLA compile, from jax.monitoring), the speed-up over HF, and whether both produced
@@ -62,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="greedy:1,greedy:4,greedy:8,beam5:1")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=NEW)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument(
         "--precision",
@@ -111,7 +113,8 @@ def main() -> None:
         beams = int(strategy.removeprefix("beam")) if strategy.startswith("beam") else 1
         batch = int(batch)
         ids = np.random.RandomState(batch).randint(4, 42384, (batch, PROMPT))
-        kwargs = dict(max_new_tokens=NEW, min_new_tokens=NEW, num_beams=beams)
+        new = args.new_tokens
+        kwargs = dict(max_new_tokens=new, min_new_tokens=new, num_beams=beams)
 
         ours = functools.partial(_ours, generate, model.module, params, ids, kwargs)
         reference = functools.partial(_reference, hf, ids, kwargs)
@@ -133,19 +136,19 @@ def main() -> None:
         row = {
             "case": case,
             "ours_s": round(sec, 3),
-            "ours_tokens_per_s": round(batch * NEW / sec, 1),
-            "ours_ms_per_token": round(sec / NEW * 1e3, 1),
+            "ours_tokens_per_s": round(batch * new / sec, 1),
+            "ours_ms_per_token": round(sec / new * 1e3, 1),
             "compile_s": round(compile_s, 2),
         }
         if batch == 1 and beams == 1:
             row["bound_ms_per_token"] = round(bound_ms, 1)
-            row["bound_fraction"] = round(bound_ms / (sec / NEW * 1e3), 3)
+            row["bound_fraction"] = round(bound_ms / (sec / new * 1e3), 3)
         if not args.no_torch:
             ref = statistics.median(ref_s)
             row |= {
                 "hf_s": round(ref, 3),
-                "hf_tokens_per_s": round(batch * NEW / ref, 1),
-                "hf_ms_per_token": round(ref / NEW * 1e3, 1),
+                "hf_tokens_per_s": round(batch * new / ref, 1),
+                "hf_ms_per_token": round(ref / new * 1e3, 1),
                 "speedup_vs_hf": round(ref / sec, 2),
                 "same_tokens": bool(np.array_equal(ours_tokens, ref_tokens)),
             }
@@ -161,7 +164,7 @@ def main() -> None:
                 "threads": args.threads,
                 "repeats": args.repeats,
                 "prompt_tokens": PROMPT,
-                "new_tokens": NEW,
+                "new_tokens": args.new_tokens,
                 "weight_bytes": weight_bytes,
                 "bandwidth_gb_s": round(bandwidth, 1),
                 "results": results,

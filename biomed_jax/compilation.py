@@ -1,13 +1,11 @@
 """XLA compiler options of our jitted entry points, and `jit`, which applies them.
 
 On CPU, XLA (jaxlib 0.10) hands every matmul to YNNPACK *and* fuses the LayerNorms, GELU and
-residual adds around it into the same YNNPACK call; those fusions ran BERT-base's MLP matmuls at
-~140 instead of ~170 GFLOP/s. With YNNPACK off and XNNPACK on, matmuls go to XNNPACK one dot at a
-time, with XLA's own elementwise code around them: BERT-base forward 1.14x torch at 1x128 and
-1.03x at 8x512 against 1.12x and 0.96x with YNNPACK for individual dots, equal at 8x128
-(`benchmarks/bert_forward.py`, README). The options are CPU debug options: other backends ignore
-them. A jaxlib that does not know them gets no options (checked once, on first use), never a
-failed compile.
+residual adds around it into the same YNNPACK call. Those big fusions run BERT-base at 8x512
+about 13 % slower than plain matmuls with XLA's own elementwise code around them; YNNPACK for the
+matmuls alone ("individual dot") keeps its fast GEMMs without them (`benchmarks/bert_forward.py`,
+README). The options are CPU debug options: other backends ignore them. A jaxlib that does not
+know them gets no options (checked once, on first use), never a failed compile.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_use_xnnpack": True}
+CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
 @functools.cache

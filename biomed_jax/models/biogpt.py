@@ -38,14 +38,19 @@ def mask_positions(attention_mask: jax.Array) -> jax.Array:
 
 
 class BioGptDecoderLayer(ModelBase):
-    """One pre-LN block: (h, mask, kv, index) -> (h, (h, attention probs, new kv))."""
+    """One pre-LN block: ((h, kv), mask, layer, index) -> ((h, kv), (h, attention probs)).
+
+    kv: None or every layer's cache (key, value) [L, B, S, N, H], carried through the stack; this
+    layer writes its slice `layer` in place.
+    """
 
     deterministic: bool = True
     output_hidden_states: bool = False
     output_attentions: bool = False
 
     @nn.compact
-    def __call__(self, h, mask, kv_cache, cache_index):  # h [B, T, D], mask [B, 1, T, S]
+    def __call__(self, carry, mask, layer, cache_index):  # h [B, T, D], mask [B, 1, T, S]
+        h, kv_cache = carry
         c = self.config
         kw = {"init_std": c.initializer_range, **self.numerics}
         norm = dict(
@@ -61,6 +66,7 @@ class BioGptDecoderLayer(ModelBase):
             LayerNorm(**norm, name="self_attn_layer_norm")(h),
             mask,
             kv_cache=kv_cache,
+            cache_layer=layer,
             cache_index=cache_index,
             deterministic=self.deterministic,
         )
@@ -75,10 +81,9 @@ class BioGptDecoderLayer(ModelBase):
         )(LayerNorm(**norm, name="final_layer_norm")(h), self.deterministic)
         h = h + nn.Dropout(c.hidden_dropout_prob)(mlp, deterministic=self.deterministic)
         h = nn.with_logical_constraint(h, ("batch", "length", "act_embed"))
-        return h, (
+        return (h, new_kv), (
             h if self.output_hidden_states else None,
             probs if self.output_attentions else None,
-            new_kv,
         )
 
 
@@ -101,8 +106,9 @@ class BioGptDecoder(ModelBase):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
         )
-        # h [B, T, D]; ([L, B, T, D] | None, [L, B, N, T, S] | None, ([L, B, S, N, H],) * 2 | None)
-        return layers(h, mask, kv_cache, cache_index)
+        layer_ids = jnp.arange(self.config.num_hidden_layers)
+        # (h [B, T, D], ([L, B, S, N, H],) * 2 | None), ([L, B, T, D] | None, [L, B, N, T, S] | None)
+        return layers((h, kv_cache), mask, layer_ids, cache_index)
 
 
 class BioGptModel(ModelBase):
@@ -151,7 +157,7 @@ class BioGptModel(ModelBase):
         h = h + self.embed_positions(position_ids + c.POSITION_OFFSET)
         h = self.dropout(h, deterministic=deterministic)  # [B, T, D]
         kv = None if cache is None else (cache.key, cache.value)
-        last, (all_hidden, all_attentions, new_kv) = self.layers(
+        (last, new_kv), (all_hidden, all_attentions) = self.layers(
             h, mask, kv, index, deterministic, output_hidden_states, output_attentions
         )
         last = self.layer_norm(last)

@@ -150,8 +150,10 @@ def dot_product_attention(
 class SelfAttention(nn.Module):
     """Projections q, k, v (D -> N*H), attention, output projection (N*H -> D).
 
-    With `kv_cache=(key [B,S,N,H], value [B,S,N,H])` the new keys/values are written at
-    `cache_index` with `lax.dynamic_update_slice` and the queries attend over all S slots.
+    With `kv_cache=(key [L,B,S,N,H], value [L,B,S,N,H])`, every layer's cache, the new keys/values
+    are written into layer `cache_layer` at slot `cache_index` with one `lax.dynamic_update_slice`
+    on the whole cache (in place under jit: no per-layer copy of the cache) and the queries attend
+    over that layer's S slots; the whole updated cache is returned.
     """
 
     num_heads: int
@@ -169,6 +171,7 @@ class SelfAttention(nn.Module):
         mask: jax.Array,  # [B, 1, T, S] bool
         *,
         kv_cache: tuple[jax.Array, jax.Array] | None = None,
+        cache_layer: jax.Array | None = None,
         cache_index: jax.Array | None = None,
         deterministic: bool = True,
     ) -> tuple[jax.Array, jax.Array, tuple[jax.Array, jax.Array] | None]:
@@ -191,14 +194,17 @@ class SelfAttention(nn.Module):
 
         new_cache = None
         if kv_cache is not None:
-            cached_key, cached_value = kv_cache
-            start = (0, cache_index, 0, 0)
-            key = jax.lax.dynamic_update_slice(cached_key, key.astype(cached_key.dtype), start)
-            value = jax.lax.dynamic_update_slice(
-                cached_value, value.astype(cached_value.dtype), start
-            )
-            new_cache = (key, value)
-            key, value = key.astype(self.dtype), value.astype(self.dtype)
+            start = (cache_layer, 0, cache_index, 0, 0)
+            new_cache = tuple(
+                jax.lax.dynamic_update_slice(cache, new[None].astype(cache.dtype), start)
+                for cache, new in zip(kv_cache, (key, value), strict=True)
+            )  # [L, B, S, N, H] each
+            key, value = (
+                jax.lax.dynamic_index_in_dim(cache, cache_layer, 0, keepdims=False).astype(
+                    self.dtype
+                )
+                for cache in new_cache
+            )  # [B, S, N, H]
 
         use_dropout = not deterministic and self.dropout_rate > 0.0
         out, probs = dot_product_attention(
