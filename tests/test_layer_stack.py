@@ -16,10 +16,14 @@ from biomed_jax.weights.io import flatten, read_safetensors
 LAYERS = 3
 
 
-@pytest.fixture(scope="module")
-def hf_biogpt(tmp_path_factory):
+def _save_hf(tmp_path_factory, kind: str):
+    """A seeded 3-layer HF checkpoint: BioGptForCausalLM or BertForMaskedLM."""
     torch.manual_seed(0)
-    config = transformers.BioGptConfig(
+    config_cls, model_cls = {
+        "biogpt": (transformers.BioGptConfig, transformers.BioGptForCausalLM),
+        "bert": (transformers.BertConfig, transformers.BertForMaskedLM),
+    }[kind]
+    config = config_cls(
         vocab_size=61,
         hidden_size=24,
         num_hidden_layers=LAYERS,
@@ -28,26 +32,19 @@ def hf_biogpt(tmp_path_factory):
         max_position_embeddings=32,
         initializer_range=0.2,
     )
-    path = tmp_path_factory.mktemp("hf_biogpt")
-    transformers.BioGptForCausalLM(config).eval().save_pretrained(path)
+    path = tmp_path_factory.mktemp(f"hf_{kind}")
+    model_cls(config).eval().save_pretrained(path)
     return path
 
 
 @pytest.fixture(scope="module")
+def hf_biogpt(tmp_path_factory):
+    return _save_hf(tmp_path_factory, "biogpt")
+
+
+@pytest.fixture(scope="module")
 def hf_bert3(tmp_path_factory):
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=53,
-        hidden_size=24,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=32,
-        initializer_range=0.2,
-    )
-    path = tmp_path_factory.mktemp("hf_bert3")
-    transformers.BertForMaskedLM(config).eval().save_pretrained(path)
-    return path
+    return _save_hf(tmp_path_factory, "bert")
 
 
 def _both(path):
