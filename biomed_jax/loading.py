@@ -162,7 +162,7 @@ def _build(
     param_dtype: Any,
     precision: Any,
     config_overrides: dict[str, Any],
-    scan_layers: bool = True,
+    scan_layers: bool,
 ) -> tuple[Any, nn.Module, str, dict[str, Any]]:
     hf_config = _read_config_json(directory)
     name = resolve_architecture(hf_config, architecture)
@@ -284,7 +284,9 @@ def convert(src_dir: str | Path, dst_dir: str | Path, *, architecture: str | Non
     src, dst = Path(src_dir), Path(dst_dir)
     if src.resolve() == dst.resolve():
         raise ValueError("convert: source and destination must differ")
-    config, module, name, _ = _build(src, architecture, jnp.float32, jnp.float32, "highest", {})
+    config, module, name, _ = _build(
+        src, architecture, jnp.float32, jnp.float32, "highest", {}, True
+    )
     params = _convert_hf(src, module, name, None)
     dst.mkdir(parents=True, exist_ok=True)
     for file in TOKENIZER_FILES:

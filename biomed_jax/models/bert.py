@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from biomed_jax.models.common import ModelBase, check_inputs, layer_stack, unstack
+from biomed_jax.models.common import ModelBase, check_inputs, layer_stack
 from biomed_jax.models.outputs import (
     BaseModelOutput,
     MaskedLMOutput,
@@ -98,7 +98,7 @@ class BertEncoder(ModelBase):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
         )
-        return layers(h, mask)  # h [B, T, D], ([L, B, T, D] | None, [L, B, N, T, T] | None)
+        return layers(h, mask)  # h [B, T, D], (L x [B, T, D] | None, L x [B, N, T, T] | None)
 
 
 class BertModel(ModelBase):
@@ -148,8 +148,8 @@ class BertModel(ModelBase):
         return BaseModelOutput(
             last_hidden_state=h,
             pooler_output=pooled,
-            hidden_states=(embedded, *unstack(all_hidden)) if output_hidden_states else None,
-            attentions=unstack(all_attentions),
+            hidden_states=(embedded, *all_hidden) if output_hidden_states else None,
+            attentions=all_attentions,
         )
 
 

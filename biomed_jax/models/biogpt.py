@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biomed_jax.models.common import ModelBase, check_inputs, layer_stack, unstack
+from biomed_jax.models.common import ModelBase, check_inputs, layer_stack
 from biomed_jax.models.outputs import (
     BaseModelOutput,
     CausalLMOutput,
@@ -49,8 +49,8 @@ class BioGptDecoderLayer(ModelBase):
     output_attentions: bool = False
 
     @nn.compact
-    def __call__(self, carry, mask, layer, cache_index):  # h [B, T, D], mask [B, 1, T, S]
-        h, kv_cache = carry
+    def __call__(self, carry, mask, layer, cache_index):  # mask [B, 1, T, S]
+        h, kv_cache = carry  # h [B, T, D]
         c = self.config
         kw = {"init_std": c.initializer_range, **self.numerics}
         norm = dict(
@@ -107,7 +107,7 @@ class BioGptDecoder(ModelBase):
             output_attentions=output_attentions,
         )
         layer_ids = jnp.arange(self.config.num_hidden_layers)
-        # (h [B, T, D], ([L, B, S, N, H],) * 2 | None), ([L, B, T, D] | None, [L, B, N, T, S] | None)
+        # (h [B, T, D], ([L, B, S, N, H],) * 2 | None), (L x [B, T, D] | None, L x [B, N, T, S] | None)
         return layers((h, kv_cache), mask, layer_ids, cache_index)
 
 
@@ -169,11 +169,11 @@ class BioGptModel(ModelBase):
         hidden_states = None
         if output_hidden_states:
             # As HF: the embeddings, each layer's output, and the last one after the final LayerNorm.
-            hidden_states = (h, *unstack(all_hidden)[:-1], last)
+            hidden_states = (h, *all_hidden[:-1], last)
         return BaseModelOutput(
             last_hidden_state=last,
             hidden_states=hidden_states,
-            attentions=unstack(all_attentions),
+            attentions=all_attentions,
             cache=new_cache,
         )
 

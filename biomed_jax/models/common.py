@@ -79,7 +79,7 @@ def layer_stack(
     in_axes: Any,
     **layer_kwargs: Any,
 ) -> Callable[..., tuple[jax.Array, Any]]:
-    """`num_layers` copies of `layer_cls`: (h, *args) -> (h, ys stacked on a leading L axis).
+    """`num_layers` copies of `layer_cls`: (h, *args) -> (h, ys), each leaf of ys a tuple of L.
 
     Call it inside a compact method. Each layer maps (h, *args) -> (h, ys); `in_axes` says per arg
     whether every layer sees it whole (`nn.broadcast`) or its own slice of a leading L axis (0).
@@ -87,7 +87,7 @@ def layer_stack(
     """
     cls = nn.remat(layer_cls, prevent_cse=not scan) if remat else layer_cls
     if scan:
-        return nn.scan(
+        scanned = nn.scan(
             cls,
             variable_axes={"params": 0},
             split_rngs={"params": True, "dropout": True},
@@ -95,6 +95,12 @@ def layer_stack(
             length=num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(**layer_kwargs, name=STACKED)
+
+        def run_scanned(h: Any, *args: Any) -> tuple[Any, Any]:
+            h, stacked = scanned(h, *args)  # ys leaves [L, ...]
+            return h, jax.tree.map(lambda y: tuple(y[i] for i in range(num_layers)), stacked)
+
+        return run_scanned
 
     layers = [cls(**layer_kwargs, name=f"{STACKED}_{i}") for i in range(num_layers)]
     axes = in_axes if isinstance(in_axes, tuple) else (in_axes,)
@@ -108,7 +114,7 @@ def layer_stack(
             ]
             h, ys = layer(h, *own)
             outputs.append(ys)
-        return h, jax.tree.map(lambda *ys: jnp.stack(ys), *outputs)
+        return h, jax.tree.map(lambda *ys: ys, *outputs)
 
     return run
 
@@ -151,10 +157,3 @@ def _stack(*xs: Any) -> Any:
 def to_layout(params: Any, scan_layers: bool) -> Any:
     """Params in either layout, converted to the one a module with `scan_layers` expects."""
     return stack_layers(params) if scan_layers else unstack_layers(params)
-
-
-def unstack(stacked: jax.Array | None) -> tuple[jax.Array, ...] | None:
-    """[L, ...] -> tuple of L arrays."""
-    if stacked is None:
-        return None
-    return tuple(stacked[i] for i in range(stacked.shape[0]))

@@ -194,6 +194,8 @@ class SelfAttention(nn.Module):
 
         new_cache = None
         if kv_cache is not None:
+            if cache_layer is None or cache_index is None:
+                raise ValueError("kv_cache needs cache_layer and cache_index")
             start = (cache_layer, 0, cache_index, 0, 0)
             new_cache = tuple(
                 jax.lax.dynamic_update_slice(cache, new[None].astype(cache.dtype), start)
