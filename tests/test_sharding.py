@@ -417,11 +417,22 @@ def test_from_pretrained_on_a_mesh_reads_each_shard_onto_its_device(tmp_path, mo
     whole = from_pretrained(directory)
     mesh = shd.make_mesh(2, 4)
     log = _ReadLog(monkeypatch)
+    created = []  # shapes of the device arrays the loader builds
+    make_array = jax.make_array_from_callback
+
+    def recording(shape, *args, **kwargs):
+        created.append(tuple(shape))
+        return make_array(shape, *args, **kwargs)
+
+    monkeypatch.setattr(jax, "make_array_from_callback", recording)
     loaded = from_pretrained(directory, mesh=mesh, rules="fsdp_tp")
     monkeypatch.undo()
 
     want, got = flatten(whole.params), flatten(loaded.params)
     assert set(got) == set(want)
+    assert any("layer_1/" in path for path in got)  # unrolled layers,
+    # each read straight onto its shards: no stacked [L, ...] copy is built and split on the devices
+    assert sorted(created) == sorted(tuple(x.shape) for x in got.values())
     shardings = flatten(shd.param_shardings(loaded.module, mesh, "fsdp_tp"))
     sharded = 0
     for path, x in got.items():

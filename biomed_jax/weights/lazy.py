@@ -2,8 +2,9 @@
 
 A parameter is built with `jax.make_array_from_callback`: for every device shard, the callback
 reads exactly that block with `safe_open(...).get_slice(key)[index]` (transposed for torch Linear
-weights, stacked over layers for the scanned stack), so no parameter is ever materialised whole
-on one device, nor whole in host memory when it is sharded. Works for our converted files and for
+weights, stacked over layers for the scanned stack, one layer of a stacked tensor for unrolled
+layers), so no parameter is ever materialised whole on one device, nor whole in host memory when
+it is sharded. Works for our converted files and for
 HF safetensors (single file or `model-*-of-*` shards) through the model's name table; on several
 hosts each host reads only the shards of its own devices.
 """
@@ -21,6 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
+from biomed_jax.models.common import STACKED
 from biomed_jax.weights.convert import NameTable, match_keys
 from biomed_jax.weights.io import CheckpointError, flatten, unflatten
 
@@ -34,6 +36,7 @@ class Source:
     file: str
     key: str
     transpose: bool = False
+    layer: int | None = None  # the block [layer, ...] of a tensor stacked over layers
 
 
 def safetensors_files(directory: Path) -> list[Path]:
@@ -88,10 +91,33 @@ def plan_hf(
     return plan, problems
 
 
+def per_layer(
+    handles: Mapping[str, Any], plan: Mapping[str, Source | list[Source]]
+) -> dict[str, Source | list[Source]]:
+    """A plan for the stacked layout turned into one for unrolled layers: `.../layer/...` (a list
+    of per-layer sources, or one tensor stacked over layers) becomes `.../layer_0/...`, ..."""
+    out: dict[str, Source | list[Source]] = {}
+    for path, source in plan.items():
+        parts = path.split("/")
+        if STACKED not in parts:
+            out[path] = source
+            continue
+        at = parts.index(STACKED)
+        if isinstance(source, list):
+            layers = source
+        else:
+            count = _shape(handles, source)[0]
+            layers = [dataclasses.replace(source, layer=i) for i in range(count)]
+        for i, layer in enumerate(layers):
+            out["/".join([*parts[:at], f"{STACKED}_{i}", *parts[at + 1 :]])] = layer
+    return out
+
+
 def _shape(handles: Mapping[str, Any], source: Source | list[Source]) -> tuple[int, ...]:
     first = source[0] if isinstance(source, list) else source
     shape = tuple(handles[first.file].get_slice(first.key).get_shape())
     shape = shape[::-1] if first.transpose else shape
+    shape = shape[1:] if first.layer is not None else shape
     return (len(source), *shape) if isinstance(source, list) else shape
 
 
@@ -101,8 +127,11 @@ def _reader(handles: Mapping[str, Any], source: Source | list[Source], dtype: An
     def one(src: Source, index: tuple[slice, ...]) -> np.ndarray:
         view = handles[src.file].get_slice(src.key)
         if src.transpose:
-            return np.asarray(view[index[::-1]]).T
-        return np.asarray(view[index])
+            index = index[::-1]
+        if src.layer is not None:
+            index = (src.layer, *index)  # [layer, ...]: no transposed stacks exist
+        block = np.asarray(view[index])
+        return block.T if src.transpose else block
 
     def read(index: tuple[slice, ...]) -> np.ndarray:
         if isinstance(source, list):
@@ -124,10 +153,13 @@ def load_sharded(
     num_layers: int = 0,
     init_fresh: Callable[[Any], Mapping[str, Any]] | None = None,
     dtype: Any = None,
+    scan_layers: bool = True,
 ) -> dict[str, Any]:
     """Parameters of `template` (ShapeDtypeStructs) read shard by shard onto `shardings`.
 
     table=None reads our converted layout; otherwise HF keys are mapped through `table`.
+    scan_layers: whether `template` has the stacked layer layout or unrolled layers (each read
+    straight onto its own shards).
     init_fresh(shardings) initializes the params the table lists as `fresh` when the checkpoint
     lacks them (task heads), directly onto their shards. Raises CheckpointError listing every
     missing, unexpected or misshapen tensor.
@@ -140,6 +172,8 @@ def load_sharded(
             plan, problems = plan_converted(handles), []
         else:
             plan, problems = plan_hf(handles, table, num_layers)
+        if not scan_layers:
+            plan = per_layer(handles, plan)
         fresh_prefixes = table.fresh if table is not None else ()
         missing = sorted(set(expected) - set(plan))
         fresh = [p for p in missing if any(p.startswith(f) for f in fresh_prefixes)]
@@ -182,38 +216,25 @@ def load_on_mesh(
 ) -> dict[str, Any]:
     """`from_pretrained(..., mesh=)`: the params of `module` from `directory`, placed by `rules`.
 
-    safetensors (ours or HF) are read shard by shard; a pytorch_model.bin (a zip that cannot be
-    sliced) is converted in host memory first and then split onto the devices. Files hold the
-    layer stack scanned; for an unrolled `module` the stack is then split on the devices, each
-    layer onto its own shards.
+    safetensors (ours or HF) are read shard by shard, straight into the module's layer layout
+    (files hold the stack scanned; unrolled layers read their own layer's blocks); a
+    pytorch_model.bin (a zip that cannot be sliced) is converted in host memory first and then
+    split onto the devices.
     """
-    from biomed_jax import sharding
-    from biomed_jax.models.common import to_layout
-
-    params = _load_scanned(
-        directory, module.clone(scan_layers=True), architecture, mesh, rules, dtype
-    )
-    if module.scan_layers:
-        return params
-    shardings = sharding.param_shardings(module, mesh, rules)
-    return jax.jit(lambda p: to_layout(p, False), out_shardings=shardings)(params)
-
-
-def _load_scanned(
-    directory: str | Path, module: Any, architecture: str, mesh: Any, rules: Any, dtype: Any
-) -> dict[str, Any]:
     from biomed_jax import loading, sharding
+    from biomed_jax.models.common import to_layout
 
     directory = Path(directory)
     shardings = sharding.param_shardings(module, mesh, rules)
     template = loading.param_template(module)
+    layout = {"dtype": dtype, "scan_layers": module.scan_layers}
     if loading.is_converted(directory):
-        return load_sharded(directory, template, shardings, dtype=dtype)
+        return load_sharded(directory, template, shardings, **layout)
     try:
         safetensors_files(directory)
     except CheckpointError:
         params = loading._convert_hf(directory, module, architecture, dtype)
-        return jax.device_put(params, shardings)
+        return jax.device_put(to_layout(params, module.scan_layers), shardings)
     return load_sharded(
         directory,
         template,
@@ -221,5 +242,5 @@ def _load_scanned(
         table=loading.ARCHITECTURES[architecture].name_table(architecture),
         num_layers=module.config.num_hidden_layers,
         init_fresh=lambda s: jax.jit(lambda: loading.init_params(module), out_shardings=s)(),
-        dtype=dtype,
+        **layout,
     )
