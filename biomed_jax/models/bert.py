@@ -154,19 +154,20 @@ class BertModel(ModelBase):
 
 
 class _BertWithHead(ModelBase):
-    """Shared call plumbing of the task models: run `self.bert`, then `self.head`."""
+    """Shared call plumbing of the task models: run `self.bert`, then `self.head` on its output."""
 
-    def _encode(
+    def __call__(
         self,
         input_ids,
-        attention_mask,
-        token_type_ids,
-        position_ids,
-        output_hidden_states,
-        output_attentions,
-        deterministic,
-    ) -> BaseModelOutput:
-        return self.bert(
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        *,
+        output_hidden_states=False,
+        output_attentions=False,
+        deterministic=True,
+    ):
+        out = self.bert(
             input_ids,
             attention_mask,
             token_type_ids,
@@ -174,6 +175,20 @@ class _BertWithHead(ModelBase):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             deterministic=deterministic,
+        )
+        return self.head(out, deterministic)
+
+    def _encoder_and_classifier(self, add_pooling_layer: bool) -> None:
+        """`self.bert`, `self.dropout` (classifier_dropout, else hidden_dropout_prob) and
+        `self.classifier` (hidden -> num_labels) of the classification models."""
+        c = self.config
+        self.bert = BertModel(
+            c, **self.numerics, add_pooling_layer=add_pooling_layer, **self.stack_options
+        )
+        rate = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
+        self.dropout = nn.Dropout(rate)
+        self.classifier = Dense(
+            c.num_labels, ("embed", "labels"), init_std=c.initializer_range, **self.numerics
         )
 
 
@@ -199,26 +214,7 @@ class BertForMaskedLM(_BertWithHead):
             self.param_dtype,
         )
 
-    def __call__(
-        self,
-        input_ids,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        *,
-        output_hidden_states=False,
-        output_attentions=False,
-        deterministic=True,
-    ) -> MaskedLMOutput:
-        out = self._encode(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            output_hidden_states,
-            output_attentions,
-            deterministic,
-        )
+    def head(self, out: BaseModelOutput, deterministic: bool) -> MaskedLMOutput:
         h = activation(self.config.hidden_act)(self.transform(out.last_hidden_state))
         h = self.transform_norm(h)
         logits = self.bert.embeddings.word_embeddings.attend(h) + self.decoder_bias.astype(
@@ -231,34 +227,9 @@ class BertForSequenceClassification(_BertWithHead):
     """BERT + pooler + dropout + linear classifier over [CLS] (num_labels outputs)."""
 
     def setup(self) -> None:
-        c = self.config
-        self.bert = BertModel(c, **self.numerics, **self.stack_options)
-        rate = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
-        self.dropout = nn.Dropout(rate)
-        self.classifier = Dense(
-            c.num_labels, ("embed", "labels"), init_std=c.initializer_range, **self.numerics
-        )
+        self._encoder_and_classifier(add_pooling_layer=True)
 
-    def __call__(
-        self,
-        input_ids,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        *,
-        output_hidden_states=False,
-        output_attentions=False,
-        deterministic=True,
-    ) -> SequenceClassifierOutput:
-        out = self._encode(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            output_hidden_states,
-            output_attentions,
-            deterministic,
-        )
+    def head(self, out: BaseModelOutput, deterministic: bool) -> SequenceClassifierOutput:
         pooled = self.dropout(out.pooler_output, deterministic=deterministic)
         logits = self.classifier(pooled).astype(jnp.float32)
         return SequenceClassifierOutput(logits, out.hidden_states, out.attentions)
@@ -268,39 +239,9 @@ class BertForTokenClassification(_BertWithHead):
     """BERT (no pooler) + dropout + linear classifier on every token."""
 
     def setup(self) -> None:
-        c = self.config
-        self.bert = BertModel(
-            c,
-            **self.numerics,
-            add_pooling_layer=False,
-            **self.stack_options,
-        )
-        rate = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
-        self.dropout = nn.Dropout(rate)
-        self.classifier = Dense(
-            c.num_labels, ("embed", "labels"), init_std=c.initializer_range, **self.numerics
-        )
+        self._encoder_and_classifier(add_pooling_layer=False)
 
-    def __call__(
-        self,
-        input_ids,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        *,
-        output_hidden_states=False,
-        output_attentions=False,
-        deterministic=True,
-    ) -> TokenClassifierOutput:
-        out = self._encode(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            output_hidden_states,
-            output_attentions,
-            deterministic,
-        )
+    def head(self, out: BaseModelOutput, deterministic: bool) -> TokenClassifierOutput:
         h = self.dropout(out.last_hidden_state, deterministic=deterministic)
         logits = self.classifier(h).astype(jnp.float32)
         return TokenClassifierOutput(logits, out.hidden_states, out.attentions)

@@ -205,20 +205,7 @@ def _check_cache_inputs(config, input_ids, attention_mask, cache, derive_positio
 
 
 class _BioGptWithHead(ModelBase):
-    """Shared call plumbing of the task models: run `self.biogpt`, then a head."""
-
-    def _decode(self, input_ids, attention_mask, position_ids, **kwargs) -> BaseModelOutput:
-        return self.biogpt(input_ids, attention_mask, position_ids, **kwargs)
-
-    def _backbone(self) -> BioGptModel:
-        return BioGptModel(self.config, **self.numerics, **self.stack_options)
-
-
-class BioGptForCausalLM(_BioGptWithHead):
-    """BioGPT + output projection tied to the (unscaled) token embedding table, no bias."""
-
-    def setup(self) -> None:
-        self.biogpt = self._backbone()
+    """Shared call plumbing of the task models: run `self.biogpt`, then `self.head` on its output."""
 
     def __call__(
         self,
@@ -230,8 +217,8 @@ class BioGptForCausalLM(_BioGptWithHead):
         output_hidden_states=False,
         output_attentions=False,
         deterministic=True,
-    ) -> CausalLMOutput:
-        out = self._decode(
+    ):
+        out = self.biogpt(
             input_ids,
             attention_mask,
             position_ids,
@@ -240,6 +227,19 @@ class BioGptForCausalLM(_BioGptWithHead):
             output_attentions=output_attentions,
             deterministic=deterministic,
         )
+        return self.head(out, input_ids, deterministic)
+
+    def _backbone(self) -> BioGptModel:
+        return BioGptModel(self.config, **self.numerics, **self.stack_options)
+
+
+class BioGptForCausalLM(_BioGptWithHead):
+    """BioGPT + output projection tied to the (unscaled) token embedding table, no bias."""
+
+    def setup(self) -> None:
+        self.biogpt = self._backbone()
+
+    def head(self, out: BaseModelOutput, input_ids, deterministic: bool) -> CausalLMOutput:
         logits = self.biogpt.embed_tokens.attend(out.last_hidden_state)  # [B, T, V]
         return CausalLMOutput(
             logits.astype(jnp.float32), out.hidden_states, out.attentions, out.cache
@@ -274,24 +274,9 @@ class BioGptForSequenceClassification(_BioGptWithHead):
             **self.numerics,
         )
 
-    def __call__(
-        self,
-        input_ids,
-        attention_mask=None,
-        position_ids=None,
-        *,
-        output_hidden_states=False,
-        output_attentions=False,
-        deterministic=True,
+    def head(
+        self, out: BaseModelOutput, input_ids, deterministic: bool
     ) -> SequenceClassifierOutput:
-        out = self._decode(
-            input_ids,
-            attention_mask,
-            position_ids,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            deterministic=deterministic,
-        )
         last = last_token_index(input_ids, self.config.pad_token_id)  # [B]
         pooled = jnp.take_along_axis(out.last_hidden_state, last[:, None, None], axis=1)[:, 0]
         logits = self.score(pooled).astype(jnp.float32)  # [B, num_labels]
@@ -310,24 +295,7 @@ class BioGptForTokenClassification(_BioGptWithHead):
             c.num_labels, ("embed", "labels"), init_std=c.initializer_range, **self.numerics
         )
 
-    def __call__(
-        self,
-        input_ids,
-        attention_mask=None,
-        position_ids=None,
-        *,
-        output_hidden_states=False,
-        output_attentions=False,
-        deterministic=True,
-    ) -> TokenClassifierOutput:
-        out = self._decode(
-            input_ids,
-            attention_mask,
-            position_ids,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            deterministic=deterministic,
-        )
+    def head(self, out: BaseModelOutput, input_ids, deterministic: bool) -> TokenClassifierOutput:
         h = self.dropout(out.last_hidden_state, deterministic=deterministic)
         logits = self.classifier(h).astype(jnp.float32)  # [B, T, num_labels]
         return TokenClassifierOutput(logits, out.hidden_states, out.attentions)
