@@ -27,8 +27,8 @@ from conformance.report import Row, compare
 # Tolerances, float32 on CPU (never relaxed to make a run pass).
 FP32_TOL = 1e-5
 # bfloat16 compute (float32 params, softmax and LayerNorm statistics) against the float32
-# reference. Measured worst cases (base size and real MiniLM): hidden 0.061, attention 0.020,
-# logits 0.038, pooler 0.020; bounds are about 2.5x those.
+# reference. Measured worst cases (base size and real MiniLM): hidden 0.061 (0.093 with the
+# unrolled layer stack), attention 0.020, logits 0.042, pooler 0.025; bounds 1.6-2.5x those.
 BF16_TOL = {"hidden": 0.15, "attention": 0.05, "logits": 0.1, "pooler": 0.05}
 
 
