@@ -285,7 +285,7 @@ def convert(src_dir: str | Path, dst_dir: str | Path, *, architecture: str | Non
     if src.resolve() == dst.resolve():
         raise ValueError("convert: source and destination must differ")
     config, module, name, _ = _build(
-        src, architecture, jnp.float32, jnp.float32, "highest", {}, True
+        src, architecture, jnp.float32, jnp.float32, "highest", {}, scan_layers=True
     )
     params = _convert_hf(src, module, name, None)
     dst.mkdir(parents=True, exist_ok=True)

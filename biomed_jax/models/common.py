@@ -70,6 +70,11 @@ STACKED = "layer"  # the scanned stack's param name; unrolled layers are layer_0
 _UNROLLED = re.compile(rf"{STACKED}_(\d+)")
 
 
+def layer_name(index: int) -> str:
+    """The param name of unrolled layer `index`."""
+    return f"{STACKED}_{index}"
+
+
 def layer_stack(
     layer_cls: type[nn.Module],
     num_layers: int,
@@ -102,7 +107,7 @@ def layer_stack(
 
         return run_scanned
 
-    layers = [cls(**layer_kwargs, name=f"{STACKED}_{i}") for i in range(num_layers)]
+    layers = [cls(**layer_kwargs, name=layer_name(i)) for i in range(num_layers)]
     axes = in_axes if isinstance(in_axes, tuple) else (in_axes,)
 
     def run(h: jax.Array, *args: Any) -> tuple[jax.Array, Any]:
@@ -128,7 +133,7 @@ def unstack_layers(params: Any) -> Any:
         if name == STACKED:
             count = jax.tree.leaves(sub)[0].shape[0]
             out.update(
-                (f"{STACKED}_{i}", jax.tree.map(lambda x, i=i: x[i], sub)) for i in range(count)
+                (layer_name(i), jax.tree.map(lambda x, i=i: x[i], sub)) for i in range(count)
             )
         else:
             out[name] = unstack_layers(sub)

@@ -4,9 +4,9 @@ A parameter is built with `jax.make_array_from_callback`: for every device shard
 reads exactly that block with `safe_open(...).get_slice(key)[index]` (transposed for torch Linear
 weights, stacked over layers for the scanned stack, one layer of a stacked tensor for unrolled
 layers), so no parameter is ever materialised whole on one device, nor whole in host memory when
-it is sharded. Works for our converted files and for
-HF safetensors (single file or `model-*-of-*` shards) through the model's name table; on several
-hosts each host reads only the shards of its own devices.
+it is sharded. Works for our converted files and for HF safetensors (single file or
+`model-*-of-*` shards) through the model's name table; on several hosts each host reads only the
+shards of its own devices.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-from biomed_jax.models.common import STACKED
+from biomed_jax.models.common import STACKED, layer_name
 from biomed_jax.weights.convert import NameTable, match_keys
 from biomed_jax.weights.io import CheckpointError, flatten, unflatten
 
@@ -109,7 +109,7 @@ def per_layer(
             count = _shape(handles, source)[0]
             layers = [dataclasses.replace(source, layer=i) for i in range(count)]
         for i, layer in enumerate(layers):
-            out["/".join([*parts[:at], f"{STACKED}_{i}", *parts[at + 1 :]])] = layer
+            out["/".join([*parts[:at], layer_name(i), *parts[at + 1 :]])] = layer
     return out
 
 
@@ -153,13 +153,12 @@ def load_sharded(
     num_layers: int = 0,
     init_fresh: Callable[[Any], Mapping[str, Any]] | None = None,
     dtype: Any = None,
-    scan_layers: bool = True,
 ) -> dict[str, Any]:
     """Parameters of `template` (ShapeDtypeStructs) read shard by shard onto `shardings`.
 
     table=None reads our converted layout; otherwise HF keys are mapped through `table`.
-    scan_layers: whether `template` has the stacked layer layout or unrolled layers (each read
-    straight onto its own shards).
+    Files hold the layer stack scanned; a template with unrolled layers gets each layer read
+    straight onto its own shards.
     init_fresh(shardings) initializes the params the table lists as `fresh` when the checkpoint
     lacks them (task heads), directly onto their shards. Raises CheckpointError listing every
     missing, unexpected or misshapen tensor.
@@ -172,7 +171,7 @@ def load_sharded(
             plan, problems = plan_converted(handles), []
         else:
             plan, problems = plan_hf(handles, table, num_layers)
-        if not scan_layers:
+        if not any(STACKED in path.split("/") for path in expected):
             plan = per_layer(handles, plan)
         fresh_prefixes = table.fresh if table is not None else ()
         missing = sorted(set(expected) - set(plan))
@@ -227,9 +226,8 @@ def load_on_mesh(
     directory = Path(directory)
     shardings = sharding.param_shardings(module, mesh, rules)
     template = loading.param_template(module)
-    layout = {"dtype": dtype, "scan_layers": module.scan_layers}
     if loading.is_converted(directory):
-        return load_sharded(directory, template, shardings, **layout)
+        return load_sharded(directory, template, shardings, dtype=dtype)
     try:
         safetensors_files(directory)
     except CheckpointError:
@@ -242,5 +240,5 @@ def load_on_mesh(
         table=loading.ARCHITECTURES[architecture].name_table(architecture),
         num_layers=module.config.num_hidden_layers,
         init_fresh=lambda s: jax.jit(lambda: loading.init_params(module), out_shardings=s)(),
-        **layout,
+        dtype=dtype,
     )
