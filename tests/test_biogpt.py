@@ -25,6 +25,7 @@ from biomed_jax import (
     from_pretrained,
     load_params,
 )
+from biomed_jax.nn.attention import KVCache
 from biomed_jax.weights.io import flatten
 
 SMALL = dict(
@@ -232,6 +233,10 @@ def test_sequence_classifier_without_pad_id_needs_batch_one():
     assert module.apply({"params": params}, ids[:1]).logits.shape == (1, 2)
     with pytest.raises(ValueError, match="pad_token_id"):
         module.apply({"params": params}, ids)
+    # a classifier's output has no cache to hand back: decoding with one is refused, not dropped
+    cache = KVCache.zeros(2, 1, 8, 5, 6)
+    with pytest.raises(ValueError, match="does not return a KV cache"):
+        module.apply({"params": params}, ids[:1], cache=cache)
 
 
 def test_gradient_checkpointing_and_dropout(lm):

@@ -15,6 +15,8 @@ back with `index` advanced by T. The cache never changes shape, so a jitted step
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -207,6 +209,8 @@ def _check_cache_inputs(config, input_ids, attention_mask, cache, derive_positio
 class _BioGptWithHead(ModelBase):
     """Shared call plumbing of the task models: run `self.biogpt`, then `self.head` on its output."""
 
+    returns_cache: ClassVar[bool] = False  # whether the head's output carries the updated KV cache
+
     def __call__(
         self,
         input_ids,
@@ -218,6 +222,11 @@ class _BioGptWithHead(ModelBase):
         output_attentions=False,
         deterministic=True,
     ):
+        if cache is not None and not self.returns_cache:
+            raise ValueError(
+                f"{type(self).__name__} does not return a KV cache; incremental decoding with "
+                "`cache=` is for BioGptForCausalLM"
+            )
         out = self.biogpt(
             input_ids,
             attention_mask,
@@ -235,6 +244,8 @@ class _BioGptWithHead(ModelBase):
 
 class BioGptForCausalLM(_BioGptWithHead):
     """BioGPT + output projection tied to the (unscaled) token embedding table, no bias."""
+
+    returns_cache: ClassVar[bool] = True
 
     def setup(self) -> None:
         self.biogpt = self._backbone()
