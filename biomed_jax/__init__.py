@@ -1,5 +1,6 @@
 """biomed_jax: BiomedBERT and BioGPT in JAX/Flax, conformant to Hugging Face transformers."""
 
+from biomed_jax.errors import CheckpointError, ConfigError, UnsafeCheckpointError
 from biomed_jax.generation import generate
 from biomed_jax.hub import ModelNotFoundError
 from biomed_jax.loading import (
@@ -21,12 +22,10 @@ from biomed_jax.models.biogpt import (
     BioGptForTokenClassification,
     BioGptModel,
 )
-from biomed_jax.models.config import BertConfig, BioGptConfig, ConfigError
+from biomed_jax.models.config import BertConfig, BioGptConfig
 from biomed_jax.pipelines import attention, embed, fill_mask, generate_text
 from biomed_jax.sharding import make_mesh, shard_batch, shard_params
 from biomed_jax.tokenizers import BertTokenizer, BioGptTokenizer
-from biomed_jax.weights.io import CheckpointError
-from biomed_jax.weights.torch_zip import UnsafeCheckpointError
 
 __all__ = [
     "ARCHITECTURES",

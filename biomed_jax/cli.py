@@ -70,7 +70,8 @@ def _checkpoint_dtypes(directory: Path) -> list[str]:
     """The tensor dtypes stored in the checkpoint's weight files (headers only for safetensors)."""
     from safetensors import safe_open
 
-    from biomed_jax.weights.io import CheckpointError, read_hf_state_dict
+    from biomed_jax.errors import CheckpointError
+    from biomed_jax.weights.io import read_hf_state_dict
 
     dtypes: set[str] = set()
     files = sorted(directory.glob("*.safetensors"))

@@ -16,6 +16,8 @@ from typing import Any, ClassVar, TypeVar
 
 import jax.numpy as jnp
 
+from biomed_jax.errors import ConfigError
+
 _C = TypeVar("_C", bound="HFConfig")
 
 # Keys of every HF config that do not change the computation we implement.
@@ -68,10 +70,6 @@ ACTIVATIONS = (
     "swish",
     "tanh",
 )
-
-
-class ConfigError(ValueError):
-    """A config.json asks for something this implementation does not do."""
 
 
 @dataclasses.dataclass(frozen=True)

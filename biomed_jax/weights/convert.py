@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from biomed_jax.weights.io import CheckpointError, flatten, unflatten
+from biomed_jax.errors import CheckpointError
+from biomed_jax.weights.io import flatten, unflatten
 
 logger = logging.getLogger(__name__)
 

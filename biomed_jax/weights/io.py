@@ -11,11 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from biomed_jax.errors import CheckpointError
 from biomed_jax.weights.torch_zip import load_torch_zip
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, corrupt, truncated, or does not fit the model."""
 
 
 @contextlib.contextmanager

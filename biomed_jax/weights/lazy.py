@@ -22,9 +22,10 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
+from biomed_jax.errors import CheckpointError
 from biomed_jax.models.common import STACKED, layer_name
 from biomed_jax.weights.convert import NameTable, match_keys
-from biomed_jax.weights.io import CheckpointError, flatten, unflatten
+from biomed_jax.weights.io import flatten, unflatten
 
 logger = logging.getLogger(__name__)
 

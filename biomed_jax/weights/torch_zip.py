@@ -18,10 +18,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-
-class UnsafeCheckpointError(ValueError):
-    """The checkpoint's pickle asks for something other than tensors and plain containers."""
-
+from biomed_jax.errors import UnsafeCheckpointError
 
 _STORAGE_DTYPES = {
     "DoubleStorage": np.float64,
