@@ -162,3 +162,22 @@ def _stack(*xs: Any) -> Any:
 def to_layout(params: Any, scan_layers: bool) -> Any:
     """Params in either layout, converted to the one a module with `scan_layers` expects."""
     return stack_layers(params) if scan_layers else unstack_layers(params)
+
+
+def abstract_params(module: nn.Module) -> Any:
+    """The parameter template of `module`: a tree of `jax.ShapeDtypeStruct`, boxed with logical axis
+    names (`nn.Partitioned`), built without allocating (jax.eval_shape of init). The one template
+    every loader and sharding rule reads; `nn.unbox` it for plain shapes."""
+    ids = jnp.zeros((1, 1), jnp.int32)
+    return jax.eval_shape(lambda: module.init(jax.random.key(0), ids))["params"]
+
+
+def param_template(module: nn.Module) -> dict[str, Any]:
+    """`abstract_params` without the logical names: a nested dict of ShapeDtypeStructs."""
+    return nn.unbox(abstract_params(module))
+
+
+def init_params(module: nn.Module, seed: int = 0) -> dict[str, Any]:
+    """Freshly initialized parameters of `module` (plain arrays)."""
+    ids = jnp.zeros((1, 1), jnp.int32)
+    return nn.unbox(module.init(jax.random.key(seed), ids)["params"])

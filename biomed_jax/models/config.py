@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 import jax.numpy as jnp
 
 from biomed_jax.errors import ConfigError
+from biomed_jax.files import atomic_write_text
 
 _C = TypeVar("_C", bound="HFConfig")
 
@@ -172,8 +173,6 @@ class HFConfig:
             return cls.from_dict(json.load(f), **overrides)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        from biomed_jax.weights.io import atomic_write_text
-
         atomic_write_text(Path(directory) / "config.json", json.dumps(self.to_dict(), indent=2))
 
     def replace(self: _C, **changes: Any) -> _C:

@@ -27,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from biomed_jax import sharding as shd
-from biomed_jax.loading import Pretrained, from_pretrained
+from biomed_jax.loading import MissingTokenizer, Pretrained, from_pretrained
 
 DEFAULT_ENCODER = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext"
 DEFAULT_DECODER = "microsoft/biogpt"
@@ -52,8 +52,8 @@ def resolve_model(model: Model, default: str, architecture: str | None = None) -
         raise TypeError(
             f"model must be a hub id, a path or a Pretrained, got {type(model).__name__}"
         )
-    if pretrained.tokenizer is None:
-        raise ValueError(f"{pretrained.path} has no tokenizer files (vocab.txt or vocab.json)")
+    if isinstance(pretrained.tokenizer, MissingTokenizer):
+        raise pretrained.tokenizer.error()
     if architecture is not None and type(pretrained.module).__name__ != architecture:
         raise ValueError(
             f"this pipeline needs a {architecture}, got a {type(pretrained.module).__name__}; "

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from biomed_jax import sharding as shd
+from biomed_jax.files import atomic_path, atomic_write_text
 from biomed_jax.pipelines._common import (
     DEFAULT_ENCODER,
     Devices,
@@ -40,7 +41,6 @@ from biomed_jax.pipelines._common import (
     resolve_model,
 )
 from biomed_jax.pipelines.embed import embed
-from biomed_jax.weights.io import atomic_path, atomic_write_text
 
 FORMATS = ("npy", "safetensors")
 # How long a process that has finished its block waits for the slowest one.
