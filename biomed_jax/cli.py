@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         return conformance_main(argv[split:])
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, ModuleNotFoundError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, ModuleNotFoundError) as e:
         print(f"biomed-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

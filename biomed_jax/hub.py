@@ -24,10 +24,7 @@ CACHE_ENV = "BIOMED_JAX_CACHE"
 # Renamed on the hub: microsoft/BiomedNLP-PubMedBERT-* -> microsoft/BiomedNLP-BiomedBERT-*.
 RENAMED_PREFIXES = (("microsoft/BiomedNLP-PubMedBERT-", "microsoft/BiomedNLP-BiomedBERT-"),)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-# What a model needs; weights are fetched in a second step only if there are no safetensors.
-_META_FILES = (
-    "config.json",
-    "generation_config.json",
+TOKENIZER_FILES = (
     "vocab.txt",
     "vocab.json",
     "merges.txt",
@@ -35,6 +32,8 @@ _META_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
 )
+# What a model needs; weights are fetched in a second step only if there are no safetensors.
+_META_FILES = ("config.json", "generation_config.json", *TOKENIZER_FILES)
 _SAFETENSORS = ("*.safetensors", "model.safetensors.index.json")
 _TORCH = ("pytorch_model.bin",)
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

@@ -27,6 +27,7 @@ from biomed_jax import hub
 from biomed_jax import sharding as shd
 from biomed_jax.errors import CheckpointError, ConfigError
 from biomed_jax.files import replace_dir
+from biomed_jax.hub import TOKENIZER_FILES
 from biomed_jax.models import bert, biogpt
 from biomed_jax.models.common import init_params, param_template, to_layout
 from biomed_jax.models.config import BertConfig, BioGptConfig
@@ -36,6 +37,7 @@ from biomed_jax.trees import unflatten
 from biomed_jax.weights.bert_names import bert_name_table
 from biomed_jax.weights.biogpt_names import biogpt_name_table
 from biomed_jax.weights.formats import (
+    FLOAT_DTYPES,
     FORMAT,
     SINGLE,
     is_converted,
@@ -76,14 +78,6 @@ TOKENIZERS: dict[str, tuple[type[Tokenizer], tuple[str, ...]]] = {
     "bert": (BertTokenizer, ("vocab.txt",)),
     "biogpt": (BioGptTokenizer, ("vocab.json", "merges.txt")),
 }
-TOKENIZER_FILES = (
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,14 +260,19 @@ def load_params(path: str | Path, dtype: Dtype = None, scan_layers: bool = False
                 f"{file} is not a biomed_jax checkpoint; use from_pretrained() or convert() for HF "
                 "files"
             )
+        # the file's own shapes; its dtypes where they are floats (make_plan refuses the others)
         template = unflatten(
             {
-                key: jax.ShapeDtypeStruct(file.shape(key), dtype or file.dtype(key))
+                key: jax.ShapeDtypeStruct(file.shape(key), dtype or _float_or_f32(file.dtype(key)))
                 for key, file in checkpoint.owner.items()
             }
         )
         params = read_params(checkpoint, make_plan(checkpoint, None, template))
     return to_layout(params, scan_layers)
+
+
+def _float_or_f32(dtype: np.dtype | str) -> np.dtype:
+    return dtype if dtype in FLOAT_DTYPES else np.dtype(np.float32)  # type: ignore[return-value]
 
 
 def load_tokenizer(directory: Path, config: ModelConfig | None = None) -> Tokenizer | None:

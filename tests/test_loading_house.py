@@ -217,6 +217,17 @@ def test_float16_checkpoint_is_cast_to_the_param_dtype(hf_bert, reference, tmp_p
         np.testing.assert_array_equal(got[key], value.astype(np.float16), err_msg=key)
 
 
+def test_non_float_tensors_of_our_own_format_are_refused(hf_bert, tmp_path):
+    out = convert(hf_bert, tmp_path / "out")
+    state = load_file(str(out / "model.safetensors"))
+    key = sorted(state)[0]
+    state[key] = state[key].astype(np.int32)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "biomed_jax"})
+    for load in (load_params, from_pretrained):
+        with pytest.raises(CheckpointError, match=f"{key}: dtype int32 cannot hold a float"):
+            load(out)
+
+
 def _shard(hf_bert: Path, directory: Path) -> tuple[Path, dict]:
     """`hf_bert` split into two shards with an index, as HF saves large models."""
     state = load_file(str(hf_bert / "model.safetensors"))
@@ -442,3 +453,43 @@ def test_killed_convert_leaves_nothing_the_next_convert_does_not_remove(hf_bert,
     convert(hf_bert, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert (out / "model.safetensors").stat().st_size > 4096
+
+
+# ---------------------------------------------------------------------------------------------
+# The one template
+
+
+@pytest.mark.parametrize("kind", ["bert", "biogpt"])
+@pytest.mark.parametrize("remat", [False, True])
+def test_template_of_unrolled_modules_equals_their_own_init(kind, remat):
+    """`abstract_params` traces the scanned stack and splits it: the same shapes, dtypes and
+    logical names as tracing the unrolled module itself."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from biomed_jax.models.common import abstract_params
+
+    if kind == "bert":
+        module = biomed_jax.BertForSequenceClassification(
+            biomed_jax.BertConfig(**{**BERT, "num_hidden_layers": 3}, num_labels=3),
+            gradient_checkpointing=remat,
+            param_dtype=jnp.bfloat16,
+        )
+    else:
+        module = biomed_jax.BioGptForCausalLM(
+            biomed_jax.BioGptConfig(**{**BIOGPT, "num_hidden_layers": 3}),
+            gradient_checkpointing=remat,
+            param_dtype=jnp.bfloat16,
+        )
+    ids = jnp.zeros((1, 1), jnp.int32)
+    direct = jax.eval_shape(lambda: module.init(jax.random.key(0), ids))["params"]
+
+    def leaves(tree):
+        is_box = lambda x: isinstance(x, nn.Partitioned)
+        flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_box)[0]
+        return [(path, x.value.shape, x.value.dtype, x.names) for path, x in flat]
+
+    want = leaves(direct)
+    assert any("layer_2" in jax.tree_util.keystr(p) for p, *_ in want)
+    assert leaves(abstract_params(module)) == want
