@@ -1,5 +1,5 @@
 """Checkpoint load times: `from_pretrained` of HF safetensors, pytorch_model.bin, our converted format,
-the scanned layout and a mesh, plus `convert`; prints JSON.
+the scanned layout and a mesh, and `convert`; prints JSON.
 
     python benchmarks/loading.py [--size base|small] [--repeats 5] [--quick]
 
@@ -58,43 +58,44 @@ def main() -> None:
     if args.quick:
         args.size, args.repeats = "tiny", 2
 
+    logging.getLogger("biomed_jax").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        print(json.dumps(run_rounds(Path(tmp), args.size, args.repeats), indent=2))
+
+
+def run_rounds(tmp: Path, size: str, repeats: int) -> dict:
     import jax
 
     import biomed_jax
 
-    logging.getLogger("biomed_jax").setLevel(logging.ERROR)
-    tmp = Path(tempfile.mkdtemp())
-    save_checkpoint(tmp, args.size)
-    start = time.perf_counter()
+    save_checkpoint(tmp, size)
     biomed_jax.convert(tmp / "hf", tmp / "ours")
-    convert_s = time.perf_counter() - start
     mesh = biomed_jax.make_mesh(model=2 if len(jax.devices()) % 2 == 0 else 1)
+
+    def load(path: Path, **kwargs: object):
+        return lambda: jax.block_until_ready(biomed_jax.from_pretrained(path, **kwargs).params)
+
     cases = {
-        "hf safetensors": lambda: biomed_jax.from_pretrained(tmp / "hf"),
-        "pytorch_model.bin": lambda: biomed_jax.from_pretrained(tmp / "bin"),
-        "converted": lambda: biomed_jax.from_pretrained(tmp / "ours"),
-        "hf safetensors, scan_layers": lambda: biomed_jax.from_pretrained(
-            tmp / "hf", scan_layers=True
-        ),
-        f"hf safetensors, mesh {dict(mesh.shape)}": lambda: biomed_jax.from_pretrained(
-            tmp / "hf", mesh=mesh
-        ),
+        "hf safetensors": load(tmp / "hf"),
+        "pytorch_model.bin": load(tmp / "bin"),
+        "converted": load(tmp / "ours"),
+        "hf safetensors, scan_layers": load(tmp / "hf", scan_layers=True),
+        f"hf safetensors, mesh {dict(mesh.shape)}": load(tmp / "hf", mesh=mesh),
+        "convert (hf safetensors -> ours)": lambda: biomed_jax.convert(tmp / "hf", tmp / "ours"),
     }
     times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(args.repeats + 1):
-        for name, load in cases.items():
+    for _ in range(repeats + 1):
+        for name, run in cases.items():
             start = time.perf_counter()
-            jax.block_until_ready(load().params)
+            run()
             times[name].append(time.perf_counter() - start)
-    report = {
-        "size": args.size,
-        "parameters": sum(x.size for x in jax.tree.leaves(cases["converted"]().params)),
-        "rounds": args.repeats,
-        "convert_s": round(convert_s, 3),
-        "load_s": {name: round(statistics.median(t[1:]), 3) for name, t in times.items()},
+    return {
+        "size": size,
+        "parameters": sum(x.size for x in jax.tree.leaves(cases["converted"]())),
+        "rounds": repeats,
+        "seconds": {name: round(statistics.median(t[1:]), 3) for name, t in times.items()},
         "devices": len(jax.devices()),
     }
-    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

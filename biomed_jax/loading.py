@@ -229,12 +229,18 @@ def build(
     return config, module
 
 
+def _name_table(module: nn.Module) -> NameTable:
+    for name, arch in ARCHITECTURES.items():
+        if type(module) is arch.module:
+            return arch.name_table(name)
+    raise ConfigError(f"{type(module).__name__} is not a registered architecture")
+
+
 def read_checkpoint(
     directory: Path, module: nn.Module, shardings: Mapping[str, object] | None = None
 ) -> Params:
     """`module`'s params from the checkpoint in `directory`, in its layer layout: numpy arrays, or
     placed by `shardings` (a tree like the params; each device reads only its own blocks)."""
-    name = type(module).__name__
 
     def init_fresh(placement: Mapping[str, object] | None) -> Params:
         if placement is None:
@@ -242,7 +248,7 @@ def read_checkpoint(
         return jax.jit(lambda: init_params(module), out_shardings=placement)()
 
     with open_checkpoint(directory) as checkpoint:
-        table = None if checkpoint.converted else ARCHITECTURES[name].name_table(name)
+        table = None if checkpoint.converted else _name_table(module)
         plan = make_plan(checkpoint, table, param_template(module))
         return read_params(checkpoint, plan, shardings, init_fresh)
 
@@ -342,7 +348,7 @@ def from_pretrained(
         scan_layers=scan_layers,
         **config_overrides,
     )
-    name = type(module).__name__
+    name = config.architectures[0]
     # Cache only what needs no fresh head: the checkpoint's own architecture, no config overrides.
     if (
         source.repo_id is not None
@@ -386,5 +392,5 @@ def convert(src_dir: str | Path, dst_dir: str | Path, *, architecture: str | Non
             if (src / file).is_file():
                 shutil.copyfile(src / file, tmp / file)
         config.save_pretrained(tmp)
-        save_params(params, tmp / SINGLE, {"architecture": type(module).__name__})
+        save_params(params, tmp / SINGLE, {"architecture": config.architectures[0]})
     return dst
