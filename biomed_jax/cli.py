@@ -293,6 +293,9 @@ def cmd_task(args: argparse.Namespace) -> int:
     from biomed_jax.tasks import get_task, run_task
 
     task = get_task(args.task)
+    for option, owner in (("gold", "pubmedqa"), ("entities", "re-bc5cdr")):
+        if getattr(args, option) and task.name != owner:
+            raise ValueError(f"--{option} applies to {owner} only")
     settings = task.settings.replace(
         learned_prompt=args.learned_prompt,
         max_source_positions=args.max_source_positions,

@@ -191,3 +191,18 @@ def test_settings_from_fairseq_args():
         TaskSettings().with_fairseq_args({"prefix": True})
     with pytest.raises(ConfigError, match="max_source_positions"):
         TaskSettings(max_source_positions=1)
+
+
+def test_bc5cdr_entities_must_be_the_two_maps():
+    task = get_task("re-bc5cdr")
+    examples = task.load(DATA / "bc5cdr_test.json").examples
+    with pytest.raises(ValueError, match="entities must be"):
+        task.score(examples, [None, None], entities={"chemical2id": {}})
+
+
+def test_cli_options_of_other_tasks_are_refused(capsys):
+    from biomed_jax.cli import main
+
+    args = ["task", "re-ddi", "--model", "unused", "--input", "unused", "--gold", "g.json"]
+    assert main(args) == 2
+    assert "--gold applies to pubmedqa only" in capsys.readouterr().err

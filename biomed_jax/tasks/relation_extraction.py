@@ -102,6 +102,8 @@ def score_bc5cdr(
     """bc5cdr_eval.jar relation CID: sets of (pmid, chemical id, disease id); precision and F are
     None where the jar prints NaN (nothing predicted)."""
     maps = entity_maps(examples) if entities is None else entities
+    if not all(isinstance(maps.get(k), dict) for k in ("chemical2id", "disease2id")):
+        raise ValueError("entities must be {'chemical2id': {name: id}, 'disease2id': {...}}")
     gold = {(e.id, c, d) for e in examples for c, d in e.gold}
     predicted = {r for e, pairs in zip(examples, parsed) for r in cid_relations(e.id, pairs, maps)}
     tp, fp, fn = len(predicted & gold), len(predicted - gold), len(gold - predicted)

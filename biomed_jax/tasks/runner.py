@@ -7,13 +7,14 @@ converted fairseq one): nothing here depends on the on-disk format.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from biomed_jax.loading import Pretrained
+from biomed_jax.pipelines._common import length_sorted_batches
 from biomed_jax.tasks import hoc, pubmedqa
 from biomed_jax.tasks import relation_extraction as re_tasks
 from biomed_jax.tasks.data import Dataset, Example
@@ -52,12 +53,6 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
     return TASKS[name]
-
-
-def _batches(lengths: list[int], batch_size: int) -> Iterator[np.ndarray]:
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
 
 
 def _generate(
@@ -108,12 +103,10 @@ def generate_answers(
     per row): a batch stops at its longest prompt's limit, so a shorter row that got there
     without EOS is decoded again on its own.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     prompts = [prompt_ids(pretrained.tokenizer, e.source, settings) for e in examples]
     positions = pretrained.config.max_position_embeddings
     out: list[tuple[list[int], bool]] = [([], True)] * len(examples)
-    for index in _batches([len(p) for p in prompts], batch_size):
+    for index in length_sorted_batches([len(p) for p in prompts], batch_size):
         for i, result in zip(index, _generate(pretrained, [prompts[i] for i in index], settings)):
             out[i] = result
     if settings.max_new_tokens is None:
@@ -152,8 +145,12 @@ def run_task(
     if pretrained.tokenizer is None:
         raise ValueError(f"{pretrained.path} has no tokenizer files (vocab.json + merges.txt)")
     settings = task.settings if settings is None else settings
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
     data = task.load(Path(input_path), **(load_options or {}))
     examples = data.examples if limit is None else data.examples[:limit]
+    if not examples:
+        raise ValueError(f"{input_path}: no examples to run ({len(data.skipped)} without gold)")
     sequences = generate_answers(pretrained, examples, settings, batch_size)
     results, parsed = [], []
     for example, ids in zip(examples, sequences):
