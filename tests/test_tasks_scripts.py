@@ -4,6 +4,8 @@ Expected values come from running the repo's scripts (commit 648f7d6) on the fix
 tests/data/biogpt_tasks (see its README): `rebuild_data.py` wrote reference/*.x, `postprocess.py`
 turned the hand-written output lines reference/*.detok into reference/*.extracted*, and
 `hard_match_evaluation.py` / BioCreative's `bc5cdr_eval.jar` printed the scores quoted below.
+reference/fairseq_reference.json holds what Moses' tokenizer.perl -a, fastBPE and fairseq's
+dictionary make of those sources, and what detokenizer.perl makes of fairseq output strings.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from biomed_jax import BioGptTokenizer
 from biomed_jax.errors import ConfigError
 from biomed_jax.tasks import Example, TaskSettings, get_task
 from biomed_jax.tasks import relation_extraction as rel
-from biomed_jax.tasks.prompting import strip_prefix
+from biomed_jax.tasks.prompting import output_line, prompt_ids, strip_prefix
 
 DATA = Path(__file__).parent / "data" / "biogpt_tasks"
 REF = DATA / "reference"
@@ -206,3 +209,41 @@ def test_cli_options_of_other_tasks_are_refused(capsys):
     args = ["task", "re-ddi", "--model", "unused", "--input", "unused", "--gold", "g.json"]
     assert main(args) == 2
     assert "--gold applies to pubmedqa only" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tokenizer(shared_data, tmp_path_factory):
+    """BioGPT's real tokenizer with the fine-tuned dictionaries' learned0..9 rows appended."""
+    directory = tmp_path_factory.mktemp("vocab")
+    vocab = json.loads((shared_data / "biogpt" / "vocab.json").read_text(encoding="utf-8"))
+    vocab.update({f"learned{i}</w>": len(vocab) + i for i in range(10)})
+    (directory / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (directory / "merges.txt").write_bytes((shared_data / "biogpt" / "merges.txt").read_bytes())
+    return BioGptTokenizer.from_pretrained(directory)
+
+
+@pytest.mark.parametrize(
+    "task, input_file",
+    [
+        ("pubmedqa", "pubmedqa_test.json"),
+        ("re-bc5cdr", "bc5cdr_test.json"),
+        ("re-ddi", "ddi_test.json"),
+        ("re-dti", "kd_dti_test.json"),
+        ("dc-hoc", "hoc_test.tsv"),
+    ],
+)
+def test_source_ids_are_moses_fastbpe_fairseq_ids(task, input_file, tokenizer):
+    """preprocess.sh: tokenizer.perl -l en -a, fastBPE applybpe, fairseq-preprocess ids."""
+    reference = json.loads((REF / "fairseq_reference.json").read_text())["source_ids"][task]
+    settings = TaskSettings(learned_prompt=0, max_source_positions=10_000)
+    examples = get_task(task).load(DATA / input_file).examples
+    assert [prompt_ids(tokenizer, e.source, settings)[1:] for e in examples] == reference
+
+
+def test_output_line_is_what_infer_sh_writes(tokenizer):
+    """fairseq Dictionary.string, sed 's/@@ //g', detokenizer.perl -l en -a."""
+    vocab = tokenizer.get_vocab()
+    cases = json.loads((REF / "fairseq_reference.json").read_text())["output_lines"]
+    for case in cases:
+        ids = [vocab[s[:-2]] if s.endswith("@@") else vocab[s + "</w>"] for s in case["symbols"]]
+        assert output_line(tokenizer, [tokenizer.eos_token_id, *ids]) == case["line"]
