@@ -124,6 +124,11 @@ def test_bc5cdr_skips_documents_without_relations(tmp_path):
     (tmp_path / "t.json").write_text(json.dumps(records))
     data = get_task("re-bc5cdr").load(tmp_path / "t.json")
     assert [e.id for e in data.examples] == ["6453500"] and data.skipped == ["8511251"]
+    records["6453500"]["relations"] = [{"chemical": "D004221"}]
+    (tmp_path / "t.json").write_text(json.dumps(records))
+    with pytest.raises(ValueError, match="record '6453500' has a malformed 'relations'"):
+        get_task("re-bc5cdr").load(tmp_path / "t.json")
+    records["6453500"]["relations"] = [{"chemical": "D004221", "disease": "D056486"}]
     del records["6453500"]["abstract"]
     (tmp_path / "t.json").write_text(json.dumps(records))
     with pytest.raises(ValueError, match="record '6453500' has no field 'abstract'"):

@@ -45,8 +45,14 @@ def _load(
         if not relations:
             skipped.append(pmid)
             continue
+        try:
+            answer = gold(relations)
+        except (KeyError, TypeError) as e:
+            raise ValueError(
+                f"{path}: record {pmid!r} has a malformed {gold_field!r}: {e!r}"
+            ) from None
         extra = {k: record[k] for k in ("chemical2id", "disease2id") if k in record}
-        examples.append(Example(pmid, source(record, pmid), gold(relations), extra))
+        examples.append(Example(pmid, source(record, pmid), answer, extra))
     return Dataset(examples, skipped)
 
 
