@@ -80,6 +80,7 @@ def test_missing_prompt_tokens_are_an_error(model):
         prompt_ids(model.tokenizer, "text", TaskSettings(learned_prompt=11))
 
 
+@pytest.mark.slow  # ~40 s on a loaded 2-core machine: four compilations of the decoding loop
 def test_default_length_is_per_row_as_fairseq(model):
     """max_new_tokens=None: every row may grow to the position table, whatever its batch."""
     task = get_task("dc-hoc")
