@@ -286,6 +286,67 @@ def _attention_summary(result: dict) -> str:
 # Parser
 
 
+def cmd_task(args: argparse.Namespace) -> int:
+    """A BioGPT task on the repo's data file: JSONL results (--output, else stdout), summary JSON
+    (stdout, or stderr when stdout carries the results)."""
+    from biomed_jax.loading import from_pretrained
+    from biomed_jax.tasks import get_task, run_task
+
+    task = get_task(args.task)
+    for option, owner in (("gold", "pubmedqa"), ("entities", "re-bc5cdr")):
+        if getattr(args, option) and task.name != owner:
+            raise ValueError(f"--{option} applies to {owner} only")
+    settings = task.settings.replace(
+        learned_prompt=args.learned_prompt,
+        max_source_positions=args.max_source_positions,
+        num_beams=args.beam,
+        max_new_tokens=args.max_new_tokens,
+    )
+    load_options = {"gold_file": Path(args.gold)} if args.gold else {}
+    score_options = {}
+    if args.entities:
+        with open(args.entities, encoding="utf-8") as f:
+            score_options["entities"] = json.load(f)
+    results, summary = run_task(
+        task,
+        from_pretrained(args.model),
+        args.input,
+        settings=settings,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        load_options=load_options,
+        score_options=score_options,
+    )
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
+    if args.output:
+        Path(args.output).write_text(lines, encoding="utf-8")
+    else:
+        sys.stdout.write(lines)
+    print(json.dumps(summary), file=sys.stdout if args.output else sys.stderr)
+    return 0
+
+
+def _add_task_parser(sub: argparse._SubParsersAction) -> None:
+    from biomed_jax.tasks import TASKS
+
+    p = sub.add_parser(
+        "task", help="run a fine-tuned BioGPT on a paper task's data file and score it"
+    )
+    p.add_argument("task", choices=sorted(TASKS), metavar="TASK", help=", ".join(sorted(TASKS)))
+    p.add_argument("--model", required=True, help="the task's fine-tuned checkpoint (directory)")
+    p.add_argument("--input", required=True, help="the repo's test file (test.json / .tsv)")
+    p.add_argument("--output", help="results JSONL (default: stdout)")
+    p.add_argument("--gold", help="pubmedqa: test_ground_truth.json (default: final_decision)")
+    p.add_argument("--entities", help="re-bc5cdr: name -> id maps (default: from the input)")
+    p.add_argument("--learned-prompt", type=int, help="soft-prompt tokens (default: the task's)")
+    p.add_argument("--max-source-positions", type=int, help="source token limit (task default)")
+    p.add_argument("--beam", type=int, help="beam size (default 1, as the repo's infer.sh)")
+    p.add_argument("--max-new-tokens", type=int, help="cap the answer (default: no cap)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, help="only the first N examples")
+    p.set_defaults(func=cmd_task)
+
+
 def _add_hub_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", help="hub revision (branch, tag or commit); default main")
     p.add_argument("--cache-dir", help="Hugging Face hub cache directory (default: HF_HOME's)")
@@ -378,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print tokens and maps as JSON")
     _model_option(p, enc)
     p.set_defaults(func=cmd_attention)
+
+    _add_task_parser(sub)
 
     sub.add_parser(
         "conformance",
