@@ -45,15 +45,18 @@ SHAPES = {"base": (32, 2, 4, 128, 64), "large": (100, 2, 25, 400, 2048)}
 TOL = 1e-5  # float32 logits (the conformance rule)
 
 
-def _fairseq_dir(tmp_path, shape="base", style="cfg", seed=0, learned=LEARNED, **overrides):
+def _fairseq_dir(
+    tmp_path, shape="base", style="cfg", seed=0, learned=LEARNED, half=False, **overrides
+):
     width, layers, heads, ffn, positions = SHAPES[shape]
     vocab = 4 + len(WORDS) + (learned or 0)
     hf = seeded_hf_model(width, layers, heads, ffn, positions, vocab, seed=seed)
     directory = tmp_path / f"{shape}-{style}"
     write_vocab_files(directory)
     margs = model_args(width, layers, heads, ffn, positions, **overrides)
+    state = fairseq_state(hf.half() if half else hf)  # --fp16 training saves float16 tensors
     write_checkpoint(
-        directory / "checkpoint.pt", fairseq_state(hf), margs, task_args(positions, learned), style
+        directory / "checkpoint.pt", state, margs, task_args(positions, learned), style
     )
     return directory
 
@@ -91,6 +94,18 @@ def test_logits_equal_transformers_through_the_conversion_mapping(tmp_path, shap
     assert ours.config.vocab_size == VOCAB
     assert ours.config.num_attention_heads == SHAPES[shape][2]
     assert ours.config.head_dim == 4 * (1 + (shape == "base"))
+    _assert_logits_match(ours, hf_reference(directory / "checkpoint.pt", VOCAB))
+
+
+def test_float16_checkpoint_loads_as_float32(tmp_path):
+    directory = _fairseq_dir(tmp_path, half=True)
+    ours = from_pretrained(directory)
+    stored = torch.load(directory / "checkpoint.pt", weights_only=False)["model"]
+    fc1 = stored["decoder.layers.1.fc1.weight"]
+    assert fc1.dtype == torch.float16
+    kernel = np.asarray(ours.params["biogpt"]["layers"]["layer_1"]["mlp"]["fc_in"]["kernel"])
+    assert kernel.dtype == np.float32
+    np.testing.assert_array_equal(kernel, fc1.float().numpy().T)
     _assert_logits_match(ours, hf_reference(directory / "checkpoint.pt", VOCAB))
 
 
