@@ -79,7 +79,9 @@ def find_files(path: str | Path) -> FairseqFiles | None:
     """The fairseq files at `path` (a `.pt` file, or a directory with exactly one `.pt` file, no
     config.json), or None when `path` is not a fairseq checkpoint."""
     path = Path(path).expanduser()
-    if path.is_file() and path.suffix == ".pt":
+    if path.suffix == ".pt" and not path.is_file():
+        raise FileNotFoundError(f"no fairseq checkpoint at {path}")
+    if path.suffix == ".pt":
         checkpoint, directory = path, path.parent
     elif path.is_dir() and not (path / "config.json").exists():
         found = sorted(path.glob("*.pt"))

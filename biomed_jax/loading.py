@@ -3,6 +3,8 @@
 A directory is either an HF checkpoint (config.json + model.safetensors or pytorch_model.bin;
 converted in memory through the model's name table) or one of ours (written by `convert`:
 config.json + model.safetensors whose metadata says format=biomed_jax, keys are our '/'-paths).
+A fairseq BioGPT checkpoint (`.pt` + dict.txt + bpecodes, `biomed_jax.fairseq`) goes through its
+own name table the same way.
 """
 
 from __future__ import annotations
@@ -261,9 +263,11 @@ def from_pretrained(
         pretrained, _ = _from_fairseq(
             fairseq_files, architecture, dtype, param_dtype, precision, config_overrides
         )
-        pretrained.params = to_layout(pretrained.params, scan_layers)
-        pretrained.module = pretrained.module.clone(scan_layers=scan_layers)
-        return pretrained
+        return dataclasses.replace(
+            pretrained,
+            params=to_layout(pretrained.params, scan_layers),
+            module=pretrained.module.clone(scan_layers=scan_layers),
+        )
     source = hub.resolve(path, revision=revision, cache_dir=cache_dir)
     directory = source.path
     config, module, name, hf_config = _build(

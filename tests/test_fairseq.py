@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -125,6 +126,7 @@ def jax_leaves(tree):
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
 
 
+@pytest.mark.slow  # ~40-55 s each on the loaded 2-core machine (compiling greedy and beam)
 @pytest.mark.parametrize("shape", ["base", "large"])
 def test_greedy_and_beam_generation_match_transformers(tmp_path, shape):
     directory = _fairseq_dir(tmp_path, shape, seed=1)
@@ -195,6 +197,19 @@ def test_vocabulary_rows_must_match_dict_and_prompt(tmp_path):
     (directory / "dict.txt").write_text("\n".join(lines[:-2]) + "\n")
     with pytest.raises(CheckpointError, match=r"81 embedding rows.*make 79"):
         from_pretrained(directory)
+
+
+def test_missing_files_are_named(tmp_path, base_dir):
+    with pytest.raises(FileNotFoundError, match="no fairseq checkpoint"):
+        from_pretrained(tmp_path / "missing.pt")
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    shutil.copy(base_dir / "checkpoint.pt", lonely / "checkpoint_avg.pt")
+    with pytest.raises(FileNotFoundError, match=r"has no dict\.txt"):
+        from_pretrained(lonely)
+    shutil.copy(base_dir / "checkpoint.pt", lonely / "checkpoint_last.pt")
+    with pytest.raises(CheckpointError, match="several fairseq checkpoints"):
+        from_pretrained(lonely)
 
 
 def test_leftover_keys_are_listed(tmp_path):

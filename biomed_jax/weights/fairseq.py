@@ -24,8 +24,7 @@ from biomed_jax.weights.torch_zip import load_pickle
 class _Record:
     """A pickled object's state, kept as data (NEWOBJ + BUILD land here; nothing is called)."""
 
-    def __init__(self) -> None:
-        self.state: Any = None
+    state: Any = None  # no BUILD (an empty Namespace): no state
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
@@ -154,19 +153,21 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _resolve(tree: Any, root: Mapping[str, Any]) -> Any:
+def _resolve(tree: Any, root: Mapping[str, Any], seen: frozenset[str] = frozenset()) -> Any:
     """Replace omegaconf interpolations "${task.x}" by the value at that path of `root`."""
     if isinstance(tree, dict):
-        return {k: _resolve(v, root) for k, v in tree.items()}
+        return {k: _resolve(v, root, seen) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [_resolve(v, root) for v in tree]
+        return [_resolve(v, root, seen) for v in tree]
     if isinstance(tree, str) and (m := _INTERPOLATION.match(tree)):
+        if tree in seen:
+            raise CheckpointError(f"cfg interpolation {tree} refers to itself")
         value: Any = root
         for part in m.group(1).split("."):
             if not isinstance(value, Mapping) or part not in value:
                 raise CheckpointError(f"cfg interpolation {tree} names nothing in the checkpoint")
             value = value[part]
-        return _resolve(value, root)
+        return _resolve(value, root, seen | {tree})
     return tree
 
 
