@@ -112,6 +112,8 @@ def test_float16_checkpoint_loads_as_float32(tmp_path):
 
 @pytest.mark.parametrize("style", ["dictconfig", "namespace", "args"])
 def test_every_stored_argument_style_reads_the_same(tmp_path, base_dir, style):
+    if style == "dictconfig":
+        pytest.importorskip("omegaconf", reason="writes the cfg as omegaconf's DictConfig")
     directory = _fairseq_dir(tmp_path, style=style)
     reference = from_pretrained(base_dir)
     ours = from_pretrained(directory / "checkpoint.pt")  # a file works as well as its directory
@@ -317,3 +319,23 @@ def test_cli_convert_to_hf(tmp_path, base_dir):
 
     hf = BioGptForCausalLM.from_pretrained(tmp_path / "hf").eval()
     _assert_logits_match(from_pretrained(base_dir), hf)
+
+
+@pytest.mark.parametrize("module, name", [("typing", "Any"), ("collections", "defaultdict")])
+def test_an_allowed_global_cannot_be_modified_by_build(module, name):
+    """GLOBAL, {"name": "x"}, BUILD: how a pickle would change a stand-in for later loads."""
+    import io
+
+    from biomed_jax.weights.fairseq import EXTRA_GLOBALS
+
+    before = repr(EXTRA_GLOBALS[(module, name)])
+    evil = f"\x80\x02c{module}\n{name}\n}}X\x04\x00\x00\x00nameX\x01\x00\x00\x00xsb."
+
+    class AllowListed(pickle.Unpickler):
+        def find_class(self, m, n):
+            return EXTRA_GLOBALS[(m, n)]
+
+    unpickler = AllowListed(io.BytesIO(evil.encode("latin1")))
+    with pytest.raises(UnsafeCheckpointError, match="tries to modify"):
+        unpickler.load()
+    assert repr(EXTRA_GLOBALS[(module, name)]) == before

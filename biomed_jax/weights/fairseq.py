@@ -10,7 +10,9 @@ resolves exactly those globals to the stand-ins below, which only record their p
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -50,14 +52,40 @@ class _Metadata(_Record):
     """omegaconf Metadata / ContainerMetadata: type annotations, dropped."""
 
 
-class _Marker:
+class _Frozen:
+    """Shared by every load, so a pickle's BUILD may not change it."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        raise UnsafeCheckpointError(f"the checkpoint tries to modify {self!r}")
+
+
+class _Marker(_Frozen):
     """A type named in the pickle (typing.Any, builtins.dict): data, never called."""
+
+    __slots__ = ("name",)
 
     def __init__(self, name: str) -> None:
         self.name = name
 
     def __repr__(self) -> str:
         return f"<type {self.name}>"
+
+
+class _Call(_Frozen):
+    """An allowed function (reads its arguments as data)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    def __repr__(self) -> str:
+        return f"<{self.fn.__name__}>"
 
 
 class _DType(_Record):
@@ -118,11 +146,11 @@ EXTRA_GLOBALS: dict[tuple[str, str], Any] = {
     **{("omegaconf.nodes", name): _ValueNode for name in _OMEGACONF_NODES},
     ("typing", "Any"): _Marker("typing.Any"),
     **{(m, t): _Marker(t) for m in ("builtins", "__builtin__") for t in _TYPES},
-    ("collections", "defaultdict"): _defaultdict,
+    ("collections", "defaultdict"): _Call(_defaultdict),
     ("numpy", "dtype"): _DType,
-    ("_codecs", "encode"): _latin1_bytes,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("_codecs", "encode"): _Call(_latin1_bytes),
+    ("numpy.core.multiarray", "scalar"): _Call(_numpy_scalar),
+    ("numpy._core.multiarray", "scalar"): _Call(_numpy_scalar),
 }
 
 _INTERPOLATION = re.compile(r"^\$\{([\w.]+)\}$")
@@ -191,9 +219,10 @@ def read_fairseq_checkpoint(path: str | Path) -> FairseqCheckpoint:
     path = Path(path)
     try:
         raw = load_pickle(path, EXTRA_GLOBALS)
-    except CheckpointError:
+    except CheckpointError:  # refusals (UnsafeCheckpointError) as they are
         raise
-    except Exception as e:  # malformed pickles: TypeError, UnpicklingError, ...
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, TypeError, ValueError,
+            AttributeError, KeyError, IndexError) as e:  # fmt: skip
         raise CheckpointError(f"{path}: cannot read the checkpoint ({e})") from e
     if not isinstance(raw, Mapping) or not isinstance(raw.get("model"), Mapping):
         raise CheckpointError(f"{path}: not a fairseq checkpoint (no 'model' dict of tensors)")
