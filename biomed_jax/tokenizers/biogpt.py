@@ -6,6 +6,8 @@ Moses-tokenized (`moses`, sacremoses' rules, English, aggressive dash splits, XM
 each Moses token is byte-pair encoded (`bpe`). Every sequence starts with "</s>" (fairseq has no
 <s>). Unlike HF, `return_offsets_mapping=True` works: each BPE piece's span in the original text,
 through escaping (``&amp;`` spans the one "&") and dash splits (``@-@`` spans the "-").
+`from_fairseq` reads fairseq's dict.txt + bpecodes instead (fairseq's ids, plus the prompt tokens
+of BioGPT's fine-tuned models as `prompt_ids`, skipped by `decode(skip_special_tokens=True)`).
 """
 
 from __future__ import annotations
