@@ -46,8 +46,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from biomed_jax.hub import resolve
     from biomed_jax.loading import convert
 
-    src = resolve(args.src, revision=args.revision, cache_dir=args.cache_dir).path
-    dst = convert(src, args.dst, architecture=args.architecture)
+    fairseq_file = Path(args.src).suffix == ".pt"  # a fairseq checkpoint file, not a directory
+    src = (
+        Path(args.src)
+        if fairseq_file
+        else resolve(args.src, revision=args.revision, cache_dir=args.cache_dir).path
+    )
+    dst = convert(src, args.dst, architecture=args.architecture, to=args.to)
     print(f"converted {args.src} -> {dst}")
     return 0
 
@@ -377,10 +382,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("convert", help="convert an HF checkpoint (directory or hub id) to ours")
-    p.add_argument("src", metavar="SRC", help="HF checkpoint directory or hub id")
+    p = sub.add_parser(
+        "convert", help="convert an HF (directory or hub id) or fairseq BioGPT checkpoint"
+    )
+    p.add_argument(
+        "src",
+        metavar="SRC",
+        help="HF checkpoint directory or hub id, or a fairseq BioGPT checkpoint (.pt file, or "
+        "its directory with dict.txt and bpecodes)",
+    )
     p.add_argument("dst", metavar="DST", help="output directory")
     p.add_argument("--architecture", help="module class (default: from config.json)")
+    p.add_argument(
+        "--to",
+        choices=("biomed_jax", "hf"),
+        default="biomed_jax",
+        help="output layout: ours (default) or transformers' (BioGptForCausalLM.from_pretrained)",
+    )
     _add_hub_options(p)
     p.set_defaults(func=cmd_convert)
 
