@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 from _fairseq_models import (
+    WORDS,
     fairseq_state,
     model_args,
     seeded_hf_model,
     task_args,
     write_checkpoint,
     write_dict_from_vocab_json,
+    write_vocab_files,
 )
 
 from biomed_jax import from_pretrained
@@ -98,18 +100,44 @@ def test_stored_arguments_beat_the_task_defaults_and_flags_beat_both(shared_data
     assert task_settings("re-bc5cdr", model, max_source_positions=20).max_source_positions == 20
 
 
+@pytest.mark.parametrize("style", ["args", "dictconfig"])
+def test_settings_from_every_stored_argument_style(style, tmp_path):
+    """Legacy flat `args` and omegaconf cfg give the same task settings (small vocabulary)."""
+    write_vocab_files(tmp_path)
+    hf = seeded_hf_model(32, 2, 4, 64, 64, 4 + len(WORDS) + 3)
+    targs = dict(task_args(64, 3), max_source_positions=20, learned_prompt_pattern="learned")
+    write_checkpoint(
+        tmp_path / "checkpoint.pt", fairseq_state(hf), model_args(32, 2, 4, 64, 64), targs, style
+    )
+    model = from_pretrained(tmp_path)
+    settings = task_settings("re-ddi", model)
+    assert (settings.learned_prompt, settings.max_source_positions) == (3, 20)
+    assert list(model.tokenizer.prompt_ids) == [4 + len(WORDS) + i for i in range(3)]
+
+
+def test_a_checkpoint_without_a_learned_prompt_runs_without_one():
+    """fairseq's --learned-prompt default (None): no prompt tokens, as the dictionary has none."""
+    settings = TaskSettings(learned_prompt=9, max_source_positions=640)
+    base = settings.with_fairseq_args({"_name": "language_modeling", "tokens_per_sample": 1024})
+    assert (base.learned_prompt, base.max_source_positions) == (0, 640)
+    assert base.prompt_words == []
+
+
 def test_a_prompt_disagreeing_with_the_checkpoint_is_refused(checkpoints, capsys):
     model = from_pretrained(checkpoints["dc-hoc"])  # trained with learned1 only
     with pytest.raises(ConfigError, match=r"learned1..learned9 \(9 tokens\), but the checkpoint"):
         prompt_ids(model.tokenizer, "text.", TaskSettings(learned_prompt=9))
     pattern = TaskSettings(learned_prompt=1, learned_prompt_pattern="prompt")
-    with pytest.raises(ConfigError, match=r"prompt1..prompt1 .* trained with learned1..learned1"):
+    with pytest.raises(ConfigError, match=r"prompt1 \(1 token\), but .* with learned1 \(1 token"):
         prompt_ids(model.tokenizer, "text.", pattern)
     args = ["task", "dc-hoc", "--model", str(checkpoints["dc-hoc"])]
     args += ["--input", str(DATA / "hoc_test.tsv"), "--learned-prompt", "3"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "learned1..learned3 (3 tokens), but the checkpoint was trained with learned1" in err
+    assert (
+        "learned1..learned3 (3 tokens), but the checkpoint was trained with learned1 (1 token)"
+        in err
+    )
 
 
 @pytest.mark.parametrize("name", list(TASKS))

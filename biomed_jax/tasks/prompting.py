@@ -93,7 +93,11 @@ def word_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
 
 
 def _span(words: Sequence[str]) -> str:
-    return f"{words[0]}..{words[-1]} ({len(words)} tokens)" if words else "none"
+    """'learned1..learned9 (9 tokens)', 'learned1 (1 token)', 'none'."""
+    if not words:
+        return "none"
+    names = words[0] if len(words) == 1 else f"{words[0]}..{words[-1]}"
+    return f"{names} ({len(words)} token{'s' if len(words) > 1 else ''})"
 
 
 def learned_prompt_ids(tokenizer: Any, settings: TaskSettings) -> list[int]:
