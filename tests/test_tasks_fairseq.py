@@ -115,12 +115,13 @@ def test_settings_from_every_stored_argument_style(style, tmp_path):
     assert list(model.tokenizer.prompt_ids) == [4 + len(WORDS) + i for i in range(3)]
 
 
-def test_a_checkpoint_without_a_learned_prompt_runs_without_one():
-    """fairseq's --learned-prompt default (None): no prompt tokens, as the dictionary has none."""
-    settings = TaskSettings(learned_prompt=9, max_source_positions=640)
+def test_a_checkpoint_without_a_learned_prompt_gets_none():
+    """fairseq's defaults (--learned-prompt None, pattern 'learned'): no prompt tokens, as the
+    checkpoint's dictionary has none."""
+    settings = TaskSettings(learned_prompt=9, learned_prompt_pattern="p", max_source_positions=640)
     base = settings.with_fairseq_args({"_name": "language_modeling", "tokens_per_sample": 1024})
     assert (base.learned_prompt, base.max_source_positions) == (0, 640)
-    assert base.prompt_words == []
+    assert base.prompt_words == [] and base.learned_prompt_pattern == "learned"
 
 
 def test_a_prompt_disagreeing_with_the_checkpoint_is_refused(checkpoints, capsys):

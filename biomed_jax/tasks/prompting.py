@@ -69,7 +69,7 @@ class TaskSettings:
             raise ConfigError("--manual-prompt checkpoints are not supported")
         return self.replace(
             learned_prompt=args.get("learned_prompt") or 0,
-            learned_prompt_pattern=args.get("learned_prompt_pattern"),
+            learned_prompt_pattern=args.get("learned_prompt_pattern") or "learned",
             max_source_positions=args.get("max_source_positions"),
         )
 
