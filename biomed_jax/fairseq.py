@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -163,13 +164,33 @@ def biogpt_config(model_args: Mapping[str, Any], vocab_size: int) -> BioGptConfi
 
 
 @dataclasses.dataclass(frozen=True)
+class FairseqArgs:
+    """The arguments a fairseq checkpoint was trained with, read-only: `model` = cfg["model"],
+    `task` = cfg["task"] (a legacy flat `args` Namespace serves as both)."""
+
+    model: Mapping[str, Any]
+    task: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model", types.MappingProxyType(dict(self.model)))
+        object.__setattr__(self, "task", types.MappingProxyType(dict(self.task)))
+
+    @property
+    def prompt_words(self) -> tuple[str, ...]:
+        """The learned prompt the task appends after each source (`prompt_words`)."""
+        return prompt_words(self.task)
+
+
+@dataclasses.dataclass(frozen=True)
 class FairseqModel:
-    """A fairseq BioGPT checkpoint, read and checked: config, fairseq-named tensors, tokenizer."""
+    """A fairseq BioGPT checkpoint, read and checked: config, fairseq-named tensors, tokenizer,
+    the stored arguments."""
 
     config: BioGptConfig
     state_dict: dict[str, np.ndarray]
     tokenizer: BioGptTokenizer
     files: FairseqFiles
+    args: FairseqArgs
 
 
 def read_model(files: FairseqFiles) -> FairseqModel:
@@ -210,7 +231,8 @@ def read_model(files: FairseqFiles) -> FairseqModel:
         prompt_words=words,
         model_max_length=config.max_position_embeddings,
     )
-    return FairseqModel(config, state, tokenizer, files)
+    args = FairseqArgs(checkpoint.model_args, checkpoint.task_args)
+    return FairseqModel(config, state, tokenizer, files, args)
 
 
 def write_tokenizer_files(model: FairseqModel, directory: Path) -> None:

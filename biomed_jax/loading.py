@@ -88,13 +88,15 @@ def register_architecture(name: str, arch: Architecture, default_for: str | None
 
 @dataclasses.dataclass
 class Pretrained:
-    """What `from_pretrained` returns: config, params, module and tokenizer (when files exist)."""
+    """What `from_pretrained` returns: config, params, module and tokenizer (when files exist);
+    `fairseq_args`: a fairseq checkpoint's stored training arguments (None for other formats)."""
 
     config: Any
     params: dict[str, Any]
     module: nn.Module
     tokenizer: Any = None
     path: Path | None = None
+    fairseq_args: fairseq.FairseqArgs | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.module.apply({"params": self.params}, *args, **kwargs)
@@ -319,7 +321,8 @@ def _from_fairseq(
         init_fresh=lambda: init_params(module),
         dtype=param_dtype,
     )
-    return Pretrained(config, params, module, model.tokenizer, files.checkpoint), model
+    pretrained = Pretrained(config, params, module, model.tokenizer, files.checkpoint, model.args)
+    return pretrained, model
 
 
 LAYOUTS = ("biomed_jax", "hf")

@@ -34,6 +34,15 @@ def write_vocab_files(directory: Path, words: list[str] = WORDS) -> None:
     (directory / "bpecodes").write_text("".join(codes), encoding="utf-8")
 
 
+def write_dict_from_vocab_json(path: Path, vocab: dict[str, int], extra_lines=()) -> Path:
+    """vocab.json -> dict.txt in fairseq's format (rows 4.. in id order; `</w>` ends a word
+    in vocab.json, fairseq marks the other pieces with `@@`)."""
+    rows = sorted((i, t) for t, i in vocab.items() if i >= 4)
+    lines = [f"{t[:-4] if t.endswith('</w>') else t + '@@'} {10**6 - i}\n" for i, t in rows]
+    path.write_text("".join(lines) + "".join(extra_lines), encoding="utf-8")
+    return path
+
+
 def model_args(
     width: int, layers: int, heads: int, ffn: int, positions: int, **overrides: Any
 ) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import json
 import re
 
 import pytest
+from _fairseq_models import write_dict_from_vocab_json
 
 from biomed_jax import BioGptTokenizer
 from biomed_jax.tokenizers.fairseq_dict import read_dict_txt
@@ -19,19 +20,11 @@ from biomed_jax.tokenizers.fairseq_dict import read_dict_txt
 LEARNED = [f"learned{i}" for i in range(1, 10)]
 
 
-def _write_dict(path, vocab: dict[str, int], extra_lines=()):
-    """vocab.json -> dict.txt in fairseq's format (rows 4.. in id order)."""
-    rows = sorted((i, t) for t, i in vocab.items() if i >= 4)
-    lines = [f"{t[:-4] if t.endswith('</w>') else t + '@@'} {10**6 - i}\n" for i, t in rows]
-    path.write_text("".join(lines) + "".join(extra_lines), encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 def files(shared_data, tmp_path_factory):
     directory = tmp_path_factory.mktemp("fairseq-vocab")
     vocab = json.loads((shared_data / "biogpt" / "vocab.json").read_text(encoding="utf-8"))
-    dict_file = _write_dict(directory / "dict.txt", vocab)
+    dict_file = write_dict_from_vocab_json(directory / "dict.txt", vocab)
     bpecodes = directory / "bpecodes"
     bpecodes.write_bytes((shared_data / "biogpt" / "merges.txt").read_bytes())
     return dict_file, bpecodes, vocab
@@ -66,7 +59,7 @@ def test_prompt_tokens_are_appended_after_the_dictionary(files):
 def test_prompt_words_already_in_dict_txt_keep_their_row(files, tmp_path):
     _, bpecodes, vocab = files
     extra = ["learned3 0\n", "<seqsep> 0\n"]  # a dictionary that already lists some of them
-    with_extra = _write_dict(tmp_path / "dict.txt", vocab, extra)
+    with_extra = write_dict_from_vocab_json(tmp_path / "dict.txt", vocab, extra)
     tok = BioGptTokenizer.from_fairseq(with_extra, bpecodes, prompt_words=LEARNED)
     # fairseq's add_symbol: learned3 exists (row 42384); the others follow in order
     assert tok.prompt_ids == (42386, 42387, 42384, 42388, 42389, 42390, 42391, 42392, 42393)

@@ -4,6 +4,7 @@ dictionaries' extra rows (learned0 ... learned9): prompts, decoding, CLI output,
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -127,8 +128,9 @@ def test_cli_task_end_to_end(task, input_file, model_dir, tmp_path, capsys):
     assert summary["settings"]["max_new_tokens"] == 6
     prompt = " ".join(f"learned{i}" for i in range(1, summary["settings"]["learned_prompt"] + 1))
     for r in results:
-        assert set(r) == {"id", "source", "output", "answer", "prediction", "gold"}
+        assert set(r) == {"id", "source", "output", "generated", "answer", "prediction", "gold"}
         assert prompt in r["output"] and r["output"].endswith(r["answer"])
+        assert not re.search(r"\blearned[1-9]\b", r["generated"])
     assert summary["scores"]  # a random model scores ~0, but every metric is there
 
 

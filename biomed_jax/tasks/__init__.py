@@ -3,7 +3,14 @@ extraction and HoC classification, from the repo's data files to its scores."""
 
 from biomed_jax.tasks.data import Dataset, Example
 from biomed_jax.tasks.prompting import TaskSettings, output_line, prompt_ids
-from biomed_jax.tasks.runner import TASKS, Task, generate_answers, get_task, run_task
+from biomed_jax.tasks.runner import (
+    TASKS,
+    Task,
+    generate_answers,
+    get_task,
+    run_task,
+    task_settings,
+)
 
 __all__ = [
     "TASKS",
@@ -16,4 +23,5 @@ __all__ = [
     "output_line",
     "prompt_ids",
     "run_task",
+    "task_settings",
 ]

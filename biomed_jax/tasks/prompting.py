@@ -61,14 +61,15 @@ class TaskSettings:
 
     def with_fairseq_args(self, args: Mapping[str, Any]) -> TaskSettings:
         """These settings updated from a fairseq checkpoint's task arguments (its `args` Namespace
-        or `cfg["task"]`, as a mapping): the prompt as the checkpoint was trained with it."""
+        or `cfg["task"]`, as a mapping): the prompt as the checkpoint was trained with it. No
+        `learned_prompt` means none (fairseq's default), as the checkpoint's dictionary has it."""
         if args.get("prefix"):
             raise ConfigError("--prefix prompts (prompt before the source) are not supported")
         if args.get("manual_prompt"):
             raise ConfigError("--manual-prompt checkpoints are not supported")
         return self.replace(
-            learned_prompt=args.get("learned_prompt"),
-            learned_prompt_pattern=args.get("learned_prompt_pattern"),
+            learned_prompt=args.get("learned_prompt") or 0,
+            learned_prompt_pattern=args.get("learned_prompt_pattern") or "learned",
             max_source_positions=args.get("max_source_positions"),
         )
 
@@ -91,6 +92,32 @@ def word_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
     return [vocab[w + END_OF_WORD] for w in words]
 
 
+def _span(words: Sequence[str]) -> str:
+    """'learned1..learned9 (9 tokens)', 'learned1 (1 token)', 'none'."""
+    if not words:
+        return "none"
+    names = words[0] if len(words) == 1 else f"{words[0]}..{words[-1]}"
+    return f"{names} ({len(words)} token{'s' if len(words) > 1 else ''})"
+
+
+def learned_prompt_ids(tokenizer: Any, settings: TaskSettings) -> list[int]:
+    """The ids of `learned1 ... learnedN`. A tokenizer that knows its model's prompt (fairseq
+    checkpoints and their conversions: `tokenizer.prompt_tokens`) is the source of truth; the
+    settings must name the same tokens. Other tokenizers: the settings' words looked up whole."""
+    own = tuple(getattr(tokenizer, "prompt_tokens", ()))
+    if not own:
+        return word_ids(tokenizer, settings.prompt_words)
+    asked = tuple(w + END_OF_WORD for w in settings.prompt_words)
+    if asked != own:
+        strip = [t.removesuffix(END_OF_WORD) for t in own]
+        raise ConfigError(
+            f"the task settings ask for the prompt {_span(settings.prompt_words)}, but the "
+            f"checkpoint was trained with {_span(strip)}: leave --learned-prompt (learned_prompt) "
+            f"and the prompt pattern at the checkpoint's values"
+        )
+    return list(tokenizer.prompt_ids)
+
+
 def prompt_ids(tokenizer: Any, source: str, settings: TaskSettings) -> list[int]:
     """`</s> SOURCE learned1 ... learnedN` as ids: Moses + BPE of the source, cut to
     `max_source_positions` as `LanguageModelPromptDataset.__getitem__` cuts it."""
@@ -98,7 +125,7 @@ def prompt_ids(tokenizer: Any, source: str, settings: TaskSettings) -> list[int]
     bos, body = source_ids[:1], source_ids[1:]
     if len(body) > settings.max_source_positions:
         body = [*body[: settings.max_source_positions - 1], *word_ids(tokenizer, [ELLIPSIS])]
-    return bos + body + word_ids(tokenizer, settings.prompt_words)
+    return bos + body + learned_prompt_ids(tokenizer, settings)
 
 
 def output_line(tokenizer: Any, ids: Sequence[int]) -> str:

@@ -17,9 +17,9 @@ from typing import Any
 from biomed_jax.tasks.data import Dataset, Example, field, read_json_object
 from biomed_jax.tasks.prompting import TaskSettings, answer_text
 
-# No train.sh for PubMedQA in the repo: 9 learned tokens as every released model shows them
-# (microsoft/BioGPT issue #46); the source limit is fairseq's default.
-SETTINGS = TaskSettings(learned_prompt=9, max_source_positions=384)
+# examples/QA-PubMedQA/train.sh: --learned-prompt 9 --max-source-positions 900
+# (train_large.sh for BioGPT-Large: 9, 1900; its checkpoint's stored arguments say so).
+SETTINGS = TaskSettings(learned_prompt=9, max_source_positions=900)
 ANSWER = re.compile(r"the answer to the question given the context is(.*)")
 
 

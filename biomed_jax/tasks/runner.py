@@ -18,7 +18,7 @@ from biomed_jax.pipelines._common import length_sorted_batches
 from biomed_jax.tasks import hoc, pubmedqa
 from biomed_jax.tasks import relation_extraction as re_tasks
 from biomed_jax.tasks.data import Dataset, Example
-from biomed_jax.tasks.prompting import TaskSettings, output_line, prompt_ids
+from biomed_jax.tasks.prompting import TaskSettings, learned_prompt_ids, output_line, prompt_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,16 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
     return TASKS[name]
+
+
+def task_settings(task: str | Task, pretrained: Pretrained, **overrides: Any) -> TaskSettings:
+    """The settings to run `task` with: the task's defaults (its train.sh), replaced by what a
+    fairseq checkpoint stored (`with_fairseq_args`), replaced by the non-None `overrides`."""
+    task = get_task(task) if isinstance(task, str) else task
+    settings = task.settings
+    if pretrained.fairseq_args is not None:
+        settings = settings.with_fairseq_args(pretrained.fairseq_args.task)
+    return settings.replace(**overrides)
 
 
 def _generate(
@@ -97,15 +107,24 @@ def _generate(
 def generate_answers(
     pretrained: Pretrained, examples: list[Example], settings: TaskSettings, batch_size: int = 8
 ) -> list[list[int]]:
-    """Prompt ids + generated ids (no EOS) per example, in input order.
+    """Prompt ids + generated ids (no EOS) per example, in input order."""
+    prompts = [prompt_ids(pretrained.tokenizer, e.source, settings) for e in examples]
+    return [
+        p + new for p, new in zip(prompts, _continue(pretrained, prompts, settings, batch_size))
+    ]
+
+
+def _continue(
+    pretrained: Pretrained, prompts: list[list[int]], settings: TaskSettings, batch_size: int
+) -> list[list[int]]:
+    """The generated ids (no EOS) after each prompt.
 
     With `max_new_tokens=None` each prompt may grow to the position table (fairseq's limit is
     per row): a batch stops at its longest prompt's limit, so a shorter row that got there
     without EOS is decoded again on its own.
     """
-    prompts = [prompt_ids(pretrained.tokenizer, e.source, settings) for e in examples]
     positions = pretrained.config.max_position_embeddings
-    out: list[tuple[list[int], bool]] = [([], True)] * len(examples)
+    out: list[tuple[list[int], bool]] = [([], True)] * len(prompts)
     for index in length_sorted_batches([len(p) for p in prompts], batch_size):
         for i, result in zip(index, _generate(pretrained, [prompts[i] for i in index], settings)):
             out[i] = result
@@ -113,7 +132,7 @@ def generate_answers(
         for i, (new, ended) in enumerate(out):
             if not ended and len(prompts[i]) + len(new) < positions:
                 out[i] = _generate(pretrained, [prompts[i]], settings)[0]
-    return [p + new for p, (new, _) in zip(prompts, out)]
+    return [new for new, _ in out]
 
 
 def _jsonable(value: Any) -> Any:
@@ -137,24 +156,31 @@ def run_task(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(one result per example, summary with scores) for `task` on `input_path` (the repo's format).
 
-    Each result: id, source, output (the whole decoded line, as infer.sh writes it), answer (the
-    text after the prompt), prediction (parsed; None: failed, as postprocess.py counts it), gold.
-    `limit`: only the first n examples (quick checks). `settings`: default the task's own.
+    Each result: id, source, output (the whole decoded line, as infer.sh writes it), generated
+    (the model's continuation without prompt tokens, leaked ones removed too), answer (the text
+    postprocess.py keeps: after the last run of prompt tokens), prediction (parsed from the answer;
+    None: failed, as postprocess.py counts it), gold.
+    `limit`: only the first n examples (quick checks). `settings`: default `task_settings` (the
+    task's own, or what a fairseq checkpoint stored).
     """
     task = get_task(task) if isinstance(task, str) else task
     if pretrained.tokenizer is None:
         raise ValueError(f"{pretrained.path} has no tokenizer files (vocab.json + merges.txt)")
-    settings = task.settings if settings is None else settings
+    settings = task_settings(task, pretrained) if settings is None else settings
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     data = task.load(Path(input_path), **(load_options or {}))
     examples = data.examples if limit is None else data.examples[:limit]
     if not examples:
         raise ValueError(f"{input_path}: no examples to run ({len(data.skipped)} without gold)")
-    sequences = generate_answers(pretrained, examples, settings, batch_size)
+    tok = pretrained.tokenizer
+    prompts = [prompt_ids(tok, e.source, settings) for e in examples]
+    learned = set(learned_prompt_ids(tok, settings))
     results, parsed = [], []
-    for example, ids in zip(examples, sequences):
-        line = output_line(pretrained.tokenizer, ids)
+    for example, prompt, new in zip(
+        examples, prompts, _continue(pretrained, prompts, settings, batch_size)
+    ):
+        line = output_line(tok, prompt + new)
         answer, prediction = task.parse(line)
         parsed.append(prediction)
         results.append(
@@ -162,6 +188,9 @@ def run_task(
                 "id": example.id,
                 "source": example.source,
                 "output": line,
+                "generated": tok.decode(
+                    [i for i in new if i not in learned], skip_special_tokens=True
+                ).strip(),
                 "answer": answer,
                 "prediction": _jsonable(prediction),
                 "gold": _jsonable(example.gold),
