@@ -10,6 +10,8 @@ good checkpoint and compares it bit for bit with a reference made by torch (noth
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import struct
 import zipfile
 import zlib
@@ -388,3 +390,308 @@ def test_crafted_files_are_what_torch_reads(tmp_path):
     assert ours.keys() == theirs.keys() == {"w", "v"}
     for k in ours:
         np.testing.assert_array_equal(ours[k], theirs[k].numpy())
+
+
+# -- broken configs and tokenizer files ------------------------------------------------------------
+
+
+def _edit_json(name: str, **changes) -> Callable[[Path], None]:
+    """Set (or, with None, delete) keys of the good checkpoint's JSON file `name`."""
+
+    def edit(d: Path) -> None:
+        data = json.loads((d / name).read_text())
+        for key, value in changes.items():
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
+        (d / name).write_text(json.dumps(data))
+
+    return edit
+
+
+def _write(name: str, content: bytes) -> Callable[[Path], None]:
+    return lambda d: (d / name).write_bytes(content)
+
+
+def _load(name, edit, *match, call="from_pretrained") -> Hostile:
+    """A copy of the good checkpoint directory changed by `edit(directory)`."""
+    return Hostile(name, edit, call, "ConfigError", match, suffix="")
+
+
+LABELS = {"0": "A", "1": "B", "2": "C"}
+LOAD_CASES = [
+    _load("num_labels_1e8", _edit_json("config.json", num_labels=1e8), "config.json", "num_labels"),
+    # 1e8 labels x 32 wide: 12.8 GB of float32, past this child's address-space limit.
+    _load(
+        "num_labels_100M", _edit_json("config.json", num_labels=10**8), "config.json", "parameters"
+    ),
+    _load(
+        "num_labels_1G", _edit_json("config.json", num_labels=10**9), "config.json", "parameters"
+    ),
+    _load(
+        "num_hidden_layers_100000",
+        _edit_json("config.json", num_hidden_layers=100_000),
+        "config.json",
+        "num_hidden_layers",
+    ),
+    _load(
+        "info_num_hidden_layers_100000",
+        _edit_json("config.json", num_hidden_layers=100_000),
+        "config.json",
+        "num_hidden_layers",
+        call="model_info",
+    ),
+    _load(
+        "layer_norm_eps_nan",
+        _edit_json("config.json", layer_norm_eps=float("nan")),
+        "config.json",
+        "layer_norm_eps",
+    ),
+    _load(
+        "layer_norm_eps_negative",
+        _edit_json("config.json", layer_norm_eps=-1e-12),
+        "config.json",
+        "layer_norm_eps",
+    ),
+    _load(
+        "num_attention_heads_0",
+        _edit_json("config.json", num_attention_heads=0),
+        "config.json",
+        "num_attention_heads",
+    ),
+    _load(
+        "hidden_size_string",
+        _edit_json("config.json", hidden_size="64"),
+        "config.json",
+        "hidden_size",
+        "'64'",
+    ),
+    _load(
+        "vocab_size_negative", _edit_json("config.json", vocab_size=-5), "config.json", "vocab_size"
+    ),
+    _load(
+        "dropout_above_one",
+        _edit_json("config.json", hidden_dropout_prob=1.5),
+        "config.json",
+        "hidden_dropout_prob",
+    ),
+    _load(
+        "pad_token_outside_vocab",
+        _edit_json("config.json", pad_token_id=106),
+        "config.json",
+        "pad_token_id",
+    ),
+    _load(
+        "id2label_gap",
+        _edit_json("config.json", id2label={"0": "A", "2": "C"}),
+        "config.json",
+        "id2label",
+        "[1]",
+    ),
+    _load(
+        "id2label_bad_key",
+        _edit_json("config.json", id2label={"zero": "A"}),
+        "config.json",
+        "'zero'",
+    ),
+    _load(
+        "label2id_mismatch",
+        _edit_json("config.json", id2label=LABELS, label2id={"A": 0, "B": 2, "C": 1}),
+        "config.json",
+        "label2id",
+    ),
+    _load(
+        "every_bad_field_at_once",
+        _edit_json(
+            "config.json",
+            hidden_size="64",
+            layer_norm_eps=float("nan"),
+            num_hidden_layers=0,
+            id2label={"1": "B"},
+            foo=1,
+        ),
+        "config.json",
+        "hidden_size",
+        "layer_norm_eps",
+        "num_hidden_layers",
+        "id2label",
+        "'foo'",
+    ),
+    _load(
+        "config_malformed_json",
+        _write("config.json", b'{\n  "hidden_size": 32,\n  oops\n}'),
+        "config.json",
+        "line 3",
+    ),
+    _load("config_not_an_object", _write("config.json", b"[1, 2]"), "config.json", "JSON object"),
+    _load(
+        "config_not_utf8",
+        _write("config.json", b'{"model_type": "bert", "x": "\xff"}'),
+        "config.json",
+        "UTF-8",
+    ),
+    _load("config_deep_nesting", _write("config.json", b"[" * 100_000), "config.json"),
+    # Tokenizer files (read after the weights, by from_pretrained).
+    _load(
+        "vocab_txt_not_utf8",
+        lambda d: (d / "vocab.txt").write_bytes(
+            (d / "vocab.txt").read_bytes().replace(b"[SEP]", b"[S\xffP]")
+        ),
+        "vocab.txt",
+        "line 4",
+    ),
+    _load(
+        "vocab_txt_duplicate",
+        lambda d: (d / "vocab.txt").write_text((d / "vocab.txt").read_text() + "the\n"),
+        "vocab.txt",
+        "duplicate",
+        "'the'",
+    ),
+    _load("vocab_txt_empty", _write("vocab.txt", b""), "vocab.txt", "empty"),
+    _load(
+        "vocab_txt_without_mask",
+        lambda d: (d / "vocab.txt").write_text(
+            (d / "vocab.txt").read_text().replace("[MASK]\n", "")
+        ),
+        "mask_token",
+    ),
+    _load(
+        "tokenizer_config_malformed",
+        _write("tokenizer_config.json", b'{"do_lower_case": tru}'),
+        "tokenizer_config.json",
+        "line 1",
+    ),
+    _load(
+        "tokenizer_config_bad_fields",
+        _edit_json(
+            "tokenizer_config.json",
+            model_max_length="512",
+            padding_side="middle",
+            do_lower_case="yes",
+        ),
+        "tokenizer_config.json",
+        "model_max_length",
+        "padding_side",
+        "do_lower_case",
+    ),
+    _load(
+        "special_tokens_map_bad_token",
+        _write("special_tokens_map.json", b'{"unk_token": 5}'),
+        "special_tokens_map.json",
+        "unk_token",
+    ),
+    _load(
+        "added_tokens_bad_id",
+        _edit_json("tokenizer_config.json", added_tokens_decoder={"x": {"content": "[PAD]"}}),
+        "tokenizer_config.json",
+        "added_tokens_decoder",
+    ),
+]
+
+BIOGPT_VOCAB = {
+    "<s>": 0,
+    "<pad>": 1,
+    "</s>": 2,
+    "<unk>": 3,
+    "a</w>": 4,
+    "b</w>": 5,
+    "a": 6,
+    "ab</w>": 7,
+}
+BIOGPT_MERGES = "a b</w> 100\n"
+
+
+def _biogpt(name, edit, *match) -> Hostile:
+    return _load(name, edit, *match, call="tokenizer")
+
+
+TOKENIZER_CASES = [
+    _biogpt(
+        "vocab_json_malformed", _write("vocab.json", b'{"<s>": 0,\n "a": }'), "vocab.json", "line 2"
+    ),
+    _biogpt("vocab_json_not_object", _write("vocab.json", b'["<s>"]'), "vocab.json", "JSON object"),
+    _biogpt(
+        "vocab_json_bad_ids", _edit_json("vocab.json", a="6", b=-1), "vocab.json", "'a'", "'b'"
+    ),
+    _biogpt("vocab_json_shared_id", _edit_json("vocab.json", b=6), "vocab.json", "id 6"),
+    _biogpt(
+        "merges_bad_line", _write("merges.txt", b"a b</w> 100\nonlyone\n"), "merges.txt", "line 2"
+    ),
+    _biogpt(
+        "merges_not_utf8", _write("merges.txt", b"a b</w> 100\n\xff b 1\n"), "merges.txt", "line 2"
+    ),
+    _biogpt(
+        "added_tokens_json_bad", _write("added_tokens.json", b'{"<x>": "8"}'), "added_tokens.json"
+    ),
+    _biogpt(
+        "tokenizer_config_bad_eos",
+        _write("tokenizer_config.json", b'{"eos_token": ["</s>"]}'),
+        "tokenizer_config.json",
+        "eos_token",
+    ),
+]
+
+
+def _build_dirs(cases: list[Hostile], good: Path, d: Path) -> list[Case]:
+    out = []
+    for h in cases:
+        path = d / h.name
+        shutil.copytree(good, path)
+        h.build(path)
+        out.append(Case(h.name, h.call, str(path), h.error, h.match))
+    return out
+
+
+@pytest.fixture(scope="module")
+def load_run(tmp_path_factory, hf_bert):
+    from _limited import _flat_params
+
+    from biomed_jax import from_pretrained
+
+    d = tmp_path_factory.mktemp("hostile_load")
+    np.savez(d / "good_ref.npz", **_flat_params(from_pretrained(hf_bert)))
+    cases = {c.name: c for c in _build_dirs(LOAD_CASES, hf_bert, d)}
+    run = run_cases(
+        list(cases.values()),
+        good_call="from_pretrained",
+        good_path=str(hf_bert),
+        reference=str(d / "good_ref.npz"),
+        workdir=d,
+        extra_memory=3 << 30,
+    )
+    return cases, run, d
+
+
+@pytest.fixture(scope="module")
+def tokenizer_run(tmp_path_factory):
+    import transformers
+
+    d = tmp_path_factory.mktemp("hostile_tokenizer")
+    good = d / "good"
+    good.mkdir()
+    (good / "vocab.json").write_text(json.dumps(BIOGPT_VOCAB))
+    (good / "merges.txt").write_text(BIOGPT_MERGES)
+    hf = transformers.BioGptTokenizer(str(good / "vocab.json"), str(good / "merges.txt"))
+    np.savez(d / "good_ref.npz", ids=np.asarray(hf("a b ab")["input_ids"]))
+    cases = {c.name: c for c in _build_dirs(TOKENIZER_CASES, good, d)}
+    run = run_cases(
+        list(cases.values()),
+        good_call="tokenizer",
+        good_path=str(good),
+        reference=str(d / "good_ref.npz"),
+        workdir=d,
+    )
+    return cases, run, d
+
+
+@pytest.mark.parametrize("name", [h.name for h in LOAD_CASES])
+def test_broken_config_or_tokenizer_file_is_refused_cleanly(load_run, name):
+    cases, run, d = load_run
+    _check(cases[name], run, d)
+
+
+@pytest.mark.parametrize("name", [h.name for h in TOKENIZER_CASES])
+def test_broken_biogpt_tokenizer_file_is_refused_cleanly(tokenizer_run, name):
+    cases, run, d = tokenizer_run
+    _check(cases[name], run, d)

@@ -83,12 +83,11 @@ ACTIVATIONS = (
 )
 
 
-class _InvalidConfig(ConfigError):
-    """A ConfigError that keeps its list of problems (so `from_dict` can report them all at once)."""
-
-    def __init__(self, owner: str, problems: list[str]):
-        super().__init__(f"{owner}:\n  - " + "\n  - ".join(problems))
-        self.problems = problems
+def _invalid(owner: str, problems: list[str]) -> ConfigError:
+    """One ConfigError listing every problem (kept as `.problems` for `from_dict` to merge)."""
+    error = ConfigError(f"{owner}:\n  - " + "\n  - ".join(problems))
+    error.problems = problems  # type: ignore[attr-defined]
+    return error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,15 +103,15 @@ class HFConfig:
     problem_type: str | None = None
 
     def __post_init__(self) -> None:
-        problems = _type_problems(self)
-        if not problems:  # the value checks assume the types
-            problems = self.validate()
+        problems = [*_type_problems(self).values(), *self.validate()]
         if problems:
-            raise _InvalidConfig(f"invalid {type(self).__name__}", problems)
+            raise _invalid(f"invalid {type(self).__name__}", problems)
 
     def validate(self) -> list[str]:
-        """Every problem with the (well-typed) field values, as messages naming the field."""
-        problems = []
+        """Every problem with the well-typed field values, as messages naming the field."""
+        problems: list[str] = []
+        if set(_type_problems(self)) & {"num_labels", "id2label", "problem_type"}:
+            return problems
         if self.num_labels < 1:
             problems.append(f"num_labels must be >= 1, got {self.num_labels}")
         if self.id2label is not None and len(self.id2label) != self.num_labels:
@@ -174,11 +173,11 @@ class HFConfig:
             kwargs["id2label"] = None
         try:
             config = cls(**kwargs)
-        except _InvalidConfig as e:
-            problems += e.problems
+        except ConfigError as e:
+            problems += getattr(e, "problems", [str(e)])
         if problems:
             where = f"{source}: " if source is not None else ""
-            raise _InvalidConfig(f"{where}unsupported or invalid {cls.__name__}", problems)
+            raise _invalid(f"{where}unsupported or invalid {cls.__name__}", problems)
         return config
 
     def to_dict(self) -> dict[str, Any]:
@@ -307,8 +306,14 @@ class BioGptConfig(HFConfig):
 
 
 def _check_common(config: BertConfig | BioGptConfig) -> list[str]:
+    """Value checks; each runs only when the fields it reads are well-typed."""
+    bad = set(_type_problems(config))
+
+    def ok(*names: str) -> bool:
+        return not bad.intersection(names)
+
     problems = []
-    if config.hidden_act not in ACTIVATIONS:
+    if ok("hidden_act") and config.hidden_act not in ACTIVATIONS:
         problems.append(
             f"hidden_act {config.hidden_act!r} is not implemented; use one of {ACTIVATIONS}"
         )
@@ -321,19 +326,19 @@ def _check_common(config: BertConfig | BioGptConfig) -> list[str]:
         "max_position_embeddings",
     ] + (["type_vocab_size"] if isinstance(config, BertConfig) else [])
     problems += [
-        f"{n} must be positive, got {getattr(config, n)}" for n in sizes if getattr(config, n) <= 0
+        f"{n} must be positive, got {getattr(config, n)}"
+        for n in sizes
+        if ok(n) and getattr(config, n) <= 0
     ]
-    if config.num_attention_heads > 0 and config.hidden_size % config.num_attention_heads:
-        problems.append(
-            f"hidden_size {config.hidden_size} is not a multiple of "
-            f"num_attention_heads {config.num_attention_heads}"
-        )
-    if not (math.isfinite(config.layer_norm_eps) and config.layer_norm_eps > 0):
-        problems.append(f"layer_norm_eps must be finite and > 0, got {config.layer_norm_eps}")
-    if not (math.isfinite(config.initializer_range) and config.initializer_range >= 0):
-        problems.append(
-            f"initializer_range must be finite and >= 0, got {config.initializer_range}"
-        )
+    heads, width = config.num_attention_heads, config.hidden_size
+    if ok("num_attention_heads", "hidden_size") and heads > 0 and width % heads:
+        problems.append(f"hidden_size {width} is not a multiple of num_attention_heads {heads}")
+    eps = config.layer_norm_eps
+    if ok("layer_norm_eps") and not (math.isfinite(eps) and eps > 0):
+        problems.append(f"layer_norm_eps must be finite and > 0, got {eps}")
+    std = config.initializer_range
+    if ok("initializer_range") and not (math.isfinite(std) and std >= 0):
+        problems.append(f"initializer_range must be finite and >= 0, got {std}")
     for name in (
         "hidden_dropout_prob",
         "attention_probs_dropout_prob",
@@ -341,18 +346,16 @@ def _check_common(config: BertConfig | BioGptConfig) -> list[str]:
         "classifier_dropout",
     ):
         p = getattr(config, name, None)
-        if p is not None and not 0 <= p <= 1:
+        if ok(name) and p is not None and not 0 <= p <= 1:
             problems.append(f"{name} must be in [0, 1], got {p}")
-    pad = config.pad_token_id
-    if pad is not None and not 0 <= pad < config.vocab_size:
-        problems.append(
-            f"pad_token_id {pad} is not an id of the vocabulary (vocab_size {config.vocab_size})"
-        )
-    if config.num_hidden_layers > MAX_HIDDEN_LAYERS:
+    pad, vocab = config.pad_token_id, config.vocab_size
+    if ok("pad_token_id", "vocab_size") and pad is not None and not 0 <= pad < vocab:
+        problems.append(f"pad_token_id {pad} is not an id of the vocabulary (vocab_size {vocab})")
+    if ok("num_hidden_layers") and config.num_hidden_layers > MAX_HIDDEN_LAYERS:
         problems.append(
             f"num_hidden_layers {config.num_hidden_layers} is above the cap of {MAX_HIDDEN_LAYERS}"
         )
-    if not problems:
+    if not problems and not bad:
         problems += _memory_problems(config)
     return problems
 
@@ -432,14 +435,15 @@ def _labels_from_json(id2label: Any, label2id: Any) -> tuple[str, ...] | list[st
     return ordered
 
 
-def _type_problems(config: HFConfig) -> list[str]:
+def _type_problems(config: HFConfig) -> dict[str, str]:
+    """{field: message} for every field whose value does not have the annotated type."""
     hints = typing.get_type_hints(type(config))
-    problems = []
+    problems = {}
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         hint = hints[field.name]
         if not _has_type(value, hint):
-            problems.append(
+            problems[field.name] = (
                 f"{field.name} must be {_type_name(hint)}, got {reprlib.repr(value)} "
                 f"({type(value).__name__})"
             )
@@ -466,4 +470,6 @@ def _type_name(hint: Any) -> str:
         return " or ".join(_type_name(arm) for arm in typing.get_args(hint))
     if typing.get_origin(hint) is tuple:
         return f"a list of {_type_name(typing.get_args(hint)[0])}"
-    return "null" if hint is type(None) else f"a {hint.__name__}"
+    if hint is type(None):
+        return "null"
+    return "an int" if hint is int else f"a {hint.__name__}"

@@ -39,6 +39,11 @@ def load_vocab(vocab_file: str | Path) -> dict[str, int]:
         raise ConfigError(
             f"{vocab_file}: token ids must be non-negative integers; bad entries: {', '.join(bad[:5])}"
         )
+    owner: dict[int, str] = {}
+    for token, i in vocab.items():
+        if i in owner:
+            raise ConfigError(f"{vocab_file}: id {i} is used by both {owner[i]!r} and {token!r}")
+        owner[i] = token
     return vocab
 
 
