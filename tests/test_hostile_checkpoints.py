@@ -203,6 +203,7 @@ READER_CASES = [
         error="UnsafeCheckpointError",
         match=("not a torch zip",),
     ),
+    _bin("pickle_5mib", b"\x80\x02" + b")" * (5 << 20) + b".", "larger than 4194304 bytes"),
     _bin("pickle_without_stop", _state(w=T())[:-1], "STOP"),
     _bin("pickle_garbage", b"\x80\x02\xff\xfe", "data.pkl"),
     _bin("reduce_on_empty_stack", b"\x80\x02R.", "too short a stack"),

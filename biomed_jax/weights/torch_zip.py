@@ -41,6 +41,9 @@ from biomed_jax.errors import CheckpointError, UnsafeCheckpointError
 from biomed_jax.weights.dtypes import READABLE_NAMES
 
 MAX_NDIM = 8
+# data.pkl is interpreted in Python (~1-2 us an opcode): 4 MiB is ~100x a BERT-base state dict's
+# pickle and bounds the worst case to seconds.
+MAX_PICKLE_BYTES = 4 << 20
 MAX_DIM = 1 << 62  # any one size or stride
 
 _READABLE_STORAGES = {
@@ -183,6 +186,11 @@ def _read_archive(archive: zipfile.ZipFile, path: Path) -> dict[str, np.ndarray]
     members = _Members(archive, prefix, path)
     if f"{prefix}/byteorder" in names and members.read("byteorder").strip() != b"little":
         raise CheckpointError(f"{path}: only little-endian torch checkpoints are supported")
+    if archive.getinfo(pickles[0]).file_size > MAX_PICKLE_BYTES:
+        raise CheckpointError(
+            f"{path}: {pickles[0]} is larger than {MAX_PICKLE_BYTES} bytes; a state dict's "
+            "pickle is a few hundred bytes per tensor"
+        )
     state = _interpret(members.read("data.pkl"), f"{path}: {pickles[0]}")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
