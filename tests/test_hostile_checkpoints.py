@@ -24,6 +24,8 @@ import torch
 from _limited import Case, run_cases
 from safetensors.torch import save_file
 
+from biomed_jax.errors import CheckpointError
+from biomed_jax.weights.dtypes import READABLE_DTYPES
 from biomed_jax.weights.torch_zip import load_torch_zip
 
 # -- crafting torch.save files by hand --------------------------------------------------------------
@@ -686,6 +688,7 @@ def tokenizer_run(tmp_path_factory):
     return cases, run, d
 
 
+@pytest.mark.slow  # ~50 s on a loaded 2-core machine: a good from_pretrained after each case
 @pytest.mark.parametrize("name", [h.name for h in LOAD_CASES])
 def test_broken_config_or_tokenizer_file_is_refused_cleanly(load_run, name):
     cases, run, d = load_run
@@ -696,3 +699,52 @@ def test_broken_config_or_tokenizer_file_is_refused_cleanly(load_run, name):
 def test_broken_biogpt_tokenizer_file_is_refused_cleanly(tokenizer_run, name):
     cases, run, d = tokenizer_run
     _check(cases[name], run, d)
+
+
+def test_corrupted_bytes_give_a_checkpoint_error_or_the_same_tensors(tmp_path):
+    """1,500 random corruptions of a real torch.save file (bytes changed, cut or inserted, in
+    the file or in data.pkl re-zipped): each raises a CheckpointError naming the file, or loads
+    the original tensors exactly (the file) or tensors within the file's size (a new pickle);
+    no other exception escapes."""
+    import random
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    state = {**model.state_dict(), "t": torch.randn(3, 5).t(), "ids": torch.arange(4)}
+    torch.save(state, tmp_path / "f.bin")
+    expected = {k: v.contiguous().numpy() for k, v in state.items()}
+    original = (tmp_path / "f.bin").read_bytes()
+    with zipfile.ZipFile(tmp_path / "f.bin") as z:
+        pickle = z.read("f/data.pkl")
+        others = {n: z.read(n) for n in z.namelist() if n != "f/data.pkl"}
+    rng = random.Random(0)
+    path = tmp_path / "corrupt.bin"
+    for i in range(1500):
+        in_pickle = i % 2 == 0
+        data = bytearray(pickle if in_pickle else original)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(data))
+            kind = rng.random()
+            if kind < 0.6:
+                data[at] = rng.randrange(256)
+            elif kind < 0.8:
+                del data[at]
+            else:
+                data.insert(at, rng.randrange(256))
+        if in_pickle:
+            _zip(path, bytes(data), {}, **{n.removeprefix("f/"): d for n, d in others.items()})
+        else:
+            path.write_bytes(bytes(data))
+        try:
+            loaded = load_torch_zip(path)
+        except CheckpointError as e:
+            assert str(path) in str(e), str(e)
+            continue
+        if in_pickle:  # a valid but different pickle: tensors of readable dtypes, within the file
+            for k, v in loaded.items():
+                assert isinstance(k, str) and v.dtype in READABLE_DTYPES, (i, k, v.dtype)
+                assert v.nbytes <= path.stat().st_size, (i, k, v.shape)
+            continue
+        assert loaded.keys() == expected.keys()  # the zip's CRCs guard the rest
+        for k, v in expected.items():
+            assert loaded[k].dtype == v.dtype and np.array_equal(loaded[k], v), (i, k)

@@ -148,9 +148,7 @@ def load_torch_zip(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     with open(path, "rb") as f:
         magic = f.read(4)
-    if magic.startswith(b"PK") and not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: corrupt or truncated zip archive")
-    if not zipfile.is_zipfile(path):
+    if not magic.startswith(b"PK"):
         raise UnsafeCheckpointError(
             f"{path} is not a torch zip checkpoint (the legacy pre-1.6 torch format is not "
             "supported: re-save it with a recent torch, or convert it to safetensors)"
@@ -171,7 +169,9 @@ def load_torch_zip(path: str | Path) -> dict[str, np.ndarray]:
         struct.error,
         zlib.error,
     ) as e:
-        raise CheckpointError(f"{path}: corrupt zip archive ({type(e).__name__}: {e})") from e
+        raise CheckpointError(
+            f"{path}: corrupt or truncated zip archive ({type(e).__name__}: {e})"
+        ) from e
 
 
 def _read_archive(archive: zipfile.ZipFile, path: Path) -> dict[str, np.ndarray]:
