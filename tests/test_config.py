@@ -199,3 +199,8 @@ def test_size_cap_is_this_machines_memory(monkeypatch):
         small.replace(num_labels=3)
     with pytest.raises(ConfigError, match="above the cap of 256"):
         small.replace(num_hidden_layers=257)
+
+
+def test_unknown_override_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown config override 'num_lables'"):
+        BertConfig.from_dict(transformers.BertConfig().to_dict(), num_lables=3)

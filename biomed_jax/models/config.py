@@ -8,6 +8,7 @@ Any other key, or a supported key at an unsupported value, is an error that name
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -167,7 +168,8 @@ class HFConfig:
                     )
             elif key not in _GENERIC_IGNORED and key not in cls.ignored_keys:
                 problems.append(f"unknown key {key!r}")
-        kwargs.update(overrides)
+        problems += [f"unknown config override {key!r}" for key in overrides if key not in names]
+        kwargs.update((k, v) for k, v in overrides.items() if k in names)
         labels = kwargs.get("id2label")
         if labels is not None and "num_labels" in overrides and len(labels) != kwargs["num_labels"]:
             kwargs["id2label"] = None
@@ -435,9 +437,14 @@ def _labels_from_json(id2label: Any, label2id: Any) -> tuple[str, ...] | list[st
     return ordered
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def _type_problems(config: HFConfig) -> dict[str, str]:
     """{field: message} for every field whose value does not have the annotated type."""
-    hints = typing.get_type_hints(type(config))
+    hints = _type_hints(type(config))
     problems = {}
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
