@@ -270,12 +270,11 @@ def _tensor(where: str, value: _TensorCall | _Unusable, members: _Members) -> np
     key, dtype, numel = _storage_ref(where, storage)
     if not _is_int(offset) or not all(isinstance(t, tuple) for t in (size, stride)):
         raise CheckpointError(f"{where}: offset, size and stride must be an int and two tuples")
+    shape = f"size {reprlib.repr(size)} and stride {reprlib.repr(stride)}"
     if not all(_is_int(v) for v in (*size, *stride)):
-        raise CheckpointError(f"{where}: size {size} and stride {stride} must hold ints")
+        raise CheckpointError(f"{where}: {shape} must hold ints")
     if len(size) != len(stride) or len(size) > MAX_NDIM:
-        raise CheckpointError(
-            f"{where}: size {size} and stride {stride} must have the same length, at most {MAX_NDIM}"
-        )
+        raise CheckpointError(f"{where}: {shape} must have the same length, at most {MAX_NDIM}")
     if offset < 0 or any(s < 0 or s > MAX_DIM for s in size):
         raise CheckpointError(f"{where}: negative or huge storage offset {offset} or size {size}")
     if any(st < (1 if s > 1 else 0) or st > MAX_DIM for s, st in zip(size, stride)):
