@@ -417,9 +417,19 @@ def _write(name: str, content: bytes) -> Callable[[Path], None]:
     return lambda d: (d / name).write_bytes(content)
 
 
-def _load(name, edit, *match, call="from_pretrained") -> Hostile:
+def _load(name, edit, *match, call="from_pretrained", error="ConfigError") -> Hostile:
     """A copy of the good checkpoint directory changed by `edit(directory)`."""
-    return Hostile(name, edit, call, "ConfigError", match, suffix="")
+    return Hostile(name, edit, call, error, match, suffix="")
+
+
+WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
+
+
+def _hostile_bin(d: Path) -> None:
+    """The weights as a pytorch_model.bin whose word embeddings run backwards out of storage."""
+    (d / "model.safetensors").unlink()
+    tensor = _tensor(size=(6,), stride=(-1,), offset=5)
+    _zip(d / "pytorch_model.bin", _state(**{WORD_EMBEDDINGS: tensor}), {"0": F32x6})
 
 
 LABELS = {"0": "A", "1": "B", "2": "C"}
@@ -535,6 +545,24 @@ LOAD_CASES = [
         "UTF-8",
     ),
     _load("config_deep_nesting", _write("config.json", b"[" * 100_000), "config.json"),
+    # A hostile pytorch_model.bin reached through from_pretrained and `biomed-jax info`.
+    _load(
+        "bin_negative_stride",
+        _hostile_bin,
+        "pytorch_model.bin",
+        WORD_EMBEDDINGS,
+        "stride",
+        error="CheckpointError",
+    ),
+    _load(
+        "info_bin_negative_stride",
+        _hostile_bin,
+        "pytorch_model.bin",
+        WORD_EMBEDDINGS,
+        "stride",
+        call="model_info",
+        error="CheckpointError",
+    ),
     # Tokenizer files (read after the weights, by from_pretrained).
     _load(
         "vocab_txt_not_utf8",
