@@ -116,7 +116,7 @@ def model_info(
     hf_config = _read_config_json(directory)
     name = resolve_architecture(hf_config, None)
     arch = ARCHITECTURES[name]
-    module = arch.module(arch.config.from_dict(hf_config))
+    module = arch.module(arch.config.from_dict(hf_config, source=directory / "config.json"))
     files = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
     return {
         "path": str(directory),

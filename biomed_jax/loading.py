@@ -10,7 +10,6 @@ own name table the same way.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from biomed_jax import fairseq, hub
 from biomed_jax.models import bert, biogpt
 from biomed_jax.models.common import to_layout
 from biomed_jax.models.config import BertConfig, BioGptConfig, HFConfig
+from biomed_jax.text_files import read_json_object
 from biomed_jax.weights.bert_names import bert_name_table
 from biomed_jax.weights.biogpt_names import HF_EXPORT, biogpt_name_table, fairseq_biogpt_name_table
 from biomed_jax.weights.convert import NameTable, convert_state_dict
@@ -106,8 +106,7 @@ def _read_config_json(directory: Path) -> dict[str, Any]:
     file = directory / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"{directory} has no config.json: not a model checkpoint directory")
-    with open(file, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json_object(file)
 
 
 def resolve_architecture(hf_config: dict[str, Any], architecture: str | None) -> str:
@@ -172,7 +171,7 @@ def _build(
     hf_config = _read_config_json(directory)
     name = resolve_architecture(hf_config, architecture)
     arch = ARCHITECTURES[name]
-    config = arch.config.from_dict(hf_config, **config_overrides)
+    config = arch.config.from_dict(hf_config, source=directory / "config.json", **config_overrides)
     if getattr(config, "architectures", None) != (name,):
         config = config.replace(architectures=(name,))
     module = arch.module(

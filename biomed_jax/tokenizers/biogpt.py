@@ -12,15 +12,18 @@ of BioGPT's fine-tuned models as `prompt_ids`, skipped by `decode(skip_special_t
 
 from __future__ import annotations
 
-import json
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import sacremoses
 
-from biomed_jax.tokenizers._encoding import EncodingBase, Offsets, Piece, read_tokenizer_config
+from biomed_jax.errors import ConfigError
+from biomed_jax.text_files import read_json_object
+from biomed_jax.tokenizers._encoding import EncodingBase, Offsets, Piece
+from biomed_jax.tokenizers._files import read_tokenizer_config, token_content
 from biomed_jax.tokenizers.bpe import BPE, END_OF_WORD, read_merges
 from biomed_jax.tokenizers.fairseq_dict import hf_token, read_dict_txt
 from biomed_jax.tokenizers.moses import MosesPreTokenizer, align
@@ -29,13 +32,22 @@ NO_LIMIT = int(1e30)  # HF's model_max_length when none is configured
 
 
 def load_vocab(vocab_file: str | Path) -> dict[str, int]:
-    """vocab.json: {token: id}."""
-    with open(vocab_file, encoding="utf-8") as f:
-        vocab = json.load(f)
-    if not isinstance(vocab, dict) or not all(
-        isinstance(k, str) and isinstance(v, int) for k, v in vocab.items()
-    ):
-        raise ValueError(f"{vocab_file} must hold a JSON object of token -> int id")
+    """vocab.json: {token: id}, ids non-negative ints."""
+    vocab = read_json_object(vocab_file)
+    bad = [
+        f"{k!r}: {reprlib.repr(v)}"
+        for k, v in vocab.items()
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0
+    ]
+    if bad:
+        raise ConfigError(
+            f"{vocab_file}: token ids must be non-negative integers; bad entries: {', '.join(bad[:5])}"
+        )
+    owner: dict[int, str] = {}
+    for token, i in vocab.items():
+        if i in owner:
+            raise ConfigError(f"{vocab_file}: id {i} is used by both {owner[i]!r} and {token!r}")
+        owner[i] = token
     return vocab
 
 
@@ -123,21 +135,28 @@ class BioGptTokenizer(EncodingBase):
             "additional_special_tokens",
             "prompt_tokens",
         )
-        args = {k: config[k] for k in known if config.get(k) is not None}
-
-        def content(v: Any) -> Any:  # a serialized AddedToken is a dict with "content"
-            return v["content"] if isinstance(v, dict) and "content" in v else v
-
         args = {
-            k: [content(t) for t in v] if isinstance(v, list) else content(v)
-            for k, v in args.items()
+            k: [token_content(t) for t in v] if isinstance(v, list) else token_content(v)
+            for k in known
+            if (v := config.get(k)) is not None
         }
         args.update(overrides)
-        tok = cls(files["vocab.json"], files["merges.txt"], **args)
-        added = dict(config.get("added_tokens_decoder") or {})
-        if (directory / "added_tokens.json").is_file():
-            with open(directory / "added_tokens.json", encoding="utf-8") as f:
-                added.update({str(i): {"content": t} for t, i in json.load(f).items()})
+        try:
+            tok = cls(files["vocab.json"], files["merges.txt"], **args)
+        except ConfigError:
+            raise
+        except ValueError as e:  # e.g. a special token missing from vocab.json
+            raise ConfigError(f"{directory}: {e}") from e
+        added = {
+            i: t if isinstance(t, dict) else {"content": t}
+            for i, t in (config.get("added_tokens_decoder") or {}).items()
+        }
+        added_file = directory / "added_tokens.json"
+        if added_file.is_file():
+            extra_tokens = read_json_object(added_file)
+            if not all(isinstance(i, int) and isinstance(t, str) for t, i in extra_tokens.items()):
+                raise ConfigError(f"{added_file}: expected an object {{token: id}}")
+            added.update({str(i): {"content": t} for t, i in extra_tokens.items()})
         extra = sorted(
             v["content"]
             for v in added.values()
