@@ -3,14 +3,14 @@
 A directory is either an HF checkpoint (config.json + model.safetensors, shards with their index,
 or pytorch_model.bin; mapped through the model's name table) or one of ours (written by
 `convert`: model.safetensors whose metadata says format=biomed_jax, keys are our '/'-paths).
-Both are read by one pipeline (`weights`): files -> plan (keys x name table x template) ->
-validated -> read whole or per device -> params.
+A fairseq BioGPT checkpoint (`.pt` + dict.txt + bpecodes, `biomed_jax.fairseq`) goes through its
+own name table. All are read by one pipeline (`weights`): files -> plan (keys x name table x
+template) -> validated -> read whole or per device -> params.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 from collections.abc import Callable, Mapping
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from biomed_jax import hub
+from biomed_jax import fairseq, hub
 from biomed_jax import sharding as shd
 from biomed_jax.errors import CheckpointError, ConfigError
 from biomed_jax.files import replace_dir
@@ -32,16 +32,20 @@ from biomed_jax.models import bert, biogpt
 from biomed_jax.models.common import init_params, param_template, to_layout
 from biomed_jax.models.config import BertConfig, BioGptConfig
 from biomed_jax.nn.layers import Dtype, PrecisionLike
+from biomed_jax.text_files import read_json_object
 from biomed_jax.tokenizers import BertTokenizer, BioGptTokenizer
 from biomed_jax.trees import unflatten
 from biomed_jax.weights.bert_names import bert_name_table
-from biomed_jax.weights.biogpt_names import biogpt_name_table
+from biomed_jax.weights.biogpt_names import HF_EXPORT, biogpt_name_table, fairseq_biogpt_name_table
+from biomed_jax.weights.dtypes import FLOAT_DTYPES
+from biomed_jax.weights.export import export_state_dict
 from biomed_jax.weights.formats import (
-    FLOAT_DTYPES,
     FORMAT,
     SINGLE,
+    in_memory,
     is_converted,
     open_checkpoint,
+    safetensors_metadata,
     save_params,
 )
 from biomed_jax.weights.names import NameTable
@@ -146,6 +150,7 @@ class Pretrained:
 
     Call it like the module: `pre(input_ids, attention_mask)`. `params` are plain arrays; to place
     them on a mesh use `pre.shard(mesh, rules)` (the module knows their logical axes).
+    `fairseq_args`: a fairseq checkpoint's stored training arguments (None for other formats).
     """
 
     config: ModelConfig
@@ -153,6 +158,7 @@ class Pretrained:
     module: nn.Module
     tokenizer: Tokenizer | MissingTokenizer
     path: Path | None = None
+    fairseq_args: fairseq.FairseqArgs | None = None  # a fairseq checkpoint's stored arguments
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.module.apply({"params": self.params}, *args, **kwargs)
@@ -168,14 +174,7 @@ def read_config_json(directory: Path) -> dict[str, Any]:
     file = directory / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"{directory} has no config.json: not a model checkpoint directory")
-    try:
-        with open(file, encoding="utf-8") as f:
-            hf_config = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{file} is not valid JSON: {e}") from e
-    if not isinstance(hf_config, dict):
-        raise ConfigError(f"{file} must hold a JSON object, got {type(hf_config).__name__}")
-    return hf_config
+    return read_json_object(file)
 
 
 def resolve_architecture(hf_config: dict[str, Any], architecture: str | None) -> str:
@@ -222,7 +221,8 @@ def build(
     hf_config = read_config_json(directory)
     name = resolve_architecture(hf_config, architecture)
     arch = ARCHITECTURES[name]
-    config = arch.config.from_dict(hf_config, **config_overrides).replace(architectures=(name,))
+    config = arch.config.from_dict(hf_config, source=directory / "config.json", **config_overrides)
+    config = config.replace(architectures=(name,))
     module = arch.module(
         config, dtype=dtype, param_dtype=param_dtype, precision=precision, scan_layers=scan_layers
     )
@@ -325,7 +325,8 @@ def from_pretrained(
 ) -> Pretrained:
     """Load an HF or converted checkpoint into a `Pretrained` (config, params, module, tokenizer).
 
-    `path`: a local directory, or a hub id (with `revision`, `cache_dir`: the HF hub cache) whose
+    `path`: a local directory, a fairseq BioGPT `.pt` file (with dict.txt and bpecodes beside it,
+    see `biomed_jax.fairseq`), or a hub id (with `revision`, `cache_dir`: the HF hub cache) whose
     HF checkpoint is converted once into our cache (`biomed_jax.hub`) and read from there later.
 
     `architecture` picks the module class (default: the config's `architectures`, else the base
@@ -336,9 +337,20 @@ def from_pretrained(
     `mesh` (a `biomed_jax.sharding.make_mesh`): each device reads only its own shards of the
     safetensors, placed by `rules` (`biomed_jax.sharding`, default FSDP_TP).
     """
+    dtype = jnp.float32 if dtype is None else dtype
+    numerics = {"dtype": dtype, "param_dtype": param_dtype, "precision": precision}
+    fairseq_files = fairseq.find_files(path)
+    if fairseq_files is not None:
+        if mesh is not None:
+            raise ValueError(
+                "mesh= reads safetensors: `biomed-jax convert` the fairseq checkpoint first"
+            )
+        pretrained, _ = _from_fairseq(
+            fairseq_files, architecture, scan_layers=scan_layers, **numerics, **config_overrides
+        )
+        return pretrained
     source = hub.resolve(path, revision=revision, cache_dir=cache_dir)
     directory = source.path
-    dtype = jnp.float32 if dtype is None else dtype
     config, module = build(
         directory,
         architecture,
@@ -366,31 +378,89 @@ def from_pretrained(
     return Pretrained(config, params, module, _tokenizer(directory, config), directory)
 
 
+def _from_fairseq(
+    files: fairseq.FairseqFiles,
+    architecture: str | None,
+    *,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    precision: PrecisionLike = "highest",
+    scan_layers: bool = False,
+    **config_overrides: Any,
+) -> tuple[Pretrained, fairseq.FairseqModel]:
+    """A fairseq BioGPT checkpoint through its name table, read by the same plan and reader."""
+    model = fairseq.read_model(files)
+    name = architecture or "BioGptForCausalLM"
+    if name not in ARCHITECTURES or ARCHITECTURES[name].config is not BioGptConfig:
+        raise ConfigError(f"a fairseq BioGPT checkpoint loads as a BioGPT class, not {name!r}")
+    config = model.config.replace(architectures=(name,), **config_overrides)
+    module = ARCHITECTURES[name].module(
+        config, dtype=dtype, param_dtype=param_dtype, precision=precision, scan_layers=scan_layers
+    )
+    checkpoint = in_memory(str(files.checkpoint), model.state_dict)
+    plan = make_plan(checkpoint, fairseq_biogpt_name_table(name), param_template(module))
+    params = read_params(checkpoint, plan, init_fresh=lambda _: init_params(module))
+    pretrained = Pretrained(config, params, module, model.tokenizer, files.checkpoint, model.args)
+    return pretrained, model
+
+
+LAYOUTS = ("biomed_jax", "hf")
+
+
 def _is_conversion(directory: Path) -> bool:
-    """An earlier output of `convert` (ours, holding only the files convert writes)?"""
+    """An earlier output of `convert` (either layout, holding only the files convert writes)?"""
     ours = {"config.json", SINGLE, *TOKENIZER_FILES}
+    file = directory / SINGLE
     try:
-        return is_converted(directory) and all(p.name in ours for p in directory.iterdir())
+        metadata = safetensors_metadata(file) if file.is_file() else {}
     except CheckpointError:
         return False
+    written = FORMAT in (metadata.get("format"), metadata.get("written_by"))
+    return written and all(p.name in ours for p in directory.iterdir())
 
 
-def convert(src_dir: str | Path, dst_dir: str | Path, *, architecture: str | None = None) -> Path:
-    """Convert an HF checkpoint directory into ours: model.safetensors, config.json, tokenizer files.
+def convert(
+    src_dir: str | Path,
+    dst_dir: str | Path,
+    *,
+    architecture: str | None = None,
+    to: str = "biomed_jax",
+) -> Path:
+    """Convert an HF checkpoint directory or a fairseq BioGPT checkpoint (`.pt` file or its
+    directory) into ours (`to="biomed_jax"`) or into transformers' layout (`to="hf"`):
+    model.safetensors, config.json, tokenizer files.
 
     `dst_dir` must be new, empty, or an earlier output of `convert`; it is built beside itself and
     replaces the old one whole (see `biomed_jax.files.replace_dir`), so a directory that exists is
     complete, and no file of another model survives in it.
     """
+    if to not in LAYOUTS:
+        raise ValueError(f"convert: to={to!r}; expected one of {LAYOUTS}")
     src, dst = Path(src_dir), Path(dst_dir)
     if src.resolve() == dst.resolve():
         raise ValueError("convert: source and destination must differ")
-    config, module = build(src, architecture, scan_layers=True)
-    params = read_checkpoint(src, module)
+    fairseq_files = fairseq.find_files(src)
+    model = None
+    if fairseq_files is not None:
+        pretrained, model = _from_fairseq(fairseq_files, architecture, scan_layers=True)
+        config, params = pretrained.config, pretrained.params
+    else:
+        config, module = build(src, architecture, scan_layers=True)
+        params = read_checkpoint(src, module)
+    name = config.architectures[0]
+    if to == "hf" and name not in HF_EXPORT:
+        raise ValueError(f"convert --to hf writes {sorted(HF_EXPORT)}, not {name}")
     with replace_dir(dst, _is_conversion) as tmp:
-        for file in TOKENIZER_FILES:
-            if (src / file).is_file():
-                shutil.copyfile(src / file, tmp / file)
+        if model is not None:
+            fairseq.write_tokenizer_files(model, tmp)
+        else:
+            for file in TOKENIZER_FILES:
+                if (src / file).is_file():
+                    shutil.copyfile(src / file, tmp / file)
         config.save_pretrained(tmp)
-        save_params(params, tmp / SINGLE, {"architecture": config.architectures[0]})
+        if to == "hf":
+            tensors = export_state_dict(params, HF_EXPORT[name], config.num_hidden_layers)
+            save_params(tensors, tmp / SINGLE, {"format": "pt", "written_by": FORMAT})
+        else:
+            save_params(params, tmp / SINGLE, {"architecture": name})
     return dst

@@ -25,6 +25,7 @@ import numpy as np
 from biomed_jax.errors import CheckpointError
 from biomed_jax.files import atomic_path
 from biomed_jax.trees import flatten
+from biomed_jax.weights.dtypes import READABLE_NAMES, SAFETENSORS_DTYPES
 from biomed_jax.weights.torch_zip import load_torch_zip
 
 FORMAT = "biomed_jax"
@@ -44,8 +45,6 @@ _SAFETENSORS_DTYPES = {
     "U8": np.dtype(np.uint8),
     "BOOL": np.dtype(np.bool_),
 }
-# What a parameter may be read from (cast to the parameter's dtype); integers and bools never.
-FLOAT_DTYPES = frozenset(_SAFETENSORS_DTYPES[c] for c in ("F64", "F32", "F16", "BF16"))
 
 Index = tuple[slice | int, ...]
 
@@ -255,7 +254,18 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
 
     try:
         with safe_open(str(path), framework="numpy") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+            tensors = {}
+            for key in f.keys():  # noqa: SIM118
+                dtype = f.get_slice(key).get_dtype()
+                if dtype not in SAFETENSORS_DTYPES:
+                    raise CheckpointError(
+                        f"{path}: tensor {key!r} has dtype {dtype}, which no model here can use "
+                        f"(readable: {READABLE_NAMES})"
+                    )
+                tensors[key] = f.get_tensor(key)
+            return tensors
+    except CheckpointError:
+        raise
     except (SafetensorError, OSError, ValueError) as e:
         raise _safetensors_error(Path(path), e) from e
 

@@ -21,7 +21,8 @@ import jax
 from biomed_jax.errors import CheckpointError
 from biomed_jax.models.common import STACKED, layer_name
 from biomed_jax.trees import flatten
-from biomed_jax.weights.formats import FLOAT_DTYPES, Checkpoint
+from biomed_jax.weights.dtypes import FLOAT_DTYPES
+from biomed_jax.weights.formats import Checkpoint
 from biomed_jax.weights.names import Match, NameTable
 
 Template = Mapping[str, object]  # nested dict of jax.ShapeDtypeStruct (jax.eval_shape of init)
