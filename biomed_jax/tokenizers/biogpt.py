@@ -17,7 +17,13 @@ from typing import Any
 
 import sacremoses
 
-from biomed_jax.tokenizers._encoding import EncodingBase, Offsets, Piece, read_tokenizer_config
+from biomed_jax.tokenizers._encoding import (
+    PYTHON_RULES,
+    EncodingBase,
+    Offsets,
+    Piece,
+    read_tokenizer_config,
+)
 from biomed_jax.tokenizers.bpe import BPE, END_OF_WORD, read_merges
 from biomed_jax.tokenizers.moses import MosesPreTokenizer, align
 
@@ -39,6 +45,7 @@ class BioGptTokenizer(EncodingBase):
     """BioGPT Moses + BPE tokenizer; `__call__`, `decode` etc. as HF's (see `_encoding`)."""
 
     model_input_names = ("input_ids", "attention_mask")
+    pair_rules = PYTHON_RULES  # transformers has only the Python BioGptTokenizer
 
     def __init__(
         self,
