@@ -293,7 +293,7 @@ def compare_pair(hf, ours, text, pair, options, side="right"):
             assert set(got["attention_mask"]) <= {0}
             return
         if not fits:
-            with pytest.raises(ValueError, match="max_length|text_pair"):
+            with pytest.raises(ValueError, match=r"max_length|text_pair"):
                 ours(text, pair, return_special_tokens_mask=True, **options)
             return
         assert ours(text, pair, return_special_tokens_mask=True, **options) == want
