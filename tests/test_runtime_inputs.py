@@ -4,6 +4,7 @@ or, under jit where values are traced, a NaN row, never a plausible result (docs
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -13,7 +14,7 @@ import pytest
 from biomed_jax import BertConfig, BioGptConfig, BioGptTokenizer, generate
 from biomed_jax.cli import main as cli_main
 from biomed_jax.loading import Pretrained, from_pretrained, init_params
-from biomed_jax.models.bert import BertForMaskedLM
+from biomed_jax.models.bert import BertForMaskedLM, BertModel
 from biomed_jax.models.biogpt import BioGptForCausalLM
 from biomed_jax.pipelines import attention, embed, embed_file, fill_mask, generate_text
 
@@ -219,14 +220,14 @@ PIPELINE_CASES = [
     ("embed", {"stride": 1.5}, TypeError, "stride"),
     ("embed", {"layers": 1.5}, TypeError, "layers"),
     ("embed", {"layers": True}, TypeError, "layers"),
-    ("embed", {"layers": [0, 99]}, ValueError, "layers"),
+    ("embed", {"layers": [0, 99]}, ValueError, "layer 99 out of range"),
     ("embed", {"pooling": "max"}, ValueError, "pooling"),
     ("embed", {"texts": 5}, TypeError, "texts"),
     ("embed", {"texts": ["fine", 1]}, TypeError, "texts[1]"),
     ("fill_mask", {"top_k": 2.0}, TypeError, "top_k"),
     ("fill_mask", {"top_k": 10**6}, ValueError, "top_k"),
     ("fill_mask", {"batch_size": 0}, ValueError, "batch_size"),
-    ("attention", {"layers": [0, 9]}, ValueError, "layers"),
+    ("attention", {"layers": [0, 9]}, ValueError, "layer 9 out of range"),
     ("attention", {"heads": 1.5}, TypeError, "heads"),
     ("attention", {"max_length": 1.0}, TypeError, "max_length"),
 ]  # fmt: skip
@@ -246,18 +247,25 @@ def test_pipeline_refuses(bert, pipeline, kwargs, error, message):
 
 def test_pipelines_refuse_models_they_do_not_fit(bert, biogpt, tmp_path):
     encoders = "BertModel or BertForMaskedLM or BertForSequenceClassification or "
-    with pytest.raises(ValueError, match=f"embed takes {encoders}.* is a BioGptForCausalLM"):
+    with pytest.raises(ValueError, match=f"embed needs a {encoders}.* got a BioGptForCausalLM"):
         embed(["a b", "b a"], model=biogpt)
     docs = tmp_path / "docs.txt"
     docs.write_text("a b\n")
     with pytest.raises(
-        ValueError, match=r"embed_file takes BertModel or .* is a BioGptForCausalLM"
+        ValueError, match=r"embed_file needs a BertModel or .* got a BioGptForCausalLM"
     ):
         embed_file(docs, tmp_path / "out", model=biogpt)
     assert not (tmp_path / "out").exists()
-    with pytest.raises(ValueError, match=r"fill_mask takes BertForMaskedLM models; .* BioGpt"):
+    with pytest.raises(
+        ValueError, match=r"fill_mask needs a BertForMaskedLM model, got a BioGpt\w+ \(\S+\)$"
+    ):
         fill_mask("a [MASK]", model=biogpt)
-    with pytest.raises(ValueError, match=r"generate_text takes BioGptForCausalLM .* BertForMasked"):
+    encoder = dataclasses.replace(bert, module=BertModel(bert.config))  # the family, not the head
+    with pytest.raises(ValueError, match=r"got a BertModel .*architecture='BertForMaskedLM'"):
+        fill_mask("a [MASK]", model=encoder)
+    with pytest.raises(
+        ValueError, match=r"generate_text needs a BioGptForCausalLM model, got a BertForMasked"
+    ):
         generate_text("aspirin", model=bert)
     with pytest.raises(TypeError, match="max_new_tokens"):
         generate_text("a b", model=biogpt, max_new_tokens=2.5)

@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 
 from biomed_jax import sharding as shd
 from biomed_jax import validation as v
-from biomed_jax.loading import Pretrained, from_pretrained
+from biomed_jax.loading import ARCHITECTURES, Pretrained, from_pretrained
 
 DEFAULT_ENCODER = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext"
 DEFAULT_DECODER = "microsoft/biogpt"
@@ -63,8 +63,8 @@ def resolve_model(
 ) -> Pretrained:
     """A `Pretrained` from a hub id, a path (loaded once, then kept) or a `Pretrained` itself.
 
-    `architecture`: load (or require) that module class; `takes`: the module classes the
-    pipeline fits (e.g. `ENCODERS`), any other is refused with an error that lists them.
+    `architecture`: the module class to load a checkpoint as; `takes`: the module classes the
+    pipeline fits (default: `architecture`), any other is refused with an error listing them.
     """
     if isinstance(model, Pretrained):
         pretrained = model
@@ -75,15 +75,14 @@ def resolve_model(
             f"model must be a hub id, a path or a Pretrained, got {type(model).__name__}"
         )
     got = type(pretrained.module).__name__
+    takes = takes or ((architecture,) if architecture else ())
     if takes and got not in takes:
+        hint = ""
+        if architecture and type(pretrained.config) is ARCHITECTURES[architecture].config:
+            hint = f"; load it with from_pretrained(..., architecture={architecture!r})"
         raise ValueError(
-            f"{pipeline} takes {' or '.join(takes)} models; {pretrained.path or 'the model'} "
-            f"is a {got}"
-        )
-    if architecture is not None and got != architecture:
-        raise ValueError(
-            f"this pipeline needs a {architecture}, got a {got}; "
-            f"load it with from_pretrained(..., architecture={architecture!r})"
+            f"{pipeline} needs a {' or '.join(takes)} model, got a {got} "
+            f"({pretrained.path or 'in memory'}){hint}"
         )
     if pretrained.tokenizer is None:
         raise ValueError(f"{pretrained.path} has no tokenizer files (vocab.txt or vocab.json)")

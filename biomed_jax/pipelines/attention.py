@@ -40,7 +40,10 @@ def _select(chosen: int | Sequence[int] | None, count: int, what: str) -> list[i
     picked = list(chosen) if isinstance(chosen, (list, tuple)) else [chosen]
     if not picked:
         raise ValueError(f"{what}s is empty")
-    return [v.integer(f"{what}s", k, low=-count, high=count - 1) % count for k in picked]
+    for k in picked:
+        if not -count <= v.integer(f"{what}s", k) < count:
+            raise ValueError(f"{what} {k} out of range: the model has {count} {what}s")
+    return [int(k) % count for k in picked]
 
 
 def attention(

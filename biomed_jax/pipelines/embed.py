@@ -57,13 +57,14 @@ def _hidden(module: nn.Module, params, ids, mask, layers: tuple[int, ...], pooli
 
 def _layer_indices(layers: int | Sequence[int], count: int) -> tuple[tuple[int, ...], bool]:
     single = isinstance(layers, (int, np.integer)) and not isinstance(layers, bool)
-    if not single and not isinstance(layers, (list, tuple)):
+    if not single and not isinstance(layers, (list, tuple, np.ndarray)):
         raise TypeError(f"layers must be an int or a list of ints, got {layers!r}")
-    chosen = [
-        v.integer("layers", k, low=-count, high=count - 1) for k in ([layers] if single else layers)
-    ]
+    chosen = [v.integer("layers", k) for k in ([layers] if single else layers)]
     if not chosen:
         raise ValueError("layers is empty")
+    for k in chosen:
+        if not -count <= k < count:
+            raise ValueError(f"layer {k} out of range: the model has {count} hidden states")
     return tuple(k % count for k in chosen), single
 
 

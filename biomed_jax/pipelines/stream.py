@@ -108,11 +108,11 @@ def process_block(total: int, process: int, count: int) -> tuple[int, int]:
 
 @contextlib.contextmanager
 def _naming(path: Path) -> Iterator[None]:
-    """An OSError raised while writing `path` names it (np.save and friends often do not)."""
+    """An OSError raised while writing `path` names it, not the temporary file beside it."""
     try:
         yield
     except OSError as e:
-        if e.filename is None and e.errno is not None:
+        if e.errno is not None:
             e.filename = str(path)
         raise
 
