@@ -1,11 +1,13 @@
 """`embed_file`: stream a large corpus into sharded embedding files, resumable after a kill.
 
 Input: a text file (one document per line) or JSONL (`field` names the text). Output directory:
-`manifest.json` (the settings; a rerun with other settings is refused) and shards
-`shard-00000.npy` (or `.safetensors`, key "embeddings"), each holding the embeddings of
-`shard_size` consecutive documents, written atomically (temp file + rename). A rerun skips the
-shards that exist, so a killed run resumes at its first missing shard. Memory holds one shard.
-Every batch is split over all local devices (`embed`'s `devices`).
+`manifest.json` and shards `shard-00000.npy` (or `.safetensors`, key "embeddings"), each holding
+the embeddings of `shard_size` consecutive documents, written atomically (temp file + rename).
+The manifest records what the shards depend on: the settings with a fingerprint of the model
+(weights, config, tokenizer), and per shard a hash of its documents. A rerun keeps the shards
+whose documents hash the same and recomputes the others; other settings or another model are
+refused (unless no shard was finished). Memory holds one shard. Every batch is split over all
+local devices (`embed`'s `devices`). docs/runtime-inputs.md has the rules.
 
 Multi-host (`jax.process_count() > 1`, after `jax.distributed.initialize()`): every process runs
 the same call, takes its own contiguous block of the documents (process p of P: documents
