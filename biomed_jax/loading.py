@@ -129,9 +129,14 @@ class MissingTokenizer:
     missing: tuple[str, ...]
 
     def error(self) -> FileNotFoundError:
-        return FileNotFoundError(
+        where = (
             f"{self.directory} has no tokenizer ({', '.join(self.missing)} missing). Copy the "
-            "files into that directory, or attach one loaded elsewhere: "
+            "files into that directory, or attach"
+            if self.directory is not None
+            else "this model was built without a tokenizer; attach"
+        )
+        return FileNotFoundError(
+            f"{where} one loaded elsewhere: "
             "pre = dataclasses.replace(pre, tokenizer=BertTokenizer.from_pretrained(other_dir))"
         )
 
@@ -156,7 +161,7 @@ class Pretrained:
     config: ModelConfig
     params: Params
     module: nn.Module
-    tokenizer: Tokenizer | MissingTokenizer
+    tokenizer: Tokenizer | MissingTokenizer = MissingTokenizer(None, ())
     path: Path | None = None
     fairseq_args: fairseq.FairseqArgs | None = None  # a fairseq checkpoint's stored arguments
 

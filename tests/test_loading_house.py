@@ -493,3 +493,11 @@ def test_template_of_unrolled_modules_equals_their_own_init(kind, remat):
     want = leaves(direct)
     assert any("layer_2" in jax.tree_util.keystr(p) for p, *_ in want)
     assert leaves(abstract_params(module)) == want
+
+
+def test_pretrained_built_without_a_tokenizer_says_so_at_first_use(hf_bert):
+    pre = from_pretrained(hf_bert)
+    bare = biomed_jax.Pretrained(pre.config, pre.params, pre.module)
+    with pytest.raises(FileNotFoundError, match="built without a tokenizer; attach one"):
+        bare.tokenizer("a")
+    assert bare(np.array([[2, 5, 3]], np.int32)).logits.shape == (1, 3, BERT["vocab_size"])
