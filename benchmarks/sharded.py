@@ -30,7 +30,8 @@ import numpy as np
 
 from biomed_jax import BertConfig, BertModel, BioGptConfig, BioGptModel
 from biomed_jax import sharding as shd
-from biomed_jax.weights.io import atomic_write_text, flatten, unflatten
+from biomed_jax.files import atomic_write_text
+from biomed_jax.trees import flatten, unflatten
 
 CPU_LAYOUTS = (
     ((8, 1), "dp"),

@@ -57,42 +57,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-_SAFETENSORS_DTYPES = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I64": "int64",
-    "I32": "int32",
-    "I16": "int16",
-    "I8": "int8",
-    "U8": "uint8",
-    "BOOL": "bool",
-}
-
-
 def _checkpoint_dtypes(directory: Path) -> list[str]:
     """The tensor dtypes stored in the checkpoint's weight files (headers only for safetensors)."""
-    from safetensors import safe_open
+    from biomed_jax.weights.formats import open_checkpoint
 
-    from biomed_jax.errors import CheckpointError
-    from biomed_jax.weights.io import read_hf_state_dict
-
-    dtypes: set[str] = set()
-    files = sorted(directory.glob("*.safetensors"))
-    for file in files:
-        try:
-            with safe_open(str(file), framework="numpy") as f:
-                for key in f.keys():  # noqa: SIM118
-                    code = f.get_slice(key).get_dtype()
-                    dtypes.add(_SAFETENSORS_DTYPES.get(code, code))
-        except Exception as e:  # safetensors raises its own error types for bad headers
-            raise CheckpointError(
-                f"cannot read {file}: corrupt or truncated safetensors ({e})"
-            ) from e
-    if not files:
-        dtypes.update(str(v.dtype) for v in read_hf_state_dict(directory).values())
-    return sorted(dtypes)
+    with open_checkpoint(directory) as checkpoint:
+        return sorted({str(file.dtype(key)) for key, file in checkpoint.owner.items()})
 
 
 def model_info(
@@ -102,21 +72,15 @@ def model_info(
     except from a fairseq `.pt`, which is read whole: its arguments are inside the pickle)."""
     from biomed_jax import fairseq
     from biomed_jax.hub import resolve
-    from biomed_jax.loading import (
-        ARCHITECTURES,
-        _read_config_json,
-        is_converted,
-        resolve_architecture,
-    )
+    from biomed_jax.loading import build, is_converted, read_config_json
 
     fairseq_files = fairseq.find_files(name_or_path)
     if fairseq_files is not None:
         return _fairseq_info(fairseq_files)
     directory = resolve(name_or_path, revision=revision, cache_dir=cache_dir).path
-    hf_config = _read_config_json(directory)
-    name = resolve_architecture(hf_config, None)
-    arch = ARCHITECTURES[name]
-    module = arch.module(arch.config.from_dict(hf_config, source=directory / "config.json"))
+    hf_config = read_config_json(directory)
+    config, module = build(directory)
+    name = config.architectures[0]
     files = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
     return {
         "path": str(directory),
@@ -133,7 +97,7 @@ def _parameter_count(module) -> int:
     import numpy as np
 
     from biomed_jax.loading import param_template
-    from biomed_jax.weights.io import flatten
+    from biomed_jax.trees import flatten
 
     return sum(int(np.prod(v.shape)) for v in flatten(param_template(module)).values())
 

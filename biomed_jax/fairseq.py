@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from biomed_jax.errors import CheckpointError, ConfigError
+from biomed_jax.files import atomic_path, atomic_write_text
 from biomed_jax.models.config import BioGptConfig
 from biomed_jax.tokenizers.biogpt import BioGptTokenizer
 from biomed_jax.tokenizers.fairseq_dict import read_dict_txt
 from biomed_jax.weights.fairseq import read_fairseq_checkpoint
-from biomed_jax.weights.io import atomic_path, atomic_write_text
 
 DICT_FILE = "dict.txt"
 BPE_CODES = "bpecodes"

@@ -4,7 +4,8 @@ A hub id is resolved with `huggingface_hub.snapshot_download`, which honours HF_
 HF_HUB_CACHE, HF_HUB_OFFLINE and the standard cache layout. The first load of an HF checkpoint
 from the hub converts it once into `cache_root()/converted/<org>--<name>/<revision>/<key>`, where
 the key hashes the architecture and the snapshot's file hashes (the blob names the hub cache
-already stores), so later loads read our safetensors directly.
+already stores), so later loads read our safetensors directly. This module only names places;
+`loading` does the converting.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -24,10 +24,7 @@ CACHE_ENV = "BIOMED_JAX_CACHE"
 # Renamed on the hub: microsoft/BiomedNLP-PubMedBERT-* -> microsoft/BiomedNLP-BiomedBERT-*.
 RENAMED_PREFIXES = (("microsoft/BiomedNLP-PubMedBERT-", "microsoft/BiomedNLP-BiomedBERT-"),)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-# What a model needs; weights are fetched in a second step only if there are no safetensors.
-_META_FILES = (
-    "config.json",
-    "generation_config.json",
+TOKENIZER_FILES = (
     "vocab.txt",
     "vocab.json",
     "merges.txt",
@@ -35,6 +32,8 @@ _META_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
 )
+# What a model needs; weights are fetched in a second step only if there are no safetensors.
+_META_FILES = ("config.json", "generation_config.json", *TOKENIZER_FILES)
 _SAFETENSORS = ("*.safetensors", "model.safetensors.index.json")
 _TORCH = ("pytorch_model.bin",)
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -157,14 +156,3 @@ def conversion_dir(source: Source, architecture: str) -> Path:
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     revision = source.path.name
     return cache_root() / "converted" / source.repo_id.replace("/", "--") / revision / digest
-
-
-def cached_conversion(
-    source: Source, architecture: str, convert: Callable[..., Path], is_complete: Callable
-) -> Path:
-    """Our converted copy of a hub snapshot, converting it on first use (atomically, file by file)."""
-    target = conversion_dir(source, architecture)
-    if not is_complete(target):
-        logger.info("converting %s once into %s", source.repo_id, target)
-        convert(source.path, target, architecture=architecture)
-    return target

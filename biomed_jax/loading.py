@@ -1,61 +1,95 @@
 """Checkpoints in, models out: `from_pretrained`, `load_params`, `convert`.
 
-A directory is either an HF checkpoint (config.json + model.safetensors or pytorch_model.bin;
-converted in memory through the model's name table) or one of ours (written by `convert`:
-config.json + model.safetensors whose metadata says format=biomed_jax, keys are our '/'-paths).
+A directory is either an HF checkpoint (config.json + model.safetensors, shards with their index,
+or pytorch_model.bin; mapped through the model's name table) or one of ours (written by
+`convert`: model.safetensors whose metadata says format=biomed_jax, keys are our '/'-paths).
 A fairseq BioGPT checkpoint (`.pt` + dict.txt + bpecodes, `biomed_jax.fairseq`) goes through its
-own name table the same way.
+own name table. All are read by one pipeline (`weights`): files -> plan (keys x name table x
+template) -> validated -> read whole or per device -> params.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
 
 from biomed_jax import fairseq, hub
+from biomed_jax import sharding as shd
+from biomed_jax.errors import CheckpointError, ConfigError
+from biomed_jax.files import replace_dir
+from biomed_jax.hub import TOKENIZER_FILES
 from biomed_jax.models import bert, biogpt
-from biomed_jax.models.common import to_layout
-from biomed_jax.models.config import BertConfig, BioGptConfig, HFConfig
+from biomed_jax.models.common import init_params, param_template, to_layout
+from biomed_jax.models.config import BertConfig, BioGptConfig
+from biomed_jax.nn.layers import Dtype, PrecisionLike
 from biomed_jax.text_files import read_json_object
+from biomed_jax.tokenizers import BertTokenizer, BioGptTokenizer
+from biomed_jax.trees import unflatten
 from biomed_jax.weights.bert_names import bert_name_table
 from biomed_jax.weights.biogpt_names import HF_EXPORT, biogpt_name_table, fairseq_biogpt_name_table
-from biomed_jax.weights.convert import NameTable, convert_state_dict
+from biomed_jax.weights.dtypes import FLOAT_DTYPES
 from biomed_jax.weights.export import export_state_dict
-from biomed_jax.weights.io import (
-    CheckpointError,
-    atomic_path,
-    flatten,
-    read_hf_state_dict,
-    read_safetensors,
+from biomed_jax.weights.formats import (
+    FORMAT,
+    SINGLE,
+    in_memory,
+    is_converted,
+    open_checkpoint,
     safetensors_metadata,
     save_params,
-    unflatten,
 )
+from biomed_jax.weights.names import NameTable
+from biomed_jax.weights.plan import make_plan
+from biomed_jax.weights.reader import read_params
 
-FORMAT = "biomed_jax"
-TOKENIZER_FILES = (
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-)
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ARCHITECTURES",
+    "FORMAT",
+    "TOKENIZER_FILES",
+    "Architecture",
+    "MissingTokenizer",
+    "Pretrained",
+    "convert",
+    "from_pretrained",
+    "init_params",
+    "is_converted",
+    "load_params",
+    "load_tokenizer",
+    "param_template",
+    "read_checkpoint",
+    "register_architecture",
+    "resolve_architecture",
+]
+
+ModelConfig = BertConfig | BioGptConfig
+Tokenizer = BertTokenizer | BioGptTokenizer
+Params = dict[str, "Params | jax.Array | np.ndarray"]  # nested by module path
+
+# Per model type: the tokenizer class and the files it needs.
+TOKENIZERS: dict[str, tuple[type[Tokenizer], tuple[str, ...]]] = {
+    "bert": (BertTokenizer, ("vocab.txt",)),
+    "biogpt": (BioGptTokenizer, ("vocab.json", "merges.txt")),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """A module class with its config class, name table and the default for its model type."""
+    """A module class with its config class and name table."""
 
     module: type[nn.Module]
-    config: type[HFConfig]
+    config: type[ModelConfig]
     name_table: Callable[[str], NameTable]
 
 
@@ -86,23 +120,62 @@ def register_architecture(name: str, arch: Architecture, default_for: str | None
         DEFAULT_ARCHITECTURE[default_for] = name
 
 
-@dataclasses.dataclass
-class Pretrained:
-    """What `from_pretrained` returns: config, params, module and tokenizer (when files exist);
-    `fairseq_args`: a fairseq checkpoint's stored training arguments (None for other formats)."""
+@dataclasses.dataclass(frozen=True)
+class MissingTokenizer:
+    """Stands in for the tokenizer of a model directory without tokenizer files: any use of it
+    raises an error that names the missing files and says how to supply a tokenizer."""
 
-    config: Any
-    params: dict[str, Any]
+    directory: Path | None
+    missing: tuple[str, ...]
+
+    def error(self) -> FileNotFoundError:
+        where = (
+            f"{self.directory} has no tokenizer ({', '.join(self.missing)} missing). Copy the "
+            "files into that directory, or attach"
+            if self.directory is not None
+            else "this model was built without a tokenizer; attach"
+        )
+        return FileNotFoundError(
+            f"{where} one loaded elsewhere: "
+            "pre = dataclasses.replace(pre, tokenizer=BertTokenizer.from_pretrained(other_dir))"
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise self.error()
+
+    def __call__(self, *args: object, **kwargs: object) -> Any:
+        raise self.error()
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """What `from_pretrained` returns: config, params, module, tokenizer and where they came from.
+
+    Call it like the module: `pre(input_ids, attention_mask)`. `params` are plain arrays; to place
+    them on a mesh use `pre.shard(mesh, rules)` (the module knows their logical axes).
+    `fairseq_args`: a fairseq checkpoint's stored training arguments (None for other formats).
+    """
+
+    config: ModelConfig
+    params: Params
     module: nn.Module
-    tokenizer: Any = None
+    tokenizer: Tokenizer | MissingTokenizer = MissingTokenizer(None, ())
     path: Path | None = None
-    fairseq_args: fairseq.FairseqArgs | None = None
+    fairseq_args: fairseq.FairseqArgs | None = None  # a fairseq checkpoint's stored arguments
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.module.apply({"params": self.params}, *args, **kwargs)
 
+    def shard(self, mesh: Mesh, rules: shd.Rules | str | None = None) -> Pretrained:
+        """This model with its params placed on `mesh` by `rules` (default FSDP_TP)."""
+        params = shd.shard_params(self.params, mesh, rules, module=self.module)
+        return dataclasses.replace(self, params=params)
 
-def _read_config_json(directory: Path) -> dict[str, Any]:
+
+def read_config_json(directory: Path) -> dict[str, Any]:
+    """config.json of a checkpoint directory as a dict; errors name the file."""
     file = directory / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"{directory} has no config.json: not a model checkpoint directory")
@@ -110,119 +183,135 @@ def _read_config_json(directory: Path) -> dict[str, Any]:
 
 
 def resolve_architecture(hf_config: dict[str, Any], architecture: str | None) -> str:
+    """The architecture to build: `architecture`, else the config's `architectures` (a list of
+    known names), else the base model of its `model_type`. It must fit the `model_type`."""
+    model_type = hf_config.get("model_type", "bert")
+    if model_type not in DEFAULT_ARCHITECTURE:
+        raise ConfigError(
+            f"unsupported model_type {model_type!r}; supported: {sorted(DEFAULT_ARCHITECTURE)}"
+        )
+    listed = hf_config.get("architectures")
+    if listed is not None:
+        if not isinstance(listed, list) or not all(isinstance(a, str) for a in listed):
+            raise ConfigError(f"architectures must be a list of names, got {listed!r}")
+        unknown = [a for a in listed if a not in ARCHITECTURES]
+        if unknown:
+            raise ConfigError(
+                f"unknown architectures {unknown}; known: {sorted(ARCHITECTURES)} (pass "
+                "architecture= to load the checkpoint as one of them)"
+            )
     if architecture is None:
-        listed = hf_config.get("architectures") or []
-        known = [a for a in listed if a in ARCHITECTURES]
-        model_type = hf_config.get("model_type", "bert")
-        if known:
-            architecture = known[0]
-        elif model_type in DEFAULT_ARCHITECTURE:
-            architecture = DEFAULT_ARCHITECTURE[model_type]
-        else:
-            raise ValueError(f"unsupported model_type {model_type!r}")
+        architecture = listed[0] if listed else DEFAULT_ARCHITECTURE[model_type]
     if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
+        raise ConfigError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
+    family = ARCHITECTURES[architecture].config.model_type
+    if family != model_type:
+        raise ConfigError(
+            f"architecture {architecture} is a {family} model; config.json says {model_type!r}"
+        )
     return architecture
 
 
-def param_template(module: nn.Module) -> dict[str, Any]:
-    """Parameter shapes and dtypes, without allocating (jax.eval_shape of init)."""
-    ids = jnp.zeros((1, 1), jnp.int32)
-    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), ids))
-    return nn.unbox(variables["params"])
-
-
-def init_params(module: nn.Module, seed: int = 0) -> dict[str, Any]:
-    ids = jnp.zeros((1, 1), jnp.int32)
-    return nn.unbox(module.init(jax.random.key(seed), ids)["params"])
-
-
-def is_converted(directory: Path) -> bool:
-    file = directory / "model.safetensors"
-    return file.is_file() and safetensors_metadata(file).get("format") == FORMAT
-
-
-def load_params(path: str | Path, dtype: Any = None, scan_layers: bool = False) -> dict[str, Any]:
-    """The nested param dict of a converted checkpoint (directory or its model.safetensors), in
-    the layout of a module with `scan_layers` (files store the stack scanned: [L, ...] tensors)."""
-    path = Path(path)
-    file = path / "model.safetensors" if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"no model.safetensors at {file}")
-    if safetensors_metadata(file).get("format") != FORMAT:
-        raise CheckpointError(
-            f"{file} is not a biomed_jax checkpoint; use from_pretrained() or convert() for HF files"
-        )
-    flat = read_safetensors(file)
-    if dtype is not None:
-        flat = {k: v.astype(dtype) for k, v in flat.items()}
-    return to_layout(unflatten(flat), scan_layers)
-
-
-def _build(
+def build(
     directory: Path,
-    architecture: str | None,
-    dtype: Any,
-    param_dtype: Any,
-    precision: Any,
-    config_overrides: dict[str, Any],
-    scan_layers: bool,
-) -> tuple[Any, nn.Module, str, dict[str, Any]]:
-    hf_config = _read_config_json(directory)
+    architecture: str | None = None,
+    *,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    precision: PrecisionLike = "highest",
+    scan_layers: bool = False,
+    **config_overrides: Any,
+) -> tuple[ModelConfig, nn.Module]:
+    """The config and module a checkpoint directory's config.json describes (no weights)."""
+    hf_config = read_config_json(directory)
     name = resolve_architecture(hf_config, architecture)
     arch = ARCHITECTURES[name]
     config = arch.config.from_dict(hf_config, source=directory / "config.json", **config_overrides)
-    if getattr(config, "architectures", None) != (name,):
-        config = config.replace(architectures=(name,))
+    config = config.replace(architectures=(name,))
     module = arch.module(
         config, dtype=dtype, param_dtype=param_dtype, precision=precision, scan_layers=scan_layers
     )
-    return config, module, name, hf_config
+    return config, module
 
 
-def _convert_hf(directory: Path, module: nn.Module, name: str, param_dtype: Any) -> dict[str, Any]:
-    """The HF checkpoint's params in the scanned layout (stacked over layers)."""
-    arch = ARCHITECTURES[name]
-    module = module.clone(scan_layers=True)
-    return convert_state_dict(
-        read_hf_state_dict(directory),
-        arch.name_table(name),
-        param_template(module),
-        module.config.num_hidden_layers,
-        init_fresh=lambda: init_params(module),
-        dtype=param_dtype,
-    )
+def _name_table(module: nn.Module) -> NameTable:
+    for name, arch in ARCHITECTURES.items():
+        if type(module) is arch.module:
+            return arch.name_table(name)
+    raise ConfigError(f"{type(module).__name__} is not a registered architecture")
 
 
-def _check_against_template(params: dict[str, Any], module: nn.Module, source: Path) -> None:
-    """Scanned-layout `params` against the scanned version of `module`."""
-    template = param_template(module.clone(scan_layers=True))
-    expected = {k: tuple(v.shape) for k, v in flatten(template).items()}
-    got = {k: tuple(v.shape) for k, v in flatten(params).items()}
-    problems = [f"missing parameter {k} {s}" for k, s in expected.items() if k not in got]
-    problems += [f"unexpected parameter {k}" for k in got if k not in expected]
-    problems += [
-        f"shape mismatch for {k}: file {got[k]}, model {s}"
-        for k, s in expected.items()
-        if k in got and got[k] != s
-    ]
-    if problems:
-        raise CheckpointError(f"{source} does not fit the model:\n  " + "\n  ".join(problems))
+def read_checkpoint(
+    directory: Path, module: nn.Module, shardings: Mapping[str, object] | None = None
+) -> Params:
+    """`module`'s params from the checkpoint in `directory`, in its layer layout: numpy arrays, or
+    placed by `shardings` (a tree like the params; each device reads only its own blocks)."""
+
+    def init_fresh(placement: Mapping[str, object] | None) -> Params:
+        if placement is None:
+            return init_params(module)
+        return jax.jit(lambda: init_params(module), out_shardings=placement)()
+
+    with open_checkpoint(directory) as checkpoint:
+        table = None if checkpoint.converted else _name_table(module)
+        plan = make_plan(checkpoint, table, param_template(module))
+        return read_params(checkpoint, plan, shardings, init_fresh)
 
 
-def load_tokenizer(directory: Path, config: Any) -> Any:
-    """The tokenizer whose files are in `directory`, or None."""
-    from biomed_jax import tokenizers
-
-    if (directory / "vocab.txt").is_file() and hasattr(tokenizers, "BertTokenizer"):
-        # model_max_length: tokenizer_config.json, else the model's position table, else 512
-        max_positions = getattr(config, "max_position_embeddings", None) or 512
-        return tokenizers.BertTokenizer.from_pretrained(
-            directory, default_model_max_length=max_positions
+def load_params(path: str | Path, dtype: Dtype = None, scan_layers: bool = False) -> Params:
+    """The nested param dict of a converted checkpoint (directory or its model.safetensors), in
+    the layout of a module with `scan_layers` (files store the stack scanned: [L, ...] tensors)."""
+    path = Path(path)
+    file = path / SINGLE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"no {SINGLE} at {file}")
+    with open_checkpoint(file) as checkpoint:
+        if not checkpoint.converted:
+            raise CheckpointError(
+                f"{file} is not a biomed_jax checkpoint; use from_pretrained() or convert() for HF "
+                "files"
+            )
+        # the file's own shapes; its dtypes where they are floats (make_plan refuses the others)
+        template = unflatten(
+            {
+                key: jax.ShapeDtypeStruct(file.shape(key), dtype or _float_or_f32(file.dtype(key)))
+                for key, file in checkpoint.owner.items()
+            }
         )
-    if (directory / "merges.txt").is_file() and hasattr(tokenizers, "BioGptTokenizer"):
-        return tokenizers.BioGptTokenizer.from_pretrained(directory)
+        params = read_params(checkpoint, make_plan(checkpoint, None, template))
+    return to_layout(params, scan_layers)
+
+
+def _float_or_f32(dtype: np.dtype | str) -> np.dtype:
+    return dtype if dtype in FLOAT_DTYPES else np.dtype(np.float32)  # type: ignore[return-value]
+
+
+def load_tokenizer(directory: Path, config: ModelConfig | None = None) -> Tokenizer | None:
+    """The tokenizer of `directory` for `config`'s model type (None: whichever files are
+    there), or None if its files are missing."""
+    kinds = [TOKENIZERS[config.model_type]] if config is not None else list(TOKENIZERS.values())
+    for cls, files in kinds:
+        if all((directory / f).is_file() for f in files):
+            if cls is BertTokenizer:
+                # model_max_length: tokenizer_config.json, else the model's position table, else 512
+                max_positions = getattr(config, "max_position_embeddings", None) or 512
+                return cls.from_pretrained(directory, default_model_max_length=max_positions)
+            return cls.from_pretrained(directory)
     return None
+
+
+def _tokenizer(directory: Path, config: ModelConfig) -> Tokenizer | MissingTokenizer:
+    tokenizer = load_tokenizer(directory, config)
+    if tokenizer is not None:
+        return tokenizer
+    _, files = TOKENIZERS[config.model_type]
+    missing = tuple(f for f in files if not (directory / f).is_file())
+    logger.warning(
+        "%s has no tokenizer files (%s missing): the model loads, using its tokenizer raises",
+        directory,
+        ", ".join(missing),
+    )
+    return MissingTokenizer(directory, missing)
 
 
 def from_pretrained(
@@ -231,16 +320,15 @@ def from_pretrained(
     revision: str | None = None,
     cache_dir: str | Path | None = None,
     architecture: str | None = None,
-    dtype: Any = jnp.float32,
-    param_dtype: Any = jnp.float32,
-    precision: Any = "highest",
-    mesh: Any = None,
-    rules: Any = None,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    precision: PrecisionLike = "highest",
+    mesh: Mesh | None = None,
+    rules: shd.Rules | str | None = None,
     scan_layers: bool = False,
     **config_overrides: Any,
 ) -> Pretrained:
-    """Load an HF, converted or fairseq checkpoint into a `Pretrained` (config, params, module,
-    tokenizer).
+    """Load an HF or converted checkpoint into a `Pretrained` (config, params, module, tokenizer).
 
     `path`: a local directory, a fairseq BioGPT `.pt` file (with dict.txt and bpecodes beside it,
     see `biomed_jax.fairseq`), or a hub id (with `revision`, `cache_dir`: the HF hub cache) whose
@@ -255,6 +343,7 @@ def from_pretrained(
     safetensors, placed by `rules` (`biomed_jax.sharding`, default FSDP_TP).
     """
     dtype = jnp.float32 if dtype is None else dtype
+    numerics = {"dtype": dtype, "param_dtype": param_dtype, "precision": precision}
     fairseq_files = fairseq.find_files(path)
     if fairseq_files is not None:
         if mesh is not None:
@@ -262,69 +351,77 @@ def from_pretrained(
                 "mesh= reads safetensors: `biomed-jax convert` the fairseq checkpoint first"
             )
         pretrained, _ = _from_fairseq(
-            fairseq_files, architecture, dtype, param_dtype, precision, config_overrides
+            fairseq_files, architecture, scan_layers=scan_layers, **numerics, **config_overrides
         )
-        return dataclasses.replace(
-            pretrained,
-            params=to_layout(pretrained.params, scan_layers),
-            module=pretrained.module.clone(scan_layers=scan_layers),
-        )
+        return pretrained
     source = hub.resolve(path, revision=revision, cache_dir=cache_dir)
     directory = source.path
-    config, module, name, hf_config = _build(
-        directory, architecture, dtype, param_dtype, precision, config_overrides, scan_layers
+    config, module = build(
+        directory,
+        architecture,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        precision=precision,
+        scan_layers=scan_layers,
+        **config_overrides,
     )
+    name = config.architectures[0]
     # Cache only what needs no fresh head: the checkpoint's own architecture, no config overrides.
     if (
         source.repo_id is not None
-        and not is_converted(directory)
         and not config_overrides
-        and name in (hf_config.get("architectures") or ())
+        and not is_converted(directory)
+        and name in (read_config_json(directory).get("architectures") or ())
     ):
-        directory = hub.cached_conversion(source, name, convert, is_converted)
-    if mesh is not None:
-        from biomed_jax.weights.lazy import load_on_mesh
-
-        params = load_on_mesh(directory, module, name, mesh, rules, param_dtype)
-    elif is_converted(directory):
-        params = load_params(directory, dtype=param_dtype, scan_layers=True)
-        _check_against_template(params, module, directory)
-        params = to_layout(params, scan_layers)
-    else:
-        params = to_layout(_convert_hf(directory, module, name, param_dtype), scan_layers)
-    return Pretrained(config, params, module, load_tokenizer(directory, config), directory)
+        target = hub.conversion_dir(source, name)
+        if not is_converted(target):
+            logger.info("converting %s once into %s", source.repo_id, target)
+            convert(directory, target, architecture=name)
+        directory = target
+    shardings = None if mesh is None else shd.param_shardings(module, mesh, rules)
+    params = read_checkpoint(directory, module, shardings)
+    return Pretrained(config, params, module, _tokenizer(directory, config), directory)
 
 
 def _from_fairseq(
     files: fairseq.FairseqFiles,
     architecture: str | None,
-    dtype: Any,
-    param_dtype: Any,
-    precision: Any,
-    config_overrides: dict[str, Any],
+    *,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    precision: PrecisionLike = "highest",
+    scan_layers: bool = False,
+    **config_overrides: Any,
 ) -> tuple[Pretrained, fairseq.FairseqModel]:
-    """A fairseq BioGPT checkpoint through its name table, in the scanned layout."""
+    """A fairseq BioGPT checkpoint through its name table, read by the same plan and reader."""
     model = fairseq.read_model(files)
     name = architecture or "BioGptForCausalLM"
     if name not in ARCHITECTURES or ARCHITECTURES[name].config is not BioGptConfig:
-        raise ValueError(f"a fairseq BioGPT checkpoint loads as a BioGPT class, not {name!r}")
+        raise ConfigError(f"a fairseq BioGPT checkpoint loads as a BioGPT class, not {name!r}")
     config = model.config.replace(architectures=(name,), **config_overrides)
     module = ARCHITECTURES[name].module(
-        config, dtype=dtype, param_dtype=param_dtype, precision=precision, scan_layers=True
+        config, dtype=dtype, param_dtype=param_dtype, precision=precision, scan_layers=scan_layers
     )
-    params = convert_state_dict(
-        model.state_dict,
-        fairseq_biogpt_name_table(name),
-        param_template(module),
-        config.num_hidden_layers,
-        init_fresh=lambda: init_params(module),
-        dtype=param_dtype,
-    )
+    checkpoint = in_memory(str(files.checkpoint), model.state_dict)
+    plan = make_plan(checkpoint, fairseq_biogpt_name_table(name), param_template(module))
+    params = read_params(checkpoint, plan, init_fresh=lambda _: init_params(module))
     pretrained = Pretrained(config, params, module, model.tokenizer, files.checkpoint, model.args)
     return pretrained, model
 
 
 LAYOUTS = ("biomed_jax", "hf")
+
+
+def _is_conversion(directory: Path) -> bool:
+    """An earlier output of `convert` (either layout, holding only the files convert writes)?"""
+    ours = {"config.json", SINGLE, *TOKENIZER_FILES}
+    file = directory / SINGLE
+    try:
+        metadata = safetensors_metadata(file) if file.is_file() else {}
+    except CheckpointError:
+        return False
+    written = FORMAT in (metadata.get("format"), metadata.get("written_by"))
+    return written and all(p.name in ours for p in directory.iterdir())
 
 
 def convert(
@@ -338,8 +435,9 @@ def convert(
     directory) into ours (`to="biomed_jax"`) or into transformers' layout (`to="hf"`):
     model.safetensors, config.json, tokenizer files.
 
-    Every file is written atomically; model.safetensors goes last, so a directory that has it is
-    complete.
+    `dst_dir` must be new, empty, or an earlier output of `convert`; it is built beside itself and
+    replaces the old one whole (see `biomed_jax.files.replace_dir`), so a directory that exists is
+    complete, and no file of another model survives in it.
     """
     if to not in LAYOUTS:
         raise ValueError(f"convert: to={to!r}; expected one of {LAYOUTS}")
@@ -347,33 +445,27 @@ def convert(
     if src.resolve() == dst.resolve():
         raise ValueError("convert: source and destination must differ")
     fairseq_files = fairseq.find_files(src)
+    model = None
     if fairseq_files is not None:
-        pretrained, model = _from_fairseq(
-            fairseq_files, architecture, jnp.float32, jnp.float32, "highest", {}
-        )
-        config, params, name = (
-            pretrained.config,
-            pretrained.params,
-            pretrained.config.architectures[0],
-        )
-        dst.mkdir(parents=True, exist_ok=True)
-        fairseq.write_tokenizer_files(model, dst)
+        pretrained, model = _from_fairseq(fairseq_files, architecture, scan_layers=True)
+        config, params = pretrained.config, pretrained.params
     else:
-        config, module, name, _ = _build(
-            src, architecture, jnp.float32, jnp.float32, "highest", {}, scan_layers=True
-        )
-        params = _convert_hf(src, module, name, None)
-        dst.mkdir(parents=True, exist_ok=True)
-        for file in TOKENIZER_FILES:
-            if (src / file).is_file():
-                with atomic_path(dst / file) as tmp:
-                    shutil.copyfile(src / file, tmp)
-    config.save_pretrained(dst)
-    if to == "hf":
-        if name not in HF_EXPORT:
-            raise ValueError(f"convert --to hf writes {sorted(HF_EXPORT)}, not {name}")
-        tensors = export_state_dict(params, HF_EXPORT[name], config.num_hidden_layers)
-        save_params(tensors, dst / "model.safetensors", {"format": "pt"})
-    else:
-        save_params(params, dst / "model.safetensors", {"format": FORMAT, "architecture": name})
+        config, module = build(src, architecture, scan_layers=True)
+        params = read_checkpoint(src, module)
+    name = config.architectures[0]
+    if to == "hf" and name not in HF_EXPORT:
+        raise ValueError(f"convert --to hf writes {sorted(HF_EXPORT)}, not {name}")
+    with replace_dir(dst, _is_conversion) as tmp:
+        if model is not None:
+            fairseq.write_tokenizer_files(model, tmp)
+        else:
+            for file in TOKENIZER_FILES:
+                if (src / file).is_file():
+                    shutil.copyfile(src / file, tmp / file)
+        config.save_pretrained(tmp)
+        if to == "hf":
+            tensors = export_state_dict(params, HF_EXPORT[name], config.num_hidden_layers)
+            save_params(tensors, tmp / SINGLE, {"format": "pt", "written_by": FORMAT})
+        else:
+            save_params(params, tmp / SINGLE, {"architecture": name})
     return dst

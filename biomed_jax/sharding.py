@@ -26,9 +26,10 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from biomed_jax.models.common import abstract_params
 
 Rules = tuple[tuple[str, str | None], ...]
 DATA, MODEL = "data", "model"
@@ -119,12 +120,6 @@ def tree_shardings(abstract: Any, mesh: Mesh, rules: Rules | str | None = None) 
     return jax.tree.map(one, abstract, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
-def abstract_params(module: nn.Module) -> Any:
-    """The boxed (logically named) parameter shapes of `module`, without allocating."""
-    ids = jnp.zeros((1, 1), jnp.int32)
-    return jax.eval_shape(lambda: module.init(jax.random.key(0), ids))["params"]
-
-
 def param_shardings(module: nn.Module, mesh: Mesh, rules: Rules | str | None = None) -> Any:
     """NamedSharding of every parameter of `module` (a tree like its params)."""
     return tree_shardings(abstract_params(module), mesh, rules)
@@ -175,7 +170,10 @@ def shard_params(
     elif module is not None:
         shardings = param_shardings(module, mesh, rules)
     else:
-        raise TypeError("shard_params: plain params need module= (the model they belong to)")
+        raise TypeError(
+            "shard_params: plain params need module= (the model they belong to); for a loaded "
+            "model use pre.shard(mesh, rules)"
+        )
     return jax.device_put(params, shardings)
 
 

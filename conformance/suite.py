@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(shown))
     print(f"({time.perf_counter() - start:.1f} s)")
     if args.json:
-        from biomed_jax.weights.io import atomic_write_text
+        from biomed_jax.files import atomic_write_text
 
         atomic_write_text(args.json, to_json(rows))
     return 0 if all(r.passed for r in rows) else 1

@@ -104,7 +104,7 @@ def run_cases(
 def _flat_params(pre: Any) -> dict[str, Any]:
     import numpy as np
 
-    from biomed_jax.weights.io import flatten
+    from biomed_jax.trees import flatten
 
     out = {k: np.asarray(v) for k, v in flatten(pre.params).items()}
     if pre.tokenizer is not None:
@@ -147,7 +147,7 @@ def _load_torch_zip(path: str) -> dict[str, Any]:
 
 
 def _read_safetensors(path: str) -> dict[str, Any]:
-    from biomed_jax.weights.io import read_safetensors
+    from biomed_jax.weights.formats import read_safetensors
 
     return read_safetensors(path)
 

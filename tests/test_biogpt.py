@@ -26,7 +26,7 @@ from biomed_jax import (
     load_params,
 )
 from biomed_jax.nn.attention import KVCache
-from biomed_jax.weights.io import flatten
+from biomed_jax.trees import flatten
 
 SMALL = dict(
     vocab_size=67,

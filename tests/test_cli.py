@@ -10,7 +10,7 @@ from _tiny_models import SENTENCES, run_cli, save_tiny_biogpt
 
 from biomed_jax import cli, from_pretrained, load_params
 from biomed_jax.pipelines import attention, fill_mask, generate_text
-from biomed_jax.weights.io import flatten
+from biomed_jax.trees import flatten
 
 
 @pytest.fixture

@@ -252,7 +252,7 @@ def test_architectures_we_do_not_implement_are_refused(override, message):
 
 def test_width_disagreeing_with_tensors_is_reported(tmp_path):
     directory = _fairseq_dir(tmp_path, decoder_ffn_embed_dim=64)  # tensors have FFN 128
-    with pytest.raises(CheckpointError, match="shape mismatch for biogpt/layers/layer/mlp/fc_in"):
+    with pytest.raises(CheckpointError, match="shape mismatch for biogpt/layers/layer_0/mlp/fc_in"):
         from_pretrained(directory)
 
 

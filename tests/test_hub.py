@@ -14,7 +14,7 @@ from _tiny_models import run_cli, save_tiny_bert
 from huggingface_hub import constants
 
 from biomed_jax import CheckpointError, cli, from_pretrained, hub, loading
-from biomed_jax.weights.io import flatten
+from biomed_jax.trees import flatten
 
 REPO = "microsoft/BiomedNLP-BiomedBERT-tiny-uncased"
 REV_A = "a" * 40
@@ -74,7 +74,6 @@ def test_hub_id_converts_once_then_reads_our_cache(fake_hub, checkpoints, tmp_pa
         raise AssertionError("converted again")
 
     monkeypatch.setattr(loading, "convert", no_conversion)
-    monkeypatch.setattr(loading, "read_hf_state_dict", no_conversion)
     again = from_pretrained(REPO, dtype=None)
     assert again.path == first.path
     assert_same_params(again.params, reference)

@@ -11,7 +11,8 @@ import transformers
 
 from biomed_jax import convert, from_pretrained, load_params
 from biomed_jax.models.common import stack_layers, to_layout, unstack_layers
-from biomed_jax.weights.io import flatten, read_safetensors
+from biomed_jax.trees import flatten
+from biomed_jax.weights.formats import read_safetensors
 
 LAYERS = 3
 

@@ -33,7 +33,7 @@ from biomed_jax.train import (
     decay_mask,
     train_step,
 )
-from biomed_jax.weights.io import flatten, unflatten
+from biomed_jax.trees import flatten, unflatten
 
 BERT = BertConfig(
     vocab_size=30522,
@@ -377,6 +377,9 @@ class _ReadLog:
 
             def get_shape(self):
                 return self.inner.get_shape()
+
+            def get_dtype(self):
+                return self.inner.get_dtype()
 
             def __getitem__(self, index):
                 block = self.inner[index]

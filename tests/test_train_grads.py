@@ -16,10 +16,11 @@ import transformers
 
 from biomed_jax import BertConfig, train
 from biomed_jax.loading import ARCHITECTURES, param_template
-from biomed_jax.models.common import to_layout
+from biomed_jax.trees import flatten
 from biomed_jax.weights.bert_names import bert_name_table
-from biomed_jax.weights.convert import convert_state_dict
-from biomed_jax.weights.io import flatten
+from biomed_jax.weights.formats import in_memory
+from biomed_jax.weights.plan import make_plan
+from biomed_jax.weights.reader import read_params
 
 LOSS_RTOL = 1e-6
 GRAD_RTOL = 1e-5  # of each tensor's largest |gradient|
@@ -58,9 +59,11 @@ def to_ours(arch: str, model, tensors: dict[str, np.ndarray]) -> tuple:
     """(our module, `tensors` (HF names) mapped onto our parameter tree by the name table)."""
     config = BertConfig.from_dict(model.config.to_dict())
     module = ARCHITECTURES[arch].module(config)
-    scanned = param_template(module.clone(scan_layers=True))  # name tables stack the layers
-    tree = convert_state_dict(tensors, bert_name_table(arch), scanned, config.num_hidden_layers)
-    return module, to_layout(tree, module.scan_layers)
+    checkpoint = in_memory(arch, tensors)
+    tree = read_params(
+        checkpoint, make_plan(checkpoint, bert_name_table(arch), param_template(module))
+    )
+    return module, tree
 
 
 def make_batch(

@@ -13,7 +13,7 @@ import transformers
 from test_train_grads import SMALL, to_ours, torch_model
 
 from biomed_jax import train
-from biomed_jax.weights.io import flatten
+from biomed_jax.trees import flatten
 
 PARAM_ATOL = 1e-6  # float32 parameters after AdamW steps (values ~0.02-1, updates ~lr)
 

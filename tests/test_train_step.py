@@ -11,7 +11,7 @@ from test_train_grads import ZERO_GRAD_PATHS, ZERO_GRAD_RTOL
 
 from biomed_jax import BertConfig, BertForTokenClassification, CheckpointError, train
 from biomed_jax.loading import init_params
-from biomed_jax.weights.io import flatten
+from biomed_jax.trees import flatten
 
 CONFIG = BertConfig(
     vocab_size=97,

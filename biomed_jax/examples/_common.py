@@ -15,16 +15,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from biomed_jax import hub, train
+from biomed_jax.files import atomic_write_bytes, atomic_write_text
 from biomed_jax.loading import (
     ARCHITECTURES,
-    FORMAT,
     TOKENIZER_FILES,
+    MissingTokenizer,
     from_pretrained,
     init_params,
 )
 from biomed_jax.models.common import stack_layers
 from biomed_jax.models.config import BertConfig
-from biomed_jax.weights.io import atomic_write_bytes, atomic_write_text, save_params
+from biomed_jax.weights.formats import save_params
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -68,8 +69,8 @@ def load_model(args: argparse.Namespace, architecture: str, labels: tuple[str, .
         module = ARCHITECTURES[architecture].module(cfg)
         return module, init_params(module, args.seed), BertTokenizer.from_pretrained(args.model)
     model = from_pretrained(args.model, architecture=architecture, **overrides)
-    if model.tokenizer is None:
-        raise FileNotFoundError(f"{args.model} has no vocab.txt: the examples need its tokenizer")
+    if isinstance(model.tokenizer, MissingTokenizer):
+        raise model.tokenizer.error()
     return model.module, model.params, model.tokenizer
 
 
@@ -159,9 +160,5 @@ def save(directory: Path, module: Any, state: train.TrainState, source: Path) ->
             atomic_write_bytes(directory / name, (source / name).read_bytes())
     module.config.replace(architectures=(type(module).__name__,)).save_pretrained(directory)
     params = stack_layers(jax.device_get(state.params))  # files hold the stack scanned
-    save_params(
-        params,
-        directory / "model.safetensors",
-        {"format": FORMAT, "architecture": type(module).__name__},
-    )
+    save_params(params, directory / "model.safetensors", {"architecture": type(module).__name__})
     train.save_train_state(directory / "train_state.safetensors", state)

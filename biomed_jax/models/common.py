@@ -182,3 +182,50 @@ def _stack(*xs: Any) -> Any:
 def to_layout(params: Any, scan_layers: bool) -> Any:
     """Params in either layout, converted to the one a module with `scan_layers` expects."""
     return stack_layers(params) if scan_layers else unstack_layers(params)
+
+
+def abstract_params(module: nn.Module) -> Any:
+    """The parameter template of `module`: a tree of `jax.ShapeDtypeStruct`, boxed with logical axis
+    names (`nn.Partitioned`), built without allocating. The one template every loader and sharding
+    rule reads; `nn.unbox` it for plain shapes.
+
+    It is traced on the scanned stack (one layer, however deep the model: tracing every unrolled
+    layer dominated a small model's load time) and split per layer for unrolled modules."""
+    ids = jnp.zeros((1, 1), jnp.int32)
+    scanned = module.clone(scan_layers=True)
+    params = jax.eval_shape(lambda: scanned.init(jax.random.key(0), ids))["params"]
+    return params if module.scan_layers else _unstack_abstract(params)
+
+
+def _unstack_abstract(tree: Any) -> Any:
+    """`unstack_layers` for a template: each `layer` subtree [L, ...] -> L subtrees [...] (the
+    layer axis and its logical name dropped)."""
+    if not isinstance(tree, dict):
+        return tree
+
+    def one(leaf: Any) -> Any:
+        if isinstance(leaf, nn.Partitioned):
+            return leaf.replace(value=one(leaf.value), names=leaf.names[1:])
+        return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)
+
+    out = {}
+    for name, sub in tree.items():
+        if name == STACKED:
+            is_box = lambda x: isinstance(x, nn.Partitioned)
+            count = jax.tree.leaves(sub)[0].shape[0]
+            layer = jax.tree.map(one, sub, is_leaf=is_box)
+            out.update((layer_name(i), layer) for i in range(count))
+        else:
+            out[name] = _unstack_abstract(sub)
+    return out
+
+
+def param_template(module: nn.Module) -> dict[str, Any]:
+    """`abstract_params` without the logical names: a nested dict of ShapeDtypeStructs."""
+    return nn.unbox(abstract_params(module))
+
+
+def init_params(module: nn.Module, seed: int = 0) -> dict[str, Any]:
+    """Freshly initialized parameters of `module` (plain arrays)."""
+    ids = jnp.zeros((1, 1), jnp.int32)
+    return nn.unbox(module.init(jax.random.key(seed), ids)["params"])

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, TypeVar
 import jax.numpy as jnp
 
 from biomed_jax.errors import ConfigError
+from biomed_jax.files import atomic_write_text
 from biomed_jax.text_files import read_json_object
 
 _C = TypeVar("_C", bound="HFConfig")
@@ -209,8 +210,6 @@ class HFConfig:
         return cls.from_dict(read_json_object(file), source=file, **overrides)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        from biomed_jax.weights.io import atomic_write_text
-
         atomic_write_text(Path(directory) / "config.json", json.dumps(self.to_dict(), indent=2))
 
     def replace(self: _C, **changes: Any) -> _C:

@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 
 from biomed_jax import sharding as shd
 from biomed_jax import validation as v
-from biomed_jax.loading import ARCHITECTURES, Pretrained, from_pretrained
+from biomed_jax.loading import ARCHITECTURES, MissingTokenizer, Pretrained, from_pretrained
 
 DEFAULT_ENCODER = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext"
 DEFAULT_DECODER = "microsoft/biogpt"
@@ -84,8 +84,8 @@ def resolve_model(
             f"{pipeline} needs a {' or '.join(takes)} model, got a {got} "
             f"({pretrained.path or 'in memory'}){hint}"
         )
-    if pretrained.tokenizer is None:
-        raise ValueError(f"{pretrained.path} has no tokenizer files (vocab.txt or vocab.json)")
+    if isinstance(pretrained.tokenizer, MissingTokenizer):
+        raise pretrained.tokenizer.error()
     return pretrained
 
 

@@ -96,7 +96,7 @@ def plot_attention(result: dict[str, Any], path: str | Path) -> Path:
         raise ModuleNotFoundError(
             "drawing attention maps needs matplotlib: pip install 'biomed-jax[plot]'"
         ) from e
-    from biomed_jax.weights.io import atomic_path
+    from biomed_jax.files import atomic_path
 
     maps, tokens = result["attentions"], result["tokens"]
     rows, cols = maps.shape[:2]

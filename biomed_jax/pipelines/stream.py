@@ -40,6 +40,7 @@ import numpy as np
 from biomed_jax import sharding as shd
 from biomed_jax import validation as v
 from biomed_jax.errors import OutputError
+from biomed_jax.files import atomic_write_bytes, atomic_write_text
 from biomed_jax.loading import TOKENIZER_FILES, Pretrained
 from biomed_jax.pipelines._common import (
     DEFAULT_ENCODER,
@@ -51,7 +52,7 @@ from biomed_jax.pipelines._common import (
     resolve_model,
 )
 from biomed_jax.pipelines.embed import embed, embed_options
-from biomed_jax.weights.io import atomic_write_bytes, atomic_write_text, flatten
+from biomed_jax.trees import flatten
 
 FORMATS = ("npy", "safetensors")
 # How long a process that has finished its block waits for the slowest one.

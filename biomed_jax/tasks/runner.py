@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from biomed_jax.loading import Pretrained
+from biomed_jax.loading import MissingTokenizer, Pretrained
 from biomed_jax.pipelines._common import length_sorted_batches
 from biomed_jax.tasks import hoc, pubmedqa
 from biomed_jax.tasks import relation_extraction as re_tasks
@@ -164,8 +164,8 @@ def run_task(
     task's own, or what a fairseq checkpoint stored).
     """
     task = get_task(task) if isinstance(task, str) else task
-    if pretrained.tokenizer is None:
-        raise ValueError(f"{pretrained.path} has no tokenizer files (vocab.json + merges.txt)")
+    if isinstance(pretrained.tokenizer, MissingTokenizer):
+        raise pretrained.tokenizer.error()
     settings = task_settings(task, pretrained) if settings is None else settings
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")

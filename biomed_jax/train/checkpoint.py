@@ -14,12 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biomed_jax.weights.io import (
-    CheckpointError,
-    atomic_path,
-    read_safetensors,
-    safetensors_metadata,
-)
+from biomed_jax.errors import CheckpointError
+from biomed_jax.files import atomic_path
+from biomed_jax.weights.formats import read_safetensors, safetensors_metadata
 
 FORMAT = "biomed_jax.train_state"
 _S = TypeVar("_S")

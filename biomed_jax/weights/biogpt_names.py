@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from biomed_jax.weights.convert import NameTable, Rule
+from biomed_jax.weights.names import NameTable, Rule
 
 _BACKBONE = (
     Rule("embed_tokens.weight", "embed_tokens/embedding"),

@@ -1,6 +1,6 @@
 """Our parameter tree -> a checkpoint's names: a name table's rules read backwards.
 
-The inverse of `convert.convert_state_dict` for writing transformers-loadable files: each rule's
+The inverse of reading through a name table (`weights.plan`) for writing transformers-loadable files: each rule's
 key template (with a literal prefix in place of the table's prefix regex) receives our tensor,
 transposed back where the rule says, unstacked over layers for `{i}` keys. Every parameter must be
 named by a rule; leftovers are an error listing them.
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from biomed_jax.errors import CheckpointError
-from biomed_jax.weights.convert import Rule
-from biomed_jax.weights.io import flatten
+from biomed_jax.trees import flatten
+from biomed_jax.weights.names import Rule
 
 ExportGroup = tuple[str, str, Sequence[Rule]]  # (key prefix, our path prefix, rules)
 
