@@ -177,15 +177,17 @@ def test_generate_refuses(models, kwargs, error, message):
     assert message in str(info.value)
 
 
-def test_generate_refuses_a_pad_id_outside_the_vocabulary_in_config(models):
-    """Issue 18: such a pad id made the bucket padding NaN and returned the prompt, no error."""
+def test_special_ids_outside_the_vocabulary_in_config_are_refused(models):
+    """Issue 18: such a pad id made the bucket padding NaN and returned the prompt, no error.
+    config.json is now refused at load, naming the field; an argument is refused by generate."""
+    from biomed_jax import ConfigError
+
+    for name, value in (("pad_token_id", VOCAB + 3), ("eos_token_id", -5), ("bos_token_id", VOCAB)):
+        with pytest.raises(ConfigError, match=rf"{name} {value} is not an id of the vocabulary"):
+            BIOGPT.replace(**{name: value})
     lm = models["biogpt"]
-    module = BioGptForCausalLM(BIOGPT.replace(pad_token_id=VOCAB + 3))
-    with pytest.raises(ValueError, match=r"pad_token_id=53 \(config.json\) is outside"):
-        generate(module, lm.params, IDS[:, 2:], max_new_tokens=3)
-    module = BioGptForCausalLM(BIOGPT.replace(eos_token_id=-5))
-    with pytest.raises(ValueError, match=r"eos_token_id=-5 \(config.json\) is outside"):
-        generate(module, lm.params, IDS[:, 2:], max_new_tokens=3)
+    with pytest.raises(ValueError, match=r"pad_token_id=53 .*is outside"):
+        generate(lm.module, lm.params, IDS[:, 2:], max_new_tokens=3, pad_token_id=VOCAB + 3)
     out = np.asarray(generate(lm.module, lm.params, IDS[:, 2:], max_new_tokens=3, top_k=2**20))
     assert out.shape == (2, 6) and (out[:, :3] == IDS[:, 2:]).all()
 

@@ -349,9 +349,11 @@ def _check_common(config: BertConfig | BioGptConfig) -> list[str]:
         p = getattr(config, name, None)
         if ok(name) and p is not None and not 0 <= p <= 1:
             problems.append(f"{name} must be in [0, 1], got {p}")
-    pad, vocab = config.pad_token_id, config.vocab_size
-    if ok("pad_token_id", "vocab_size") and pad is not None and not 0 <= pad < vocab:
-        problems.append(f"pad_token_id {pad} is not an id of the vocabulary (vocab_size {vocab})")
+    vocab = config.vocab_size
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        token = getattr(config, name, None)
+        if ok(name, "vocab_size") and token is not None and not 0 <= token < vocab:
+            problems.append(f"{name} {token} is not an id of the vocabulary (vocab_size {vocab})")
     if ok("num_hidden_layers") and config.num_hidden_layers > MAX_HIDDEN_LAYERS:
         problems.append(
             f"num_hidden_layers {config.num_hidden_layers} is above the cap of {MAX_HIDDEN_LAYERS}"
