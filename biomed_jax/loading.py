@@ -18,10 +18,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from biomed_jax import hub
+from biomed_jax import hub, numerics
 from biomed_jax.models import bert, biogpt
 from biomed_jax.models.common import to_layout
 from biomed_jax.models.config import BertConfig, BioGptConfig, HFConfig
+from biomed_jax.numerics import Policy
 from biomed_jax.weights.bert_names import bert_name_table
 from biomed_jax.weights.biogpt_names import biogpt_name_table
 from biomed_jax.weights.convert import NameTable, convert_state_dict
@@ -160,7 +161,7 @@ def _build(
     architecture: str | None,
     dtype: Any,
     param_dtype: Any,
-    precision: Any,
+    policy: Policy,
     config_overrides: dict[str, Any],
     scan_layers: bool,
 ) -> tuple[Any, nn.Module, str, dict[str, Any]]:
@@ -171,7 +172,7 @@ def _build(
     if getattr(config, "architectures", None) != (name,):
         config = config.replace(architectures=(name,))
     module = arch.module(
-        config, dtype=dtype, param_dtype=param_dtype, precision=precision, scan_layers=scan_layers
+        config, dtype=dtype, param_dtype=param_dtype, policy=policy, scan_layers=scan_layers
     )
     return config, module, name, hf_config
 
@@ -229,7 +230,8 @@ def from_pretrained(
     architecture: str | None = None,
     dtype: Any = jnp.float32,
     param_dtype: Any = jnp.float32,
-    precision: Any = "highest",
+    policy: Policy | str = "fast",
+    precision: Any = None,
     mesh: Any = None,
     rules: Any = None,
     scan_layers: bool = False,
@@ -243,6 +245,9 @@ def from_pretrained(
     `architecture` picks the module class (default: the config's `architectures`, else the base
     model); task heads absent from the checkpoint are initialized anew with a warning, as HF does.
     `config_overrides` (e.g. num_labels=3) replace config fields.
+    `dtype` / `param_dtype`: compute and parameter dtypes (HF-Flax's). `policy`: how to compute
+    (`biomed_jax.numerics`: "fast", the default, "exact", or a `Policy`), resolved here for the
+    current backend; `precision` (HF-Flax's), when given, replaces its matmul precision.
     `scan_layers`: run the layer stack as one `nn.scan` (params stacked [L, ...]; compiles faster)
     instead of unrolled layers with their own weight buffers (default; faster at run time).
     `mesh` (a `biomed_jax.sharding.make_mesh`): each device reads only its own shards of the
@@ -251,8 +256,9 @@ def from_pretrained(
     source = hub.resolve(path, revision=revision, cache_dir=cache_dir)
     directory = source.path
     dtype = jnp.float32 if dtype is None else dtype
+    policy = numerics.resolve(policy, precision)
     config, module, name, hf_config = _build(
-        directory, architecture, dtype, param_dtype, precision, config_overrides, scan_layers
+        directory, architecture, dtype, param_dtype, policy, config_overrides, scan_layers
     )
     # Cache only what needs no fresh head: the checkpoint's own architecture, no config overrides.
     if (
@@ -285,7 +291,7 @@ def convert(src_dir: str | Path, dst_dir: str | Path, *, architecture: str | Non
     if src.resolve() == dst.resolve():
         raise ValueError("convert: source and destination must differ")
     config, module, name, _ = _build(
-        src, architecture, jnp.float32, jnp.float32, "highest", {}, scan_layers=True
+        src, architecture, jnp.float32, jnp.float32, numerics.Policy(), {}, scan_layers=True
     )
     params = _convert_hf(src, module, name, None)
     dst.mkdir(parents=True, exist_ok=True)
