@@ -232,7 +232,9 @@ def check_architecture(
     dtypes: tuple[str, ...],
     seed: int = 0,
     length: int = 24,
+    policy: str = "fast",
 ) -> list[Row]:
+    """One seeded HF model through our loader at numerics `policy`, per compute dtype."""
 
     ref_model = _reference(arch, hf_config, seed)
     batch = make_batch(
@@ -246,17 +248,19 @@ def check_architecture(
         (refs,) = run_references(ref_model, [batch], dtypes)
         del ref_model
         for dtype in dtypes:
-            rows += _compare_ours(tmp, dtype, batch, refs, f"{case_name}/{arch}/{dtype}")
+            rows += _compare_ours(tmp, dtype, batch, refs, f"{case_name}/{arch}/{dtype}", policy)
     return rows
 
 
-def _compare_ours(path: str | Path, dtype: str, batch: dict, refs: dict, name: str) -> list[Row]:
-    """Our model from `path` (default policy) in compute `dtype`, every output judged."""
+def _compare_ours(
+    path: str | Path, dtype: str, batch: dict, refs: dict, name: str, policy: str = "fast"
+) -> list[Row]:
+    """Our model from `path` at numerics `policy` in compute `dtype`, every output judged."""
     import jax.numpy as jnp
 
     from biomed_jax import from_pretrained
 
-    model = from_pretrained(path, dtype=jnp.dtype(dtype))
+    model = from_pretrained(path, dtype=jnp.dtype(dtype), policy=policy)
     ours = model(
         **{k: jnp.asarray(v) for k, v in batch.items()},
         output_hidden_states=True,

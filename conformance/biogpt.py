@@ -226,9 +226,10 @@ def check_architecture(
     seed: int = 0,
     length: int = 20,
     cached: bool = True,
+    policy: str = "fast",
 ) -> list[Row]:
-    """One seeded HF model through our loader (default policy): full forward per padding side and
-    dtype, then the cached path for causal LMs; every output judged against float64."""
+    """One seeded HF model through our loader at numerics `policy`: full forward per padding side
+    and dtype, then the cached path for causal LMs; every output judged against float64."""
     import jax
     import jax.numpy as jnp
 
@@ -243,7 +244,7 @@ def check_architecture(
         found = run_references(ref_model, list(batches.values()), dtypes, _run_reference)
         refs = dict(zip(batches, found, strict=True))
         del ref_model
-        model = from_pretrained(tmp)
+        model = from_pretrained(tmp, policy=policy)
     params = jax.device_put(model.params)
     for dtype in dtypes:
         module = model.module.clone(dtype=jnp.dtype(dtype))
