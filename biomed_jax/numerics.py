@@ -97,7 +97,7 @@ class Policy:
         return limit is not None and 4 * math.prod(scores_shape) > limit
 
     def describe(self) -> dict[str, Any]:
-        """A JSON-ready summary (benchmarks and the CLI print it)."""
+        """A JSON-ready summary (the benchmarks print it)."""
         return {
             "policy": self.name,
             "precision": self.precision.name.lower(),
