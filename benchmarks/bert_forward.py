@@ -1,8 +1,11 @@
 """BERT-base forward: our jitted Flax model against PyTorch eager, same machine, threads and run.
 
-    python benchmarks/bert_forward.py [--shapes 1x128,8x128,8x512] [--repeats 7] [--precision default]
+    python benchmarks/bert_forward.py [--shapes 1x128,8x128,8x512] [--repeats 7] [--policy fast]
+    python benchmarks/bert_forward.py --quick     # smoke test: 2 layers, small shapes
 
-Random seeded BiomedBERT-base weights (vocab 30522, 768 wide, 12 layers), fp32. The two frameworks
+Random seeded BiomedBERT-base weights (vocab 30522, 768 wide, 12 layers), fp32, at the library's
+defaults (`from_pretrained` with no numerics arguments: the "fast" policy) unless told otherwise;
+the JSON says which policy ran. The two frameworks
 are timed interleaved (one call of each per round) so machine drift hits both alike. Prints JSON:
 per shape, median ms, tokens/s, the ratio torch_ms / ours_ms (>1: we are faster), our jit compile
 time, and the max abs difference of the last hidden state (a sanity check that both computed the
@@ -33,17 +36,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="1x128,8x128,8x512")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument(
+        "--policy", default="fast", choices=("fast", "exact"), help="biomed_jax.numerics preset"
+    )
     parser.add_argument(
         "--precision",
-        default="default",
-        choices=("highest", "default"),
-        help="'default': plain float32 matmuls, as torch; 'highest': float64 sums on CPU",
+        default=None,
+        choices=("highest", "high", "default"),
+        help="replace the policy's matmul precision (default: the policy's, 'highest')",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="2 layers, shapes 1x32,2x64, 2 repeats"
     )
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--peak-tflops", type=float, default=None, help="chip peak, for GPU runs")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     args = parser.parse_args()
+    if args.quick:
+        args.layers, args.shapes, args.repeats = 2, "1x32,2x64", 2
 
     import jax
     import jax.numpy as jnp
@@ -57,7 +69,7 @@ def main() -> None:
     hf_config = transformers.BertConfig(
         vocab_size=30522,
         hidden_size=768,
-        num_hidden_layers=12,
+        num_hidden_layers=args.layers,
         num_attention_heads=12,
         intermediate_size=3072,
         max_position_embeddings=512,
@@ -65,7 +77,10 @@ def main() -> None:
     ref = transformers.BertModel(hf_config, add_pooling_layer=False).eval()
     with tempfile.TemporaryDirectory() as tmp:
         ref.save_pretrained(tmp)
-        model = from_pretrained(tmp, dtype=jnp.dtype(args.dtype), precision=args.precision)
+        numerics = {"policy": args.policy, "precision": args.precision}
+        if args.dtype != "float32":
+            numerics["dtype"] = jnp.dtype(args.dtype)
+        model = from_pretrained(tmp, **{k: v for k, v in numerics.items() if v is not None})
     params = jax.device_put(model.params)
 
     from biomed_jax.compilation import compiler_options
@@ -75,6 +90,7 @@ def main() -> None:
         return model.module.apply({"params": params}, ids, mask).last_hidden_state
 
     results = []
+    layers = args.layers
     for shape in args.shapes.split(","):
         batch, length = map(int, shape.split("x"))
         ids = np.random.RandomState(0).randint(0, 30522, (batch, length)).astype(np.int32)
@@ -102,7 +118,7 @@ def main() -> None:
             "shape": shape,
             "ours_ms": round(ours, 2),
             "ours_tokens_per_s": round(batch * length / ours * 1e3, 1),
-            "ours_tflops": round(bert_flops(batch, length) / ours / 1e9, 3),
+            "ours_tflops": round(bert_flops(batch, length, layers=layers) / ours / 1e9, 3),
             "compile_s": round(compile_s, 2),
         }
         if not args.no_torch:
@@ -123,8 +139,9 @@ def main() -> None:
             {
                 "benchmark": "bert_forward",
                 "device": jax.devices()[0].device_kind,
+                "layers": args.layers,
                 "dtype": args.dtype,
-                "precision": args.precision,
+                **model.module.policy.describe(),
                 "threads": args.threads,
                 "repeats": args.repeats,
                 "compiler_options": compiler_options(),

@@ -1,9 +1,11 @@
 """BioGPT generation: our compiled `generate` against HF PyTorch `generate`, same run and threads.
 
     python benchmarks/generate.py [--cases greedy:1,greedy:4,greedy:8,beam5:1] [--repeats 3]
-                                  [--new-tokens 32]
+                                  [--new-tokens 32] [--policy fast]
+    python benchmarks/generate.py --quick     # smoke test: 2 layers, 4 new tokens
 
-Random seeded BioGPT weights of the real size (347M: 24 layers, 1024 wide, vocab 42384), fp32.
+Random seeded BioGPT weights of the real size (347M: 24 layers, 1024 wide, vocab 42384), fp32, at
+the library's defaults (the "fast" policy) unless told otherwise; the JSON says which policy ran.
 Prompts of 8 tokens, 32 new tokens by default (min_new_tokens too, so no row stops early). Calls alternate
 (ours, HF, ours, HF, ...) so machine drift hits both alike. Prints JSON per case: median seconds
 per call, generated tokens/s, ms per generated token (per decode step, prefill included),
@@ -66,14 +68,26 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=NEW)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument(
+        "--policy", default="fast", choices=("fast", "exact"), help="biomed_jax.numerics preset"
+    )
+    parser.add_argument(
         "--precision",
-        default="default",
-        choices=("default", "highest"),
-        help="'default': plain float32 matmuls, as torch; 'highest': float64 sums on CPU (slower)",
+        default=None,
+        choices=("highest", "high", "default"),
+        help="replace the policy's matmul precision (default: the policy's, 'highest')",
+    )
+    parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 layers, 4 new tokens, greedy:1 and beam5:1, 1 repeat",
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     args = parser.parse_args()
+    if args.quick:
+        args.layers, args.new_tokens, args.repeats = 2, 4, 1
+        args.cases = "greedy:1,beam5:1"
 
     import jax
     import jax.numpy as jnp
@@ -84,14 +98,17 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    hf = transformers.BioGptForCausalLM(transformers.BioGptConfig()).eval()
+    config = transformers.BioGptConfig(num_hidden_layers=args.layers)
+    hf = transformers.BioGptForCausalLM(config).eval()
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
+        numerics = {"policy": args.policy, "precision": args.precision}
+        if args.dtype != "float32":
+            numerics["dtype"] = jnp.dtype(args.dtype)
         model = from_pretrained(
             tmp,
             architecture="BioGptForCausalLM",
-            dtype=jnp.dtype(args.dtype),
-            precision=args.precision,
+            **{k: v for k, v in numerics.items() if v is not None},
         )
     if args.no_torch:
         hf = None
@@ -159,8 +176,9 @@ def main() -> None:
             {
                 "benchmark": "generate",
                 "device": jax.devices()[0].device_kind,
+                "layers": args.layers,
                 "dtype": args.dtype,
-                "precision": args.precision,
+                **model.module.policy.describe(),
                 "threads": args.threads,
                 "repeats": args.repeats,
                 "prompt_tokens": PROMPT,

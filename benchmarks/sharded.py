@@ -1,6 +1,9 @@
 """Sharded forward throughput: one device against meshes of 8, and bf16 on one GPU when present.
 
     python benchmarks/sharded.py [--layers 4] [--batch 8] [--length 128] [--repeats 5] [--gpu-only]
+    python benchmarks/sharded.py --quick      # smoke test: 1 layer, 8x16, 2 repeats
+
+Models run at the library's defaults (the "fast" numerics policy, printed in the JSON).
 
 CPU section (always): 8 host CPU devices are forced (XLA_FLAGS), and a BERT-base-architecture
 encoder (D=768, 12 heads, F=3072, vocab 30522; `--layers` of them, random seeded weights, fp32) runs
@@ -28,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biomed_jax import BertConfig, BertModel, BioGptConfig, BioGptModel
+from biomed_jax import BertConfig, BertModel, BioGptConfig, BioGptModel, numerics
 from biomed_jax import sharding as shd
 from biomed_jax.files import atomic_write_text
 from biomed_jax.trees import flatten, unflatten
@@ -108,7 +111,8 @@ def cpu_section(args) -> dict:
         )
         row["param_bytes_per_device"] = memory.get(name, total_bytes)
     return {
-        "model": f"BERT-base architecture, {args.layers} layers, fp32, precision highest",
+        "model": f"BERT-base architecture, {args.layers} layers, fp32",
+        **numerics.resolve().describe(),
         "shape": [args.batch, args.length],
         "host_cpus": os.cpu_count(),
         "total_param_bytes": total_bytes,
@@ -127,7 +131,7 @@ def gpu_section(args) -> dict:
         ids, mask = _inputs(config, batch, length)
         params = None
         for dtype in ("float32", "bfloat16"):
-            module = module_cls(config, dtype=jnp.dtype(dtype), precision="default")
+            module = module_cls(config, dtype=jnp.dtype(dtype))
             params = random_params(module) if params is None else params
             on_gpu = jax.device_put(params, gpus[0])
             fn = jax.jit(
@@ -138,7 +142,7 @@ def gpu_section(args) -> dict:
                 (on_gpu, jax.device_put(ids, gpus[0]), jax.device_put(mask, gpus[0])),
             )
         if len(gpus) > 1:
-            module = module_cls(config, dtype=jnp.bfloat16, precision="default")
+            module = module_cls(config, dtype=jnp.bfloat16)
             mesh = shd.make_mesh(len(gpus), 1, devices=gpus)
             dp_ids, dp_mask = (np.tile(x, (len(gpus), 1)) for x in (ids, mask))
             forward = shd.jit_forward(module, mesh, "dp")
@@ -158,6 +162,7 @@ def gpu_section(args) -> dict:
             np.abs(np.asarray(outs["1 gpu bfloat16"], np.float32) - ref).max()
         )
         out["models"][label] = {"shape": [batch, length], "results": timings}
+    out |= numerics.resolve().describe()
     return out
 
 
@@ -169,7 +174,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--gpu-only", action="store_true")
     parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--quick", action="store_true", help="1 layer, 8x16, 2 repeats")
     args = parser.parse_args()
+    if args.quick:
+        args.layers, args.batch, args.length, args.repeats = 1, 8, 16, 2
     report = {"jax": jax.__version__, "backend": jax.default_backend()}
     if not args.gpu_only:
         report["cpu_mesh"] = cpu_section(args)

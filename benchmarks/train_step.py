@@ -2,8 +2,10 @@
 `train_step` against PyTorch eager on the same machine, in the same run, with and without remat.
 
     python benchmarks/train_step.py [--batch 8] [--length 128] [--repeats 5] [--no-memory]
+    python benchmarks/train_step.py --quick    # smoke test: 2 layers, 2x32, no memory probes
 
-Seeded random BiomedBERT-base weights (vocab 30522, 768 wide, 12 layers), float32, torch's
+Seeded random BiomedBERT-base weights (vocab 30522, 768 wide, 12 layers), float32 at the library's
+defaults (the "fast" numerics policy unless --policy says otherwise; printed in the JSON), torch's
 default attention (sdpa). Ours and torch at the same remat setting are timed interleaved (one
 step of each per round) so machine drift hits both alike. Peak memory: each configuration also
 runs alone in a fresh subprocess (2 steps) and reports its peak resident memory (CPU: VmHWM) or peak device memory
@@ -69,14 +71,15 @@ def torch_step_fn(remat: bool, batch: dict[str, np.ndarray]):
     return step
 
 
-def ours_step_fn(remat: bool, batch: dict[str, np.ndarray], analyze: bool = False):
+def ours_step_fn(
+    remat: bool, batch: dict[str, np.ndarray], analyze: bool = False, policy: str = "fast"
+):
     import jax
 
     from biomed_jax import BertConfig, BertForTokenClassification, train
     from biomed_jax.loading import init_params
 
-    # Plain float32 matmuls, as torch ("highest" would sum forward matmuls in float64 on CPU).
-    module = BertForTokenClassification(BertConfig(**BASE), precision="default")
+    module = BertForTokenClassification(BertConfig(**BASE), policy=policy)
     tx = train.create_optimizer(1e-5, 1000, weight_decay=0.01)
     state = train.create_train_state(module, init_params(module), tx, gradient_checkpointing=remat)
     data = jax.device_put(batch)
@@ -104,12 +107,12 @@ def ours_step_fn(remat: bool, batch: dict[str, np.ndarray], analyze: bool = Fals
     return step, planned
 
 
-def build(config: str, batch: dict[str, np.ndarray], analyze: bool = False):
+def build(config: str, batch: dict[str, np.ndarray], analyze: bool = False, policy: str = "fast"):
     """(step function, XLA-planned bytes or None)."""
     remat = config.endswith("+remat")
     if config.startswith("torch"):
         return torch_step_fn(remat, batch), None
-    return ours_step_fn(remat, batch, analyze)
+    return ours_step_fn(remat, batch, analyze, policy)
 
 
 def peak_rss_bytes() -> int:
@@ -121,9 +124,9 @@ def peak_rss_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
-def probe(config: str, batch: int, length: int) -> dict:
+def probe(config: str, batch: int, length: int, policy: str) -> dict:
     """Run in a fresh process: build, 2 steps, report peak memory."""
-    step, planned = build(config, make_batch(batch, length), analyze=True)
+    step, planned = build(config, make_batch(batch, length), analyze=True, policy=policy)
     step()
     step()
     out = {"config": config, "peak_rss_bytes": peak_rss_bytes()}
@@ -148,15 +151,25 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--layers", type=int, default=BASE["num_hidden_layers"])
+    parser.add_argument(
+        "--policy", default="fast", choices=("fast", "exact"), help="biomed_jax.numerics preset"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    parser.add_argument("--quick", action="store_true", help="2 layers, batch 2x32, 2 repeats")
     parser.add_argument("--probe", choices=CONFIGS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.layers, args.batch, args.length, args.repeats, args.no_memory = 2, 2, 32, 2, True
+    BASE["num_hidden_layers"] = args.layers
     if args.probe:
-        print(json.dumps(probe(args.probe, args.batch, args.length)))
+        print(json.dumps(probe(args.probe, args.batch, args.length, args.policy)))
         return
 
     import jax
     import torch
+
+    from biomed_jax import numerics
 
     configs = args.configs.split(",")
     batch = make_batch(args.batch, args.length)
@@ -168,7 +181,7 @@ def main() -> None:
         steps = {}
         for config in pair:
             start = time.perf_counter()
-            steps[config], _ = build(config, batch)
+            steps[config], _ = build(config, batch, policy=args.policy)
             steps[config]()  # the first step compiles (ours) / warms up (torch)
             compile_s[config] = time.perf_counter() - start
         for _ in range(args.repeats):
@@ -184,8 +197,9 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "batch": args.batch,
         "length": args.length,
+        "layers": args.layers,
         "dtype": "float32",
-        "precision": "default",
+        **numerics.resolve(args.policy).describe(),
         "repeats": args.repeats,
         "configs": {},
     }
@@ -205,6 +219,7 @@ def main() -> None:
         for config in configs:
             cmd = [sys.executable, __file__, "--probe", config]
             cmd += ["--batch", str(args.batch), "--length", str(args.length)]
+            cmd += ["--layers", str(args.layers), "--policy", args.policy]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             result["configs"][config]["memory"] = json.loads(out.strip().splitlines()[-1])
     print(json.dumps(result, indent=2))

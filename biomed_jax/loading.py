@@ -31,7 +31,8 @@ from biomed_jax.hub import TOKENIZER_FILES
 from biomed_jax.models import bert, biogpt
 from biomed_jax.models.common import init_params, param_template, to_layout
 from biomed_jax.models.config import BertConfig, BioGptConfig
-from biomed_jax.nn.layers import Dtype, PrecisionLike
+from biomed_jax.nn.layers import Dtype
+from biomed_jax.numerics import PLAIN, Policy, PrecisionLike, resolve
 from biomed_jax.text_files import read_json_object
 from biomed_jax.tokenizers import BertTokenizer, BioGptTokenizer
 from biomed_jax.trees import unflatten
@@ -218,7 +219,7 @@ def build(
     *,
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
-    precision: PrecisionLike = "highest",
+    policy: Policy = PLAIN,
     scan_layers: bool = False,
     **config_overrides: Any,
 ) -> tuple[ModelConfig, nn.Module]:
@@ -229,7 +230,7 @@ def build(
     config = arch.config.from_dict(hf_config, source=directory / "config.json", **config_overrides)
     config = config.replace(architectures=(name,))
     module = arch.module(
-        config, dtype=dtype, param_dtype=param_dtype, precision=precision, scan_layers=scan_layers
+        config, dtype=dtype, param_dtype=param_dtype, policy=policy, scan_layers=scan_layers
     )
     return config, module
 
@@ -322,7 +323,8 @@ def from_pretrained(
     architecture: str | None = None,
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
-    precision: PrecisionLike = "highest",
+    policy: Policy | str = "fast",
+    precision: PrecisionLike = None,
     mesh: Mesh | None = None,
     rules: shd.Rules | str | None = None,
     scan_layers: bool = False,
@@ -337,13 +339,16 @@ def from_pretrained(
     `architecture` picks the module class (default: the config's `architectures`, else the base
     model); task heads absent from the checkpoint are initialized anew with a warning, as HF does.
     `config_overrides` (e.g. num_labels=3) replace config fields.
+    `dtype` / `param_dtype`: compute and parameter dtypes (HF-Flax's). `policy`: how to compute
+    (`biomed_jax.numerics`: "fast", the default, "exact", or a `Policy`), resolved here for the
+    current backend; `precision` (HF-Flax's), when given, replaces its matmul precision.
     `scan_layers`: run the layer stack as one `nn.scan` (params stacked [L, ...]; compiles faster)
     instead of unrolled layers with their own weight buffers (default; faster at run time).
     `mesh` (a `biomed_jax.sharding.make_mesh`): each device reads only its own shards of the
     safetensors, placed by `rules` (`biomed_jax.sharding`, default FSDP_TP).
     """
     dtype = jnp.float32 if dtype is None else dtype
-    numerics = {"dtype": dtype, "param_dtype": param_dtype, "precision": precision}
+    numerics = {"dtype": dtype, "param_dtype": param_dtype, "policy": resolve(policy, precision)}
     fairseq_files = fairseq.find_files(path)
     if fairseq_files is not None:
         if mesh is not None:
@@ -361,7 +366,7 @@ def from_pretrained(
         architecture,
         dtype=dtype,
         param_dtype=param_dtype,
-        precision=precision,
+        policy=numerics["policy"],
         scan_layers=scan_layers,
         **config_overrides,
     )
@@ -389,7 +394,7 @@ def _from_fairseq(
     *,
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
-    precision: PrecisionLike = "highest",
+    policy: Policy = PLAIN,
     scan_layers: bool = False,
     **config_overrides: Any,
 ) -> tuple[Pretrained, fairseq.FairseqModel]:
@@ -400,7 +405,7 @@ def _from_fairseq(
         raise ConfigError(f"a fairseq BioGPT checkpoint loads as a BioGPT class, not {name!r}")
     config = model.config.replace(architectures=(name,), **config_overrides)
     module = ARCHITECTURES[name].module(
-        config, dtype=dtype, param_dtype=param_dtype, precision=precision, scan_layers=scan_layers
+        config, dtype=dtype, param_dtype=param_dtype, policy=policy, scan_layers=scan_layers
     )
     checkpoint = in_memory(str(files.checkpoint), model.state_dict)
     plan = make_plan(checkpoint, fairseq_biogpt_name_table(name), param_template(module))

@@ -8,8 +8,11 @@ How the reference is called, and why:
   each other at padded query rows, and those rows carry no meaning. The batch has a padded row, a
   fully padded row (checked for finite outputs, not compared) and mixed token_type_ids.
 - Attention maps are compared on every key column of each valid query row.
-- bfloat16: our model computes in bfloat16 (params float32) and is compared with the float32
-  reference, with its own bound.
+- The truth is the same reference run in float64 (`model.double()`, same inputs): every output is
+  judged by `conformance.report.judge` (ours within 3x transformers' own error against float64, in
+  the same dtype). float32: against transformers float32. bfloat16: our model computes in bfloat16
+  (params float32), transformers runs `model.to(torch.bfloat16)`; the absolute BF16_TOL below only
+  applies where transformers' bfloat16 does not run.
 """
 
 from __future__ import annotations
@@ -17,19 +20,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from conformance.report import Row, compare
+from conformance.report import Row, judge
 
-# Tolerances, float32 on CPU (never relaxed to make a run pass).
+# Absolute bounds on our error against float64, only where transformers cannot run in the dtype
+# (never relaxed to make a run pass). float32 on CPU:
 FP32_TOL = 1e-5
-# bfloat16 compute (float32 params, softmax and LayerNorm statistics) against the float32
-# reference. Measured worst cases (base size and real MiniLM): hidden 0.061 (0.093 with the
-# unrolled layer stack), attention 0.020, logits 0.042, pooler 0.025; bounds 1.6-2.5x those.
+# bfloat16 compute (float32 params, softmax and LayerNorm statistics). Measured worst cases
+# against float32 (base size and real MiniLM): hidden 0.061 (0.093 with the unrolled layer
+# stack), attention 0.020, logits 0.042, pooler 0.025; bounds 1.6-2.5x those.
 BF16_TOL = {"hidden": 0.15, "attention": 0.05, "logits": 0.1, "pooler": 0.05}
+# The reference's dtypes: float32 (direct diff, fp32 rule), float64 (the truth), bfloat16.
+REFERENCE_DTYPES = ("float32", "float64", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,61 +128,95 @@ def _run_reference(model, batch: dict[str, np.ndarray]):
     return out
 
 
-def compare_outputs(
-    suite: str, ours, ref, batch: dict[str, np.ndarray], tol: dict[str, float]
-) -> Iterator[Row]:
-    """Every hidden state, attention map, pooler and logits on non-padding positions."""
+def run_references(model, batches: list[dict], dtypes: tuple[str, ...], run=None) -> list[dict]:
+    """Per batch, the reference's outputs {dtype: output} in float32 (as loaded), float64 and, for
+    bfloat16 in `dtypes`, bfloat16. The model is converted in place, float32 first."""
+    import torch
+
+    run = run or _run_reference
+    out: list[dict] = [{} for _ in batches]
+    for dtype in (d for d in REFERENCE_DTYPES if d != "bfloat16" or d in dtypes):
+        model = model.to(getattr(torch, dtype))
+        for refs, batch in zip(out, batches, strict=True):
+            refs[dtype] = run(model, batch)
+    return out
+
+
+def _f64(x) -> np.ndarray:
+    """A torch tensor (any dtype) or array as a float64 NumPy array."""
+    if hasattr(x, "detach"):
+        import torch
+
+        return x.detach().to(torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def named_outputs(
+    out, batch: dict[str, np.ndarray]
+) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
+    """{name: (float64 array, valid mask over its leading axes, tolerance kind)} of an output
+    (ours or the reference's): every hidden state, attention map, pooler and logits."""
     valid = batch["attention_mask"].astype(bool)  # [B, T]
     rows_with_tokens = valid.any(axis=1)  # [B]
-    for i, (a, b) in enumerate(zip(ours.hidden_states, ref.hidden_states, strict=True)):
-        yield compare(suite, f"hidden_states[{i}]", a, b.numpy(), tol["hidden"], valid)
-    for i, (a, b) in enumerate(zip(ours.attentions, ref.attentions, strict=True)):
+    named = {}
+    for i, h in enumerate(out.hidden_states or ()):
+        named[f"hidden_states[{i}]"] = (_f64(h), valid, "hidden")
+    for i, a in enumerate(out.attentions or ()):
         # [B, N, T, S] -> [B, T, N, S] so the [B, T] mask selects valid query rows.
-        yield compare(
+        named[f"attentions[{i}]"] = (_f64(a).transpose(0, 2, 1, 3), valid, "attention")
+    if getattr(out, "pooler_output", None) is not None:
+        named["pooler_output"] = (_f64(out.pooler_output), rows_with_tokens, "pooler")
+        named["last_hidden_state"] = (_f64(out.last_hidden_state), valid, "hidden")
+    if getattr(out, "logits", None) is not None:
+        logits = _f64(out.logits)
+        named["logits"] = (logits, valid if logits.ndim == 3 else rows_with_tokens, "logits")
+    return named
+
+
+def compare_outputs(
+    suite: str,
+    ours,
+    refs: dict[str, Any],
+    batch: dict,
+    dtype: str,
+    tol: dict[str, float],
+    prefix: str = "",
+    names: Collection[str] | None = None,
+) -> Iterator[Row]:
+    """Every output of the reference's (or those in `names`), ours judged against its float64 run
+    (`report.judge`); `tol[kind]` where transformers does not run in `dtype`. `prefix` names the
+    path ours took (e.g. "cached "); without one, a row checks that all our outputs are finite."""
+    ours_named = named_outputs(ours, batch)
+    truth = named_outputs(refs["float64"], batch)
+    same = named_outputs(refs[dtype], batch) if dtype in refs else {}
+    for name, (ref32, valid, kind) in named_outputs(refs["float32"], batch).items():
+        if names is not None and name not in names:
+            continue
+        if name not in ours_named:
+            yield Row(suite, prefix + name, (), float("inf"), 0.0, False, "missing from ours")
+            continue
+        same_dtype = same[name][0] if name in same else None
+        yield judge(
             suite,
-            f"attentions[{i}]",
-            np.asarray(a).transpose(0, 2, 1, 3),
-            b.numpy().transpose(0, 2, 1, 3),
-            tol["attention"],
+            prefix + name,
+            dtype,
+            ours_named[name][0],
+            ref32,
+            truth[name][0],
+            same_dtype,
+            tol[kind],
             valid,
         )
-    if getattr(ours, "pooler_output", None) is not None:
-        yield compare(
+    if not prefix:
+        finite = all(np.isfinite(np.asarray(x)).all() for x in _leaves(ours))
+        yield Row(
             suite,
-            "pooler_output",
-            ours.pooler_output,
-            ref.pooler_output.numpy(),
-            tol["pooler"],
-            rows_with_tokens,
+            "all outputs finite (incl. fully padded row)",
+            (),
+            0.0 if finite else 1.0,
+            0.0,
+            finite,
         )
-        yield compare(
-            suite,
-            "last_hidden_state",
-            ours.last_hidden_state,
-            ref.last_hidden_state.numpy(),
-            tol["hidden"],
-            valid,
-        )
-    if getattr(ours, "logits", None) is not None:
-        logits = np.asarray(ours.logits)
-        per_token = logits.ndim == 3
-        yield compare(
-            suite,
-            "logits",
-            logits,
-            ref.logits.numpy(),
-            tol["logits"],
-            valid if per_token else rows_with_tokens,
-        )
-    finite = all(np.isfinite(np.asarray(x)).all() for x in _leaves(ours))
-    yield Row(
-        suite,
-        "all outputs finite (incl. fully padded row)",
-        (),
-        0.0 if finite else 1.0,
-        0.0,
-        finite,
-    )
 
 
 def _leaves(output) -> list:
@@ -191,7 +232,9 @@ def check_architecture(
     dtypes: tuple[str, ...],
     seed: int = 0,
     length: int = 24,
+    policy: str = "fast",
 ) -> list[Row]:
+    """One seeded HF model through our loader at numerics `policy`, per compute dtype."""
 
     ref_model = _reference(arch, hf_config, seed)
     batch = make_batch(
@@ -199,23 +242,25 @@ def check_architecture(
         hf_config.get("type_vocab_size", 2),
         length=min(length, hf_config.get("max_position_embeddings", 512)),
     )
-    ref = _run_reference(ref_model, batch)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ref_model.save_pretrained(tmp)
+        (refs,) = run_references(ref_model, [batch], dtypes)
         del ref_model
         for dtype in dtypes:
-            rows += _compare_ours(tmp, dtype, batch, ref, f"{case_name}/{arch}/{dtype}")
+            rows += _compare_ours(tmp, dtype, batch, refs, f"{case_name}/{arch}/{dtype}", policy)
     return rows
 
 
-def _compare_ours(path: str | Path, dtype: str, batch: dict, ref: dict, name: str) -> list[Row]:
-    """Our model from `path` in compute `dtype`, every output against the reference's."""
+def _compare_ours(
+    path: str | Path, dtype: str, batch: dict, refs: dict, name: str, policy: str = "fast"
+) -> list[Row]:
+    """Our model from `path` at numerics `policy` in compute `dtype`, every output judged."""
     import jax.numpy as jnp
 
     from biomed_jax import from_pretrained
 
-    model = from_pretrained(path, dtype=jnp.dtype(dtype))
+    model = from_pretrained(path, dtype=jnp.dtype(dtype), policy=policy)
     ours = model(
         **{k: jnp.asarray(v) for k, v in batch.items()},
         output_hidden_states=True,
@@ -226,7 +271,7 @@ def _compare_ours(path: str | Path, dtype: str, batch: dict, ref: dict, name: st
         if dtype == "float32"
         else BF16_TOL
     )
-    return compare_outputs(name, ours, ref, batch, tol)
+    return list(compare_outputs(name, ours, refs, batch, dtype, tol))
 
 
 def check_minilm(dtypes: tuple[str, ...] = ("float32",), max_docs: int = 8) -> list[Row]:
@@ -246,11 +291,11 @@ def check_minilm(dtypes: tuple[str, ...] = ("float32",), max_docs: int = 8) -> l
     enc = tok(docs, padding=True, truncation=True, max_length=128, return_tensors="np")
     batch = {k: enc[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
     ref_model = transformers.BertModel.from_pretrained(str(path), attn_implementation="eager")
-    ref = _run_reference(ref_model.eval(), batch)
+    (refs,) = run_references(ref_model.eval(), [batch], dtypes)
     return [
         row
         for dtype in dtypes
-        for row in _compare_ours(path, dtype, batch, ref, f"minilm-real/pubmed/{dtype}")
+        for row in _compare_ours(path, dtype, batch, refs, f"minilm-real/pubmed/{dtype}")
     ]
 
 

@@ -1,4 +1,11 @@
-"""Conformance rows: one compared output each (name, shape, max abs diff, tolerance, pass/fail)."""
+"""Conformance rows: one compared output each, judged against the float64 reference.
+
+The pass rule (docs/numerics.md): run transformers in float64 (`model.double()`, same inputs) as
+the truth; our error against it (`ours_err`) may be at most FACTOR times transformers' own error in
+the same dtype (`ref_err`), or FLOOR[dtype] where both are tiny. `max_abs_diff` stays the direct
+difference from transformers' float32 output (shown, not judged). Rows without a float64 reference
+(internal consistency checks, integer outputs) are judged by their absolute `tolerance`.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +16,37 @@ from typing import Any
 
 import numpy as np
 
+FACTOR = 3.0  # ours may be at most 3x as far from float64 as transformers in the same dtype
+FLOOR = {"float32": 1e-6, "bfloat16": 1e-3}  # below this, both count as exact
+
 
 @dataclasses.dataclass(frozen=True)
 class Row:
     suite: str  # which configuration / check group, e.g. "bert-base/BertForMaskedLM/fp32"
     name: str  # the output, e.g. "hidden_states[3]"
     shape: tuple[int, ...]
-    max_abs_diff: float
-    tolerance: float
+    max_abs_diff: float  # ours vs transformers float32
+    tolerance: float  # the bound that decided `passed`: on ours_err when that is set
     passed: bool
     note: str = ""
+    ours_err: float | None = None  # max |ours - transformers float64|
+    ref_err: float | None = None  # max |transformers in this dtype - transformers float64|
+    ratio: float | None = None  # ours_err / ref_err (goal <= 1, bar FACTOR)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None) -> float:
+    diff = np.abs(a - b)
+    if valid is not None:
+        diff = diff[valid]
+    return float(diff.max()) if diff.size else 0.0
+
+
+def _mismatch(suite: str, name: str, a: np.ndarray, b: np.ndarray, tolerance: float) -> Row:
+    note = f"shape mismatch: ours {a.shape}, reference {b.shape}"
+    return Row(suite, name, tuple(a.shape), float("inf"), tolerance, False, note)
 
 
 def compare(
@@ -37,21 +62,41 @@ def compare(
     a = np.asarray(ours, dtype=np.float64)
     b = np.asarray(ref, dtype=np.float64)
     if a.shape != b.shape:
-        return Row(
-            suite,
-            name,
-            tuple(a.shape),
-            float("inf"),
-            tolerance,
-            False,
-            f"shape mismatch: ours {a.shape}, reference {b.shape}",
-        )
-    diff = np.abs(a - b)
-    if valid is not None:
-        diff = diff[valid]
-    worst = float(diff.max()) if diff.size else 0.0
+        return _mismatch(suite, name, a, b, tolerance)
+    worst = _max_diff(a, b, valid)
     ok = bool(np.isfinite(a).all()) and worst <= tolerance
     return Row(suite, name, tuple(a.shape), worst, tolerance, ok, note)
+
+
+def judge(
+    suite: str,
+    name: str,
+    dtype: str,
+    ours: Any,
+    ref32: Any,
+    ref64: Any,
+    ref_same: Any | None,
+    fallback: float,
+    valid: np.ndarray | None = None,
+    note: str = "",
+) -> Row:
+    """One output against transformers' float64 run (`ref64`) by the pass rule.
+
+    ref32: transformers float32 (the direct diff); ref_same: transformers in our compute `dtype`
+    (float32: ref32), None where it does not run: then ours_err must be <= `fallback`.
+    """
+    a, b, truth = (np.asarray(x, dtype=np.float64) for x in (ours, ref32, ref64))
+    if a.shape != b.shape or a.shape != truth.shape:
+        return _mismatch(suite, name, a, truth, fallback)
+    ours_err = _max_diff(a, truth, valid)
+    ref_err, ratio, bound = None, None, fallback
+    if ref_same is not None:
+        ref_err = _max_diff(np.asarray(ref_same, dtype=np.float64), truth, valid)
+        bound = max(FACTOR * ref_err, FLOOR[dtype])
+        ratio = ours_err / ref_err if ref_err > 0 else (0.0 if ours_err == 0 else float("inf"))
+    ok = bool(np.isfinite(a).all()) and ours_err <= bound
+    direct = _max_diff(a, b, valid)
+    return Row(suite, name, tuple(a.shape), direct, bound, ok, note, ours_err, ref_err, ratio)
 
 
 def exact(suite: str, name: str, ours: Any, ref: Any, note: str = "") -> Row:
@@ -72,14 +117,33 @@ def exact(suite: str, name: str, ours: Any, ref: Any, note: str = "") -> Row:
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    header = ("suite", "output", "shape", "max abs diff", "tolerance", "result")
+    """ours err / ref err: max error against transformers float64 of ours and of transformers in
+    the same dtype; bound: what ours err (else vs fp32) may reach; vs fp32: ours - transformers."""
+    header = (
+        "suite",
+        "output",
+        "shape",
+        "vs fp32",
+        "ours err",
+        "ref err",
+        "ratio",
+        "bound",
+        "result",
+    )
+
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3g}"
+
     body = [
         (
             r.suite,
             r.name,
             "x".join(map(str, r.shape)),
-            f"{r.max_abs_diff:.3g}",
-            f"{r.tolerance:.0e}" if r.tolerance else "exact",
+            num(r.max_abs_diff),
+            num(r.ours_err),
+            num(r.ref_err),
+            "-" if r.ratio is None else f"{r.ratio:.2f}",
+            f"{r.tolerance:.1e}" if r.tolerance else "exact",
             "PASS" if r.passed else "FAIL",
         )
         for r in rows
@@ -89,7 +153,24 @@ def format_table(rows: Sequence[Row]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     failed = sum(not r.passed for r in rows)
     lines.append(f"\n{len(rows) - failed} passed, {failed} failed")
+    ratios = worst_ratios(rows)
+    if ratios:
+        lines.append("worst ratio (ours err / transformers err vs float64), goal <= 1, bar 3:")
+        lines += [f"  {key}: {value:.2f}" for key, value in sorted(ratios.items())]
     return "\n".join(lines)
+
+
+def worst_ratios(rows: Iterable[Row]) -> dict[str, float]:
+    """The largest `ratio` per model and dtype (the suite's first and last path components);
+    rows whose bound is the floor (both errors tiny) are left out."""
+    out: dict[str, float] = {}
+    for r in rows:
+        if r.ratio is None or r.tolerance > (r.ref_err or 0) * FACTOR:
+            continue
+        parts = r.suite.split("/")
+        key = f"{parts[0]} {parts[-1]}"
+        out[key] = max(out.get(key, 0.0), r.ratio)
+    return out
 
 
 def to_json(rows: Iterable[Row]) -> str:

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from biomed_jax import numerics
 from biomed_jax.nn import attention
 
 B, T, N, H = 2, 9, 3, 8
@@ -18,12 +19,11 @@ def _inputs(seed: int = 0):
     return q, k, v, jnp.asarray(valid)
 
 
-def _run(monkeypatch, per_head: bool, fn):
-    monkeypatch.setattr(attention, "PER_HEAD_SCORE_BYTES", 0 if per_head else 1 << 62)
-    assert attention.per_head_schedule((B, N, T, T)) == (
-        jax.default_backend() == "cpu" and per_head
-    )
-    return fn()
+def _policy(per_head: bool) -> numerics.Policy:
+    """The plain batched schedule, or per-head for every score size."""
+    policy = numerics.PLAIN.replace(per_head_score_bytes=0 if per_head else None)
+    assert policy.attention_per_head((B, N, T, T)) == per_head
+    return policy
 
 
 MASKS = {
@@ -40,13 +40,13 @@ MASKS = {
 
 
 @pytest.mark.parametrize("mask_kind", sorted(MASKS))
-def test_schedules_agree_on_outputs_probs_and_grads(monkeypatch, mask_kind):
+def test_schedules_agree_on_outputs_probs_and_grads(mask_kind):
     q, k, v, valid = _inputs()
     mask = MASKS[mask_kind](valid)
 
-    def forward_and_grad():
+    def forward_and_grad(policy):
         def loss(q, k, v):
-            out, probs = attention.dot_product_attention(q, k, v, mask)
+            out, probs = attention.dot_product_attention(q, k, v, mask, policy=policy)
             return (out**2).sum() + (probs * jnp.arange(T)).sum(), (out, probs)
 
         (_, (out, probs)), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(
@@ -54,8 +54,8 @@ def test_schedules_agree_on_outputs_probs_and_grads(monkeypatch, mask_kind):
         )
         return out, probs, grads
 
-    batched = _run(monkeypatch, False, forward_and_grad)
-    looped = _run(monkeypatch, True, forward_and_grad)
+    batched = forward_and_grad(_policy(per_head=False))
+    looped = forward_and_grad(_policy(per_head=True))
     for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(looped)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-6)
     out, probs, _ = looped
@@ -65,24 +65,32 @@ def test_schedules_agree_on_outputs_probs_and_grads(monkeypatch, mask_kind):
         np.testing.assert_allclose(np.asarray(probs[0, 1]), 1.0 / T, atol=1e-7)
 
 
-def test_schedules_share_dropout_masks(monkeypatch):
+def test_schedules_share_dropout_masks():
     q, k, v, valid = _inputs(1)
     mask = attention.make_attention_mask(valid)
 
-    def dropped(key):
-        return lambda: attention.dot_product_attention(
-            q, k, v, mask, dropout_rate=0.3, dropout_rng=jax.random.key(key)
+    def dropped(key, per_head):
+        return attention.dot_product_attention(
+            q,
+            k,
+            v,
+            mask,
+            policy=_policy(per_head),
+            dropout_rate=0.3,
+            dropout_rng=jax.random.key(key),
         )[0]
 
-    batched = _run(monkeypatch, False, dropped(0))
-    looped = _run(monkeypatch, True, dropped(0))
+    batched = dropped(0, per_head=False)
+    looped = dropped(0, per_head=True)
     np.testing.assert_allclose(np.asarray(batched), np.asarray(looped), rtol=0, atol=2e-6)
-    other_key = _run(monkeypatch, True, dropped(1))
+    other_key = dropped(1, per_head=True)
     assert np.abs(np.asarray(other_key) - np.asarray(looped)).max() > 1e-3
 
 
 def test_schedule_choice_follows_score_size():
-    on_cpu = jax.default_backend() == "cpu"
-    assert attention.per_head_schedule((8, 12, 512, 512)) == on_cpu  # 100 MB of scores
-    assert not attention.per_head_schedule((1, 16, 1, 1024))  # one decoding step
-    assert not attention.per_head_schedule((1, 12, 128, 128))  # 768 KB
+    cpu, gpu = numerics.Policy.fast("cpu"), numerics.Policy.fast("gpu")
+    assert cpu.attention_per_head((8, 12, 512, 512))  # 100 MB of scores
+    assert not cpu.attention_per_head((1, 16, 1, 1024))  # one decoding step
+    assert not cpu.attention_per_head((1, 12, 128, 128))  # 768 KB
+    assert not gpu.attention_per_head((8, 12, 512, 512))  # accelerators: always batched
+    assert not numerics.PLAIN.attention_per_head((8, 12, 512, 512))

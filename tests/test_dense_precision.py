@@ -1,4 +1,4 @@
-"""`Dense` with precision 'highest' on CPU: float32 matmuls summed in float64 (see layers.py)."""
+"""The "exact" policy's workaround: float32 weight matmuls summed in float64 (`dense_float64_sum`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from biomed_jax.nn.layers import Dense, accumulates_in_float64, dense_float64_sum
+from biomed_jax.nn.layers import Dense, Embed, dense_float64_sum
+from biomed_jax.numerics import PLAIN, Policy
 
 
 def _data(seed=0, batch=(2, 3), features_in=512, features_out=48):
@@ -29,14 +30,33 @@ def test_float64_sum_is_correctly_rounded_float32():
     assert np.all(np.abs(np.asarray(y, np.float64) - exact) <= half_ulp * (1 + 1e-6))
 
 
-def test_dense_highest_uses_float64_sum_on_cpu_only_for_float32():
-    assert accumulates_in_float64("highest", jnp.float32) == (jax.default_backend() == "cpu")
-    assert not accumulates_in_float64("default", jnp.float32)
-    assert not accumulates_in_float64("highest", jnp.bfloat16)
+def test_dense_sums_in_float64_only_when_the_policy_says_and_only_in_float32():
+    exact = Policy.exact()
+    assert exact.sums_in_float64(jnp.float32) and not exact.sums_in_float64(jnp.bfloat16)
+    assert not Policy.fast().sums_in_float64(jnp.float32) and not PLAIN.sums_in_float64(jnp.float32)
     x, kernel, bias = _data(features_out=16)
     params = {"params": {"kernel": kernel, "bias": bias}}
-    y = Dense(16, ("embed", "mlp"), precision="highest").apply(params, x)
+    y = Dense(16, ("embed", "mlp"), policy=exact).apply(params, x)
     np.testing.assert_array_equal(np.asarray(y), np.asarray(dense_float64_sum(x, kernel, bias)))
+    plain = Dense(16, ("embed", "mlp"), policy=PLAIN).apply(params, x)
+    # Same function as the plain float32 matmul: within float32 rounding of |y| <= ~8 (K = 512).
+    np.testing.assert_allclose(np.asarray(y), np.asarray(plain), rtol=0, atol=1e-5)
+    assert np.abs(np.asarray(y) - np.asarray(plain)).max() > 0  # and not the same kernel
+
+
+def test_tied_projection_sums_in_float64_under_exact():
+    rng = np.random.RandomState(3)
+    table = rng.randn(50, 512).astype(np.float32) * 0.05  # [V, D]
+    x = rng.randn(2, 3, 512).astype(np.float32)
+    params = {"params": {"embedding": table}}
+
+    def attend(policy):
+        return np.asarray(Embed(50, 512, policy=policy).apply(params, x, method=Embed.attend))
+
+    exact_sum = x.astype(np.float64) @ table.T.astype(np.float64)
+    half_ulp = np.spacing(np.abs(exact_sum).astype(np.float32)).astype(np.float64) / 2
+    assert np.all(np.abs(attend(Policy.exact()) - exact_sum) <= half_ulp * (1 + 1e-6))
+    np.testing.assert_allclose(attend(PLAIN), exact_sum, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("transform", ["vmap", "grad", "remat-grad", "vmap-grad", "scan-grad"])

@@ -46,9 +46,7 @@ BERT = BertConfig(
 MESHES = [((8, 1), "fsdp"), ((4, 2), "fsdp_tp"), ((2, 4), "tp"), ((1, 8), "fsdp_tp")]
 IDS = pytest.mark.parametrize("shape,rules", MESHES, ids=[f"{d}x{m}-{r}" for (d, m), r in MESHES])
 ATOL = 1e-5
-# Sharded and single-device runs use the same numerics; "default" is XLA:CPU's plain float32
-# matmul ("highest" may switch to slower float64 accumulation for conformance on CPU).
-PRECISION = "default"
+# Sharded and single-device runs use the same numerics: the default ("fast") policy.
 
 
 def _inputs(config, batch=8, length=16, seed=0):
@@ -74,7 +72,7 @@ def random_params(abstract, seed=0):
 
 @pytest.fixture(scope="module")
 def bert():
-    module = BertForMaskedLM(BERT, precision=PRECISION, scan_layers=True)
+    module = BertForMaskedLM(BERT, scan_layers=True)
     abstract = shd.abstract_params(module)
     return module, abstract, random_params(abstract)
 
@@ -235,7 +233,7 @@ def train_reference():
     """Token classification (NER-style fine-tuning, 9 BIO labels), BERT-base widths with a
     4096-row vocabulary: the embedding's update is memory traffic the forward tests cover."""
     config = BERT.replace(num_labels=9, vocab_size=4096)
-    module = BertForTokenClassification(config, precision=PRECISION)
+    module = BertForTokenClassification(config)
     params = random_params(shd.abstract_params(module), seed=2)
     ids, mask = _inputs(config)
     labels = np.where(mask == 1, ids % 9, IGNORE_INDEX)
@@ -275,7 +273,7 @@ BIOGPT = BioGptConfig(num_hidden_layers=2)
 
 @pytest.fixture(scope="module")
 def biogpt():
-    module = BioGptForCausalLM(BIOGPT, precision=PRECISION)
+    module = BioGptForCausalLM(BIOGPT)
     params = random_params(shd.abstract_params(module), seed=1)
     ids, mask = _inputs(BIOGPT, length=12, seed=1)
     mask = mask[:, ::-1].copy()  # left padding, as generation wants

@@ -81,15 +81,43 @@ def batches(n: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
         yield order[i * batch_size : (i + 1) * batch_size]
 
 
+MIN_BUCKET = 8
+
+
+def length_bucket(length: int, width: int) -> int:
+    """The padded length of a batch whose longest row has `length` tokens: the next power of two,
+    at least MIN_BUCKET, at most the data's `width`."""
+    return min(width, max(MIN_BUCKET, 1 << max(0, int(length) - 1).bit_length()))
+
+
 def predict_all(state: train.TrainState, data: dict[str, np.ndarray], batch_size: int):
-    """Logits for every row, in fixed-size batches (the last one padded by repetition)."""
-    n = len(data["input_ids"])
-    out = []
+    """Logits for every row, in input order.
+
+    Rows are sorted by length (the last real token's index) and cut into batches of
+    `batch_size` (the last one padded by repeating its last row); each batch is cut to its length
+    bucket (`length_bucket`), so a pass compiles a few shapes (8, 16, ..., width) and computes on
+    little padding. Only trailing padding is cut; per-token logits come back [N, width, C], zero
+    beyond each batch's bucket.
+    """
+    mask = data["attention_mask"]  # [N, T]
+    n, width = mask.shape
+    ends = np.where(mask.any(1), width - np.argmax(mask[:, ::-1] != 0, axis=1), 0)  # [N]
+    order = np.argsort(-ends, kind="stable")
+    out = None
     for start in range(0, n, batch_size):
-        rows = np.arange(start, start + batch_size) % n
-        logits = train.predict(state, {k: v[rows] for k, v in data.items() if k != "labels"})
-        out.append(np.asarray(logits)[: min(batch_size, n - start)])
-    return np.concatenate(out)
+        real = order[start : start + batch_size]
+        rows = np.pad(real, (0, batch_size - len(real)), mode="edge")
+        bucket = length_bucket(ends[rows].max(), width)
+        batch = {k: v[rows][:, :bucket] for k, v in data.items() if k != "labels"}
+        logits = np.asarray(train.predict(state, batch))[: len(real)]
+        if out is None:
+            shape = (n, width, *logits.shape[2:]) if logits.ndim == 3 else (n, *logits.shape[1:])
+            out = np.zeros(shape, logits.dtype)
+        if logits.ndim == 3:
+            out[real, :bucket] = logits
+        else:
+            out[real] = logits
+    return out
 
 
 def fit(

@@ -20,22 +20,34 @@ import jax.numpy as jnp
 import numpy as np
 
 from biomed_jax import validation as v
-from biomed_jax.nn.layers import Dtype, PrecisionLike
+from biomed_jax.nn.layers import Dtype
+from biomed_jax.numerics import Policy, PrecisionLike, resolve
 
 
 class ModelBase(nn.Module):
-    """Fields of every model: config, compute/param dtypes, matmul precision, remat, layer stack."""
+    """Fields of every model: config, compute/param dtypes, numerics policy, remat, layer stack.
+
+    `dtype` / `param_dtype` are HF-Flax's; `policy` (`biomed_jax.numerics`: a `Policy` or a preset
+    name, default "fast") says how to compute; `precision` (HF-Flax's), when given, replaces the
+    policy's matmul precision.
+    """
 
     config: Any
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    precision: PrecisionLike = "highest"
+    policy: Policy | str = "fast"
+    precision: PrecisionLike = None
     gradient_checkpointing: bool = False
     scan_layers: bool = False
 
     @property
     def numerics(self) -> dict[str, Any]:
-        return {"dtype": self.dtype, "param_dtype": self.param_dtype, "precision": self.precision}
+        """dtype, param_dtype and the resolved `Policy`: what every submodule and layer takes."""
+        return {
+            "dtype": self.dtype,
+            "param_dtype": self.param_dtype,
+            "policy": resolve(self.policy, self.precision),
+        }
 
     @property
     def stack_options(self) -> dict[str, Any]:

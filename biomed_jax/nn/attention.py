@@ -7,14 +7,14 @@ L layers.
 from __future__ import annotations
 
 import functools
-import math
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-from biomed_jax.nn.layers import Dense, Dtype, PrecisionLike, as_precision
+from biomed_jax.nn.layers import Dense, Dtype
+from biomed_jax.numerics import PLAIN, Policy
 
 
 @flax.struct.dataclass
@@ -64,22 +64,6 @@ def make_attention_mask(key_valid: jax.Array, query_slots: jax.Array | None = No
     return mask
 
 
-# Scores bigger than this (bytes, all heads together) are computed one head at a time on CPU.
-PER_HEAD_SCORE_BYTES = 8 << 20
-
-
-def per_head_schedule(scores_shape: tuple[int, ...]) -> bool:
-    """Whether to loop over (batch, head) pairs instead of materialising every head's scores.
-
-    On CPU, [B, N, T, S] float32 scores beyond the caches make every softmax pass a trip to
-    memory: at 8x512 BERT-base attention took 3x torch's fused kernel. One head's [T, S] block
-    stays in cache; looping halves the attention time there. Score tensors that fit the L3 cache
-    (decoding, 8x128: 6 MiB, where batched ran ~1 % faster) and accelerators keep one batched
-    computation.
-    """
-    return jax.default_backend() == "cpu" and 4 * math.prod(scores_shape) > PER_HEAD_SCORE_BYTES
-
-
 def _attend(
     query: jax.Array,  # [..., T, H]
     key: jax.Array,  # [..., S, H]
@@ -114,7 +98,7 @@ def dot_product_attention(
     value: jax.Array,  # [B, S, N, H]
     mask: jax.Array,  # [B, 1 | N, T, S] bool
     *,
-    precision: PrecisionLike = "highest",
+    policy: Policy = PLAIN,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
@@ -122,17 +106,17 @@ def dot_product_attention(
 
     Masked scores take float32's most negative finite value, as HF's eager attention does, so a
     row with no visible key gives a uniform (finite) distribution. The same arithmetic runs either
-    on all heads at once or one (batch, head) pair at a time (`per_head_schedule`); under `jit`
-    unused probs cost nothing in either. Dropout masks come from `dropout_rng` alone.
+    on all heads at once or one (batch, head) pair at a time (`Policy.attention_per_head`); under
+    `jit` unused probs cost nothing in either. Dropout masks come from `dropout_rng` alone.
     """
-    prec = as_precision(precision)
+    prec = policy.precision
     batch, length, heads, head_dim = query.shape
     slots = key.shape[1]
     keep = None
     if dropout_rng is not None and dropout_rate > 0.0:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, (batch, heads, length, slots))
     q, k, v = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))  # [B, N, T|S, H]
-    if not per_head_schedule((batch, heads, length, slots)):
+    if not policy.attention_per_head((batch, heads, length, slots)):
         out, probs = _attend(q, k, v, mask, prec, keep, 1.0 - dropout_rate)
         return jnp.swapaxes(out, 1, 2), probs
 
@@ -162,7 +146,7 @@ class SelfAttention(nn.Module):
     init_std: float = 0.02
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    precision: PrecisionLike = "highest"
+    policy: Policy = PLAIN
 
     @nn.compact
     def __call__(
@@ -182,7 +166,7 @@ class SelfAttention(nn.Module):
             init_std=self.init_std,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            precision=self.precision,
+            policy=self.policy,
         )
 
         def heads(y: jax.Array) -> jax.Array:  # [B, T, N*H] -> [B, T, N, H]
@@ -214,7 +198,7 @@ class SelfAttention(nn.Module):
             key,
             value,
             mask,
-            precision=self.precision,
+            policy=self.policy,
             dropout_rate=self.dropout_rate,
             dropout_rng=self.make_rng("dropout") if use_dropout else None,
         )

@@ -16,45 +16,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from biomed_jax.numerics import PLAIN, Policy
+
 Dtype = Any
-PrecisionLike = str | jax.lax.Precision | None
-
-_PRECISIONS = {
-    "highest": jax.lax.Precision.HIGHEST,
-    "high": jax.lax.Precision.HIGH,
-    "default": jax.lax.Precision.DEFAULT,
-    None: None,
-}
-
-
-def as_precision(precision: PrecisionLike) -> jax.lax.Precision | None:
-    """'highest' (full float32 matmuls on every backend), 'high', 'default' (fastest) or a Precision."""
-    if isinstance(precision, jax.lax.Precision):
-        return precision
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be one of {list(_PRECISIONS)}, got {precision!r}")
-    return _PRECISIONS[precision]
-
-
-def accumulates_in_float64(precision: PrecisionLike, dtype: Dtype) -> bool:
-    """Whether `Dense` accumulates float32 matmuls in float64: 'highest', float32, on CPU.
-
-    XLA:CPU's float32 matmul sums K products in float32 (on [96, 1024] x [1024, 4096]: 4e-6 from
-    float64; torch 3.2e-6); over 24 BioGPT layers that puts hidden states 2e-5 from a float64 run
-    where PyTorch's float32 is 8e-6, twice the conformance bound apart. Accumulating in float64 and
-    rounding once makes each product-sum correctly rounded float32 (ours 4e-6 from float64) at
-    about 2x the matmul time; 'high' and 'default' keep the fast float32 kernel.
-    """
-    return (
-        as_precision(precision) == jax.lax.Precision.HIGHEST
-        and jnp.dtype(dtype) == jnp.float32
-        and jax.default_backend() == "cpu"
-    )
 
 
 def dense_float64_sum(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     """float32 x [..., I] @ kernel [I, O] + bias [O], summed in float64, rounded once to float32.
 
+    The "exact" policy's matmul (`Policy.float64_sums`): each output is the correctly rounded
+    float32 of the exact product-sum. XLA:CPU's float32 matmul sums K products in float32 (on
+    [96, 1024] x [1024, 4096]: 4e-6 from float64, torch 3.2e-6); this sum is about 2x its time.
     float64 is switched on around the call and inside the body, never globally (vmap and grad
     trace the body at the call, remat and scan later). Gradients are float32 matmuls.
     """
@@ -124,10 +96,7 @@ def partitioned(init: Callable, *axes: str) -> Callable:
 
 
 class Dense(nn.Module):
-    """y = x @ kernel + bias with a chosen matmul precision; kernel [in, out].
-
-    'highest' in float32 on CPU sums in float64 (see `accumulates_in_float64`).
-    """
+    """y = x @ kernel + bias, kernel [in, out], computed as `policy` says."""
 
     features: int
     axes: tuple[str, str]
@@ -135,7 +104,7 @@ class Dense(nn.Module):
     init_std: float = 0.02
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    precision: PrecisionLike = "highest"
+    policy: Policy = PLAIN
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -154,10 +123,10 @@ class Dense(nn.Module):
                 self.param_dtype,
             ).astype(self.dtype)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        if accumulates_in_float64(self.precision, self.dtype):
+        if self.policy.sums_in_float64(self.dtype):
             zeros = jnp.zeros((self.features,), self.dtype)
             return dense_float64_sum(x, kernel, zeros if bias is None else bias)
-        y = jnp.einsum("...i,io->...o", x, kernel, precision=as_precision(self.precision))
+        y = jnp.einsum("...i,io->...o", x, kernel, precision=self.policy.precision)
         return y if bias is None else y + bias
 
 
@@ -170,7 +139,7 @@ class Embed(nn.Module):
     init_std: float = 0.02
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    precision: PrecisionLike = "highest"
+    policy: Policy = PLAIN
 
     def setup(self) -> None:
         self.embedding = self.param(
@@ -187,12 +156,10 @@ class Embed(nn.Module):
 
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits against the table (tied output projection): [..., D] -> [..., V]."""
-        return jnp.einsum(
-            "...d,vd->...v",
-            x.astype(self.dtype),
-            self.embedding.astype(self.dtype),
-            precision=as_precision(self.precision),
-        )
+        x, table = x.astype(self.dtype), self.embedding.astype(self.dtype)  # table [V, D]
+        if self.policy.sums_in_float64(self.dtype):
+            return dense_float64_sum(x, table.T, jnp.zeros((self.num_embeddings,), self.dtype))
+        return jnp.einsum("...d,vd->...v", x, table, precision=self.policy.precision)
 
 
 class LayerNorm(nn.Module):
@@ -229,7 +196,7 @@ class MLP(nn.Module):
     init_std: float = 0.02
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    precision: PrecisionLike = "highest"
+    policy: Policy = PLAIN
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:  # [B, T, D]
@@ -238,7 +205,7 @@ class MLP(nn.Module):
             init_std=self.init_std,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            precision=self.precision,
+            policy=self.policy,
         )
         h = dense(self.intermediate_size, ("embed", "mlp"), name="fc_in")(x)  # [B, T, F]
         h = activation(self.hidden_act)(h)
