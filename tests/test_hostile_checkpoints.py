@@ -103,6 +103,19 @@ def _deflate_bomb(path: Path, size: int) -> None:
     path.write_bytes(bytes(out + central + end))
 
 
+def _many_transposed_views(path: Path, count: int = 3000, n: int = 512) -> None:
+    """`count` entries, each a transposed view of one n x n float32 storage (1 MiB): 3 GiB of
+    copies from a 1 MiB file (the calls are memoized: a few bytes an entry)."""
+    pid = _tuple(
+        _str("storage"), _global("torch", "FloatStorage"), _str("0"), _str("cpu"), _int(n * n)
+    )
+    size, stride = _tuple(_int(n), _int(n)), _tuple(_int(1), _int(n))
+    args = _tuple(pid + b"Q", _int(0), size, stride, b"\x89", b"}")
+    first = _global("torch._utils", "_rebuild_tensor_v2") + b"q\x01" + args + b"q\x02R"
+    rest = b"".join(_str(f"k{i}") + b"h\x01h\x02R" for i in range(1, count))
+    _zip(path, b"\x80\x02}(" + _str("k0") + first + rest + b"u.", {"0": bytes(4 * n * n)})
+
+
 def _big_endian(path: Path) -> None:
     _zip(path, _state(w=_tensor()), {"0": F32x6}, byteorder=b"big")
 
@@ -196,6 +209,7 @@ READER_CASES = [
     Hostile("deflate_bomb_2_2gb", lambda p: _deflate_bomb(p, 2200 << 20), match=("compressed",)),
     Hostile("compressed_members", _compressed, match=("compressed",)),
     Hostile("big_endian", _big_endian, match=("little-endian",)),
+    Hostile("transposed_views_3gib", _many_transposed_views, match=("'k1'", "views copied")),
     # Broken zips and pickles.
     Hostile("truncated_zip", _truncated, match=("{path}", "corrupt")),
     Hostile("flipped_byte", _flipped, match=("{path}", "CRC")),

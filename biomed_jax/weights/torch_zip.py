@@ -16,7 +16,8 @@ Each tensor is then checked against its storage before a byte of it is read:
   - the storage's zip member is stored uncompressed (as torch writes it) and holds exactly
     numel * itemsize bytes, and the storages read add up to no more bytes than the file has
     (no deflate bombs, no overlapping members);
-so the reader allocates at most about the file's own size. dtypes are reported as stored
+  - the copies of non-contiguous views add up to no more bytes than the file has;
+so the reader allocates at most about twice the file's own size. dtypes are reported as stored
 (`dtypes.READABLE_DTYPES`); complex, float8, quantized etc. are refused. Every failure is a
 `CheckpointError` naming the file, the tensor and the problem.
 """
@@ -272,7 +273,7 @@ class _Members:
 
     def __init__(self, archive: zipfile.ZipFile, prefix: str, path: Path):
         self._archive, self._prefix, self._path = archive, prefix, path
-        self._budget = path.stat().st_size
+        self._budget = self._copy_budget = path.stat().st_size
         self._storages: dict[str, np.ndarray] = {}
 
     def read(self, name: str, nbytes: int | None = None, where: str = "") -> bytes:
@@ -300,6 +301,16 @@ class _Members:
                 f"(overlapping members?) at {member}"
             )
         return self._archive.read(info)
+
+    def charge_copy(self, where: str, nbytes: int) -> None:
+        """A non-contiguous view is copied: all copies together at most the file's size (many
+        entries viewing one big storage must not multiply it)."""
+        self._copy_budget -= nbytes
+        if self._copy_budget < 0:
+            raise CheckpointError(
+                f"{where}: the non-contiguous views copied add up to more bytes than the file "
+                "holds (many views of one storage?)"
+            )
 
     def storage(self, where: str, key: str, dtype: np.dtype, numel: int) -> np.ndarray:
         if key in self._storages:
@@ -356,6 +367,7 @@ def _tensor(where: str, value: _TensorCall | _Unusable, members: _Members) -> np
     data = members.storage(where, key, dtype, numel)
     if all(st == math.prod(size[i + 1 :]) for i, (s, st) in enumerate(zip(size, stride)) if s > 1):
         return data[offset : offset + count].reshape(size)
+    members.charge_copy(where, count * dtype.itemsize)
     strides = tuple(st * dtype.itemsize if s > 1 else 0 for s, st in zip(size, stride))
     return np.lib.stride_tricks.as_strided(data[offset:extent], size, strides).copy()
 
