@@ -532,6 +532,12 @@ FAIRSEQ_CASES = [
     _fs("fairseq_nested_100k", _fairseq(extra=_nested_lists(100_000)), "64 levels deep"),
     _fs("fairseq_cycle", _fairseq(extra=b"]q\x00h\x00a"), "a cycle?"),
     _fs(
+        "fairseq_storage_reference_alone",
+        _fairseq(extra=_tuple(_str("storage"), G("torch", "FloatStorage"), _str("0")) + b"Q"),
+        "'extra_state'",
+        "storage reference outside a tensor",
+    ),
+    _fs(
         "fairseq_bad_view_in_optimizer_state",
         _fairseq(extra=b"}(" + _str("exp_avg") + T(offset=-3) + b"u"),
         "tensor 'extra_state'/'exp_avg'",

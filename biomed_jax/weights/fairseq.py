@@ -26,8 +26,8 @@ from biomed_jax.weights.torch_zip import Global, Record, load_pickle
 Plain = Callable[[Any, str], Any]  # a part of a record (an argument, its state) as plain data
 
 
-def _state(r: Record, plain: Plain) -> dict[str, Any]:
-    """The attributes BUILD gave a record made with no arguments (NEWOBJ cls, ())."""
+def _namespace(r: Record, plain: Plain) -> dict[str, Any]:
+    """argparse.Namespace (NEWOBJ Namespace, (); BUILD attributes): its attributes."""
     if r.args or r.kwargs or r.items:
         raise CheckpointError(f"{r.func} is made with arguments or items")
     if r.state is None:
@@ -35,11 +35,6 @@ def _state(r: Record, plain: Plain) -> dict[str, Any]:
     if type(r.state) is not dict:
         raise CheckpointError(f"{r.func} state is a {type(r.state).__name__}, not a dict")
     return plain(r.state, "state")
-
-
-def _namespace(r: Record, plain: Plain) -> dict[str, Any]:
-    """argparse.Namespace: its attributes."""
-    return _state(r, plain)
 
 
 def _container(r: Record, plain: Plain) -> Any:

@@ -406,8 +406,10 @@ class _Rebuild:
             return type(obj)((k, self.value(v, (*at, k))) for k, v in obj.items())
         if type(obj) in (list, tuple):
             return type(obj)(self.value(v, (*at, i)) for i, v in enumerate(obj))
-        if not isinstance(obj, Record | Global):
-            raise CheckpointError(f"{self._path}: a {type(obj).__name__} at {_at(at)}")
+        if not isinstance(obj, Record | Global):  # a _Persistent outside a tensor
+            raise CheckpointError(
+                f"{self._path}: a storage reference outside a tensor at {_at(at)}"
+            )
         here = (*at, obj.func if isinstance(obj, Record) else obj)
         try:
             return self._convert(obj, lambda child, step: self.value(child, (*here, step)))
