@@ -357,6 +357,21 @@ def _build_all(cases: list[Hostile], d: Path) -> list[Case]:
     return out
 
 
+def _run_files(cases: list[Hostile], d: Path, good_call: str, good: Path):
+    """Write `cases` into `d` and run them in one limited child; after each, `good_call` on
+    `good` must return d/good_ref.npz exactly."""
+    built = {c.name: c for c in _build_all(cases, d)}
+    run = run_cases(
+        list(built.values()),
+        good_call=good_call,
+        good_path=str(good),
+        reference=str(d / "good_ref.npz"),
+        workdir=d,
+        extra_memory=1 << 30,
+    )
+    return built, run, d
+
+
 def _check(case: Case, run, workdir: Path) -> None:
     assert run.returncode == 0, f"child died (signal {-run.returncode}):\n{run.stderr}"
     outcome = run.outcomes.get(case.name)
@@ -384,16 +399,7 @@ def reader_run(tmp_path_factory):
     }
     torch.save(good, d / "good.bin")
     np.savez(d / "good_ref.npz", **{k: v.contiguous().numpy() for k, v in good.items()})
-    cases = {c.name: c for c in _build_all(READER_CASES, d)}
-    run = run_cases(
-        list(cases.values()),
-        good_call="load_torch_zip",
-        good_path=str(d / "good.bin"),
-        reference=str(d / "good_ref.npz"),
-        workdir=d,
-        extra_memory=1 << 30,
-    )
-    return cases, run, d
+    return _run_files(READER_CASES, d, "load_torch_zip", d / "good.bin")
 
 
 @pytest.mark.parametrize("name", [h.name for h in READER_CASES])
@@ -563,16 +569,7 @@ def fairseq_run(tmp_path_factory):
     args = json.dumps([margs, targs], sort_keys=True).encode()
     reference = {k: v.numpy() for k, v in state.items()}
     np.savez(d / "good_ref.npz", **reference, **{"args:json": np.frombuffer(args, np.uint8)})
-    cases = {c.name: c for c in _build_all(FAIRSEQ_CASES, d)}
-    run = run_cases(
-        list(cases.values()),
-        good_call="read_fairseq",
-        good_path=str(good),
-        reference=str(d / "good_ref.npz"),
-        workdir=d,
-        extra_memory=1 << 30,
-    )
-    return cases, run, d
+    return _run_files(FAIRSEQ_CASES, d, "read_fairseq", good)
 
 
 @pytest.mark.parametrize("name", [h.name for h in FAIRSEQ_CASES])
@@ -915,6 +912,21 @@ def test_broken_biogpt_tokenizer_file_is_refused_cleanly(tokenizer_run, name):
     _check(cases[name], run, d)
 
 
+def _corrupt(original: bytes, rng) -> bytes:
+    """1-3 random bytes changed, deleted or inserted."""
+    data = bytearray(original)
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randrange(len(data))
+        kind = rng.random()
+        if kind < 0.6:
+            data[at] = rng.randrange(256)
+        elif kind < 0.8:
+            del data[at]
+        else:
+            data.insert(at, rng.randrange(256))
+    return bytes(data)
+
+
 def test_corrupted_bytes_give_a_checkpoint_error_or_the_same_tensors(tmp_path):
     """1,500 random corruptions of a real torch.save file (bytes changed, cut or inserted, in
     the file or in data.pkl re-zipped): each raises a CheckpointError naming the file, or loads
@@ -935,20 +947,11 @@ def test_corrupted_bytes_give_a_checkpoint_error_or_the_same_tensors(tmp_path):
     path = tmp_path / "corrupt.bin"
     for i in range(1500):
         in_pickle = i % 2 == 0
-        data = bytearray(pickle if in_pickle else original)
-        for _ in range(rng.randint(1, 3)):
-            at = rng.randrange(len(data))
-            kind = rng.random()
-            if kind < 0.6:
-                data[at] = rng.randrange(256)
-            elif kind < 0.8:
-                del data[at]
-            else:
-                data.insert(at, rng.randrange(256))
+        data = _corrupt(pickle if in_pickle else original, rng)
         if in_pickle:
-            _zip(path, bytes(data), {}, **{n.removeprefix("f/"): d for n, d in others.items()})
+            _zip(path, data, {}, **{n.removeprefix("f/"): d for n, d in others.items()})
         else:
-            path.write_bytes(bytes(data))
+            path.write_bytes(data)
         try:
             loaded = load_torch_zip(path)
         except CheckpointError as e:
@@ -991,17 +994,8 @@ def test_corrupted_fairseq_pickles_give_a_checkpoint_error_or_plain_data(tmp_pat
     path = tmp_path / "corrupt.pt"
     errors = 0
     for i in range(1000):
-        data = bytearray(pickle)
-        for _ in range(rng.randint(1, 3)):
-            at = rng.randrange(len(data))
-            kind = rng.random()
-            if kind < 0.6:
-                data[at] = rng.randrange(256)
-            elif kind < 0.8:
-                del data[at]
-            else:
-                data.insert(at, rng.randrange(256))
-        _zip(path, bytes(data), {}, **others)
+        data = _corrupt(pickle, rng)
+        _zip(path, data, {}, **others)
         try:
             ckpt = read_fairseq_checkpoint(path)
         except CheckpointError as e:

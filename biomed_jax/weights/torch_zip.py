@@ -539,7 +539,7 @@ def _interpret(data: bytes, where: str, extra: Mapping[tuple[str, str], Global] 
                 stack.append(_Persistent(stack.pop()))
             elif name == "REDUCE":
                 args = stack.pop()
-                stack.append(_reduce(stack.pop(), args, {}, extra, where, pos))
+                stack.append(_reduce(stack.pop(), args, extra, where, pos))
             elif name == "NEWOBJ" and extra is not None:
                 args = stack.pop()
                 stack.append(_record(stack.pop(), args, {}, extra, where, pos))
@@ -590,12 +590,7 @@ def _global(
 
 
 def _reduce(
-    func: Any,
-    args: Any,
-    kwargs: Any,
-    extra: Mapping[tuple[str, str], Global] | None,
-    where: str,
-    pos: int,
+    func: Any, args: Any, extra: Mapping[tuple[str, str], Global] | None, where: str, pos: int
 ) -> Any:
     """The calls torch.save writes, as values, or a `Record` of an extra global; nothing is
     called."""
@@ -612,7 +607,7 @@ def _reduce(
         return _Unusable(f"dtype {dtype}")
     if func == _REBUILD_QTENSOR:
         return _Unusable("quantized")
-    return _record(func, args, kwargs, extra, where, pos)
+    return _record(func, args, {}, extra, where, pos)
 
 
 def _record(
