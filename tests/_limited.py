@@ -146,6 +146,17 @@ def _load_torch_zip(path: str) -> dict[str, Any]:
     return load_torch_zip(path)
 
 
+def _read_fairseq(path: str) -> dict[str, Any]:
+    """The model's tensors and the stored arguments (as JSON bytes)."""
+    import numpy as np
+
+    from biomed_jax.weights.fairseq import read_fairseq_checkpoint
+
+    ckpt = read_fairseq_checkpoint(path)
+    args = json.dumps([ckpt.model_args, ckpt.task_args], sort_keys=True)
+    return {**ckpt.model, "args:json": np.frombuffer(args.encode(), np.uint8)}
+
+
 def _read_safetensors(path: str) -> dict[str, Any]:
     from biomed_jax.weights.formats import read_safetensors
 
@@ -158,6 +169,7 @@ CALLS = {
     "tokenizer": _tokenizer,
     "model_info": _model_info,
     "load_torch_zip": _load_torch_zip,
+    "read_fairseq": _read_fairseq,
     "read_safetensors": _read_safetensors,
 }
 

@@ -103,6 +103,19 @@ def _deflate_bomb(path: Path, size: int) -> None:
     path.write_bytes(bytes(out + central + end))
 
 
+def _many_transposed_views(path: Path, count: int = 3000, n: int = 512) -> None:
+    """`count` entries, each a transposed view of one n x n float32 storage (1 MiB): 3 GiB of
+    copies from a 1 MiB file (the calls are memoized: a few bytes an entry)."""
+    pid = _tuple(
+        _str("storage"), _global("torch", "FloatStorage"), _str("0"), _str("cpu"), _int(n * n)
+    )
+    size, stride = _tuple(_int(n), _int(n)), _tuple(_int(1), _int(n))
+    args = _tuple(pid + b"Q", _int(0), size, stride, b"\x89", b"}")
+    first = _global("torch._utils", "_rebuild_tensor_v2") + b"q\x01" + args + b"q\x02R"
+    rest = b"".join(_str(f"k{i}") + b"h\x01h\x02R" for i in range(1, count))
+    _zip(path, b"\x80\x02}(" + _str("k0") + first + rest + b"u.", {"0": bytes(4 * n * n)})
+
+
 def _big_endian(path: Path) -> None:
     _zip(path, _state(w=_tensor()), {"0": F32x6}, byteorder=b"big")
 
@@ -196,6 +209,7 @@ READER_CASES = [
     Hostile("deflate_bomb_2_2gb", lambda p: _deflate_bomb(p, 2200 << 20), match=("compressed",)),
     Hostile("compressed_members", _compressed, match=("compressed",)),
     Hostile("big_endian", _big_endian, match=("little-endian",)),
+    Hostile("transposed_views_3gib", _many_transposed_views, match=("'k1'", "views copied")),
     # Broken zips and pickles.
     Hostile("truncated_zip", _truncated, match=("{path}", "corrupt")),
     Hostile("flipped_byte", _flipped, match=("{path}", "CRC")),
@@ -295,6 +309,10 @@ READER_CASES = [
         error="UnsafeCheckpointError",
         match=("posix.system",),
     ),
+    # Plain data beyond torch.save's grammar: read only by load_pickle (fairseq), when asked for.
+    _unsafe("list_in_state_dict", _state(w=b"]"), "EMPTY_LIST"),
+    _unsafe("float_in_state_dict", _state(w=b"G" + struct.pack(">d", 1.0)), "BINFLOAT"),
+    _unsafe("newobj_in_state_dict", _state(w=G("collections", "OrderedDict") + b")\x81"), "NEWOBJ"),
     # State that would outlive a load: BUILD on the storage stand-in or a rebuild function.
     _unsafe(
         "build_on_storage_type",
@@ -339,6 +357,21 @@ def _build_all(cases: list[Hostile], d: Path) -> list[Case]:
     return out
 
 
+def _run_files(cases: list[Hostile], d: Path, good_call: str, good: Path):
+    """Write `cases` into `d` and run them in one limited child; after each, `good_call` on
+    `good` must return d/good_ref.npz exactly."""
+    built = {c.name: c for c in _build_all(cases, d)}
+    run = run_cases(
+        list(built.values()),
+        good_call=good_call,
+        good_path=str(good),
+        reference=str(d / "good_ref.npz"),
+        workdir=d,
+        extra_memory=1 << 30,
+    )
+    return built, run, d
+
+
 def _check(case: Case, run, workdir: Path) -> None:
     assert run.returncode == 0, f"child died (signal {-run.returncode}):\n{run.stderr}"
     outcome = run.outcomes.get(case.name)
@@ -366,16 +399,7 @@ def reader_run(tmp_path_factory):
     }
     torch.save(good, d / "good.bin")
     np.savez(d / "good_ref.npz", **{k: v.contiguous().numpy() for k, v in good.items()})
-    cases = {c.name: c for c in _build_all(READER_CASES, d)}
-    run = run_cases(
-        list(cases.values()),
-        good_call="load_torch_zip",
-        good_path=str(d / "good.bin"),
-        reference=str(d / "good_ref.npz"),
-        workdir=d,
-        extra_memory=1 << 30,
-    )
-    return cases, run, d
+    return _run_files(READER_CASES, d, "load_torch_zip", d / "good.bin")
 
 
 @pytest.mark.parametrize("name", [h.name for h in READER_CASES])
@@ -393,6 +417,165 @@ def test_crafted_files_are_what_torch_reads(tmp_path):
     assert ours.keys() == theirs.keys() == {"w", "v"}
     for k in ours:
         np.testing.assert_array_equal(ours[k], theirs[k].numpy())
+
+
+# -- fairseq checkpoints: plain data beyond torch.save's grammar, read without unpickling ------------
+
+
+def _namespace(state: bytes = b"}" + _str("arch") + _str("transformer_lm") + b"s") -> bytes:
+    """argparse.Namespace() + BUILD(state): how pickle writes a Namespace."""
+    return G("argparse", "Namespace") + b")\x81" + state + b"b"
+
+
+def _numpy_scalar(dtype: str, data: bytes) -> bytes:
+    """numpy's scalar(dtype(name, False, True) + BUILD(state), _codecs.encode(bytes, 'latin1'))."""
+    state = _tuple(_int(3), _str("<"), b"N", b"N", b"N", _int(-1), _int(-1), _int(0))
+    dt = G("numpy", "dtype") + _tuple(_str(dtype), b"\x89", b"\x88") + b"R" + state + b"b"
+    raw = G("_codecs", "encode") + _tuple(_str(data.decode("latin1")), _str("latin1")) + b"R"
+    return G("numpy._core.multiarray", "scalar") + _tuple(dt, raw) + b"R"
+
+
+def _fairseq(args: bytes = _namespace(), extra: bytes = b"N", model: bytes = T()) -> bytes:
+    """A protocol-2 fairseq checkpoint pickle: {model: {w}, args, extra_state}."""
+    entries = _str("model") + b"}(" + _str("w") + model + b"u" + _str("args") + args
+    return b"\x80\x02}(" + entries + _str("extra_state") + extra + b"u."
+
+
+def _fs(name, pickle, *match, error="CheckpointError") -> Hostile:
+    """A fairseq checkpoint with this pickle (and a 6-float storage); read_fairseq_checkpoint."""
+    return Hostile(
+        name, lambda path: _zip(path, pickle, {"0": F32x6}), "read_fairseq", error, match, ".pt"
+    )
+
+
+def _nested_lists(depth: int) -> bytes:
+    return b"]" * depth + b"a" * (depth - 1)
+
+
+def _shared_tuple(doublings: int) -> bytes:
+    """A pair of the previous value, `doublings` times over: 2**doublings leaves."""
+    return b"N" + b"q\x00h\x00\x86" * doublings  # BINPUT 0, BINGET 0, TUPLE2
+
+
+FAIRSEQ_CASES = [
+    _fs(
+        "fairseq_reduce_in_args",
+        _fairseq(_namespace(b"}" + _str("arch") + SYSTEM + _tuple(_str(CMD)) + b"Rs")),
+        "os.system",
+        error="UnsafeCheckpointError",
+    ),
+    _fs(
+        "fairseq_newobj_unlisted",
+        _fairseq(G("subprocess", "Popen") + _tuple(_str(CMD)) + b"\x81"),
+        "subprocess.Popen",
+        error="UnsafeCheckpointError",
+    ),
+    # BUILD on a stand-in shared by every load: refused (a record of this load may take state).
+    *(
+        _fs(
+            f"fairseq_build_on_{module}_{name}",
+            _fairseq(G(module, name) + b"}" + _str("name") + _str("x") + b"sb"),
+            "BUILD",
+            error="UnsafeCheckpointError",
+        )
+        for module, name in [
+            ("argparse", "Namespace"),
+            ("typing", "Any"),
+            ("collections", "defaultdict"),
+        ]
+    ),
+    _fs(
+        "fairseq_build_twice",
+        _fairseq(_namespace() + b"}b"),
+        "BUILD",
+        error="UnsafeCheckpointError",
+    ),
+    # A record built with other arguments, in a file that then fails: the next load is unchanged.
+    _fs(
+        "fairseq_build_then_broken",
+        _fairseq(_namespace(b"}" + _str("decoder_layers") + _int(99) + b"s"), model=_str("x")),
+        "'model' entries that are not named tensors",
+    ),
+    _fs("fairseq_namespace_state_tuple", _fairseq(_namespace(_tuple(_str("x")))), "not a dict"),
+    _fs(
+        "fairseq_namespace_with_arguments",
+        _fairseq(G("argparse", "Namespace") + _tuple(_str("x")) + b"\x81"),
+        "arguments",
+    ),
+    _fs(
+        "fairseq_numpy_object_dtype",
+        _fairseq(extra=_numpy_scalar("O8", bytes(8))),
+        "'extra_state'",
+        "numpy dtype",
+        error="UnsafeCheckpointError",
+    ),
+    _fs(
+        "fairseq_numpy_scalar_short_bytes",
+        _fairseq(extra=_numpy_scalar("f8", bytes(4))),
+        "'extra_state'",
+        "has 4 bytes",
+    ),
+    _fs(
+        "fairseq_codecs_1mib_text",
+        _fairseq(extra=_numpy_scalar("f8", bytes(1 << 20))),
+        "not a numpy scalar",
+    ),
+    _fs(
+        "fairseq_call_of_a_type_name",
+        _fairseq(extra=G("builtins", "float") + _tuple(_str("1e308")) + b"R"),
+        "refusing the call builtins.float",
+        error="UnsafeCheckpointError",
+    ),
+    _fs(
+        "fairseq_set_opcode",
+        _fairseq(extra=b"\x8f"),
+        "EMPTY_SET",
+        error="UnsafeCheckpointError",
+    ),
+    # Sizes: a list past MAX_VALUES, a tuple shared 2**40 times, deep nesting, a cycle.
+    _fs("fairseq_huge_list", _fairseq(extra=b"](" + b"N" * (1 << 20) + b"e"), "more than"),
+    _fs("fairseq_shared_tuple_2_40", _fairseq(extra=_shared_tuple(40)), "more than"),
+    _fs("fairseq_nested_100k", _fairseq(extra=_nested_lists(100_000)), "64 levels deep"),
+    _fs("fairseq_cycle", _fairseq(extra=b"]q\x00h\x00a"), "a cycle?"),
+    _fs(
+        "fairseq_storage_reference_alone",
+        _fairseq(extra=_tuple(_str("storage"), G("torch", "FloatStorage"), _str("0")) + b"Q"),
+        "'extra_state'",
+        "storage reference outside a tensor",
+    ),
+    _fs(
+        "fairseq_bad_view_in_optimizer_state",
+        _fairseq(extra=b"}(" + _str("exp_avg") + T(offset=-3) + b"u"),
+        "tensor 'extra_state'/'exp_avg'",
+        "offset",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def fairseq_run(tmp_path_factory):
+    from _fairseq_models import (
+        fairseq_state,
+        model_args,
+        seeded_hf_model,
+        task_args,
+        write_checkpoint,
+    )
+
+    d = tmp_path_factory.mktemp("hostile_fairseq")
+    margs, targs = model_args(8, 1, 2, 16, 16), task_args(16)
+    state = fairseq_state(seeded_hf_model(8, 1, 2, 16, 16, 50))
+    good = write_checkpoint(d / "good.pt", state, margs, targs, style="namespace")
+    args = json.dumps([margs, targs], sort_keys=True).encode()
+    reference = {k: v.numpy() for k, v in state.items()}
+    np.savez(d / "good_ref.npz", **reference, **{"args:json": np.frombuffer(args, np.uint8)})
+    return _run_files(FAIRSEQ_CASES, d, "read_fairseq", good)
+
+
+@pytest.mark.parametrize("name", [h.name for h in FAIRSEQ_CASES])
+def test_hostile_fairseq_checkpoint_is_refused_cleanly(fairseq_run, name):
+    cases, run, d = fairseq_run
+    _check(cases[name], run, d)
 
 
 # -- broken configs and tokenizer files ------------------------------------------------------------
@@ -729,6 +912,21 @@ def test_broken_biogpt_tokenizer_file_is_refused_cleanly(tokenizer_run, name):
     _check(cases[name], run, d)
 
 
+def _corrupt(original: bytes, rng) -> bytes:
+    """1-3 random bytes changed, deleted or inserted."""
+    data = bytearray(original)
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randrange(len(data))
+        kind = rng.random()
+        if kind < 0.6:
+            data[at] = rng.randrange(256)
+        elif kind < 0.8:
+            del data[at]
+        else:
+            data.insert(at, rng.randrange(256))
+    return bytes(data)
+
+
 def test_corrupted_bytes_give_a_checkpoint_error_or_the_same_tensors(tmp_path):
     """1,500 random corruptions of a real torch.save file (bytes changed, cut or inserted, in
     the file or in data.pkl re-zipped): each raises a CheckpointError naming the file, or loads
@@ -749,20 +947,11 @@ def test_corrupted_bytes_give_a_checkpoint_error_or_the_same_tensors(tmp_path):
     path = tmp_path / "corrupt.bin"
     for i in range(1500):
         in_pickle = i % 2 == 0
-        data = bytearray(pickle if in_pickle else original)
-        for _ in range(rng.randint(1, 3)):
-            at = rng.randrange(len(data))
-            kind = rng.random()
-            if kind < 0.6:
-                data[at] = rng.randrange(256)
-            elif kind < 0.8:
-                del data[at]
-            else:
-                data.insert(at, rng.randrange(256))
+        data = _corrupt(pickle if in_pickle else original, rng)
         if in_pickle:
-            _zip(path, bytes(data), {}, **{n.removeprefix("f/"): d for n, d in others.items()})
+            _zip(path, data, {}, **{n.removeprefix("f/"): d for n, d in others.items()})
         else:
-            path.write_bytes(bytes(data))
+            path.write_bytes(data)
         try:
             loaded = load_torch_zip(path)
         except CheckpointError as e:
@@ -776,3 +965,44 @@ def test_corrupted_bytes_give_a_checkpoint_error_or_the_same_tensors(tmp_path):
         assert loaded.keys() == expected.keys()  # the zip's CRCs guard the rest
         for k, v in expected.items():
             assert loaded[k].dtype == v.dtype and np.array_equal(loaded[k], v), (i, k)
+
+
+def test_corrupted_fairseq_pickles_give_a_checkpoint_error_or_plain_data(tmp_path):
+    """1,000 random corruptions of a fairseq checkpoint's data.pkl (Namespace args, numpy
+    scalars, a defaultdict, optimizer tensors), re-zipped: each raises a CheckpointError naming
+    the file, or reads as plain data with tensors within the file's size."""
+    import random
+
+    from _fairseq_models import (
+        fairseq_state,
+        model_args,
+        seeded_hf_model,
+        task_args,
+        write_checkpoint,
+    )
+
+    from biomed_jax.weights.fairseq import read_fairseq_checkpoint
+
+    state = fairseq_state(seeded_hf_model(8, 1, 2, 16, 16, 50))
+    good = write_checkpoint(
+        tmp_path / "f.pt", state, model_args(8, 1, 2, 16, 16), task_args(16), "namespace"
+    )
+    with zipfile.ZipFile(good) as z:
+        pickle = z.read("f/data.pkl")
+        others = {n.removeprefix("f/"): z.read(n) for n in z.namelist() if n != "f/data.pkl"}
+    rng = random.Random(0)
+    path = tmp_path / "corrupt.pt"
+    errors = 0
+    for i in range(1000):
+        data = _corrupt(pickle, rng)
+        _zip(path, data, {}, **others)
+        try:
+            ckpt = read_fairseq_checkpoint(path)
+        except CheckpointError as e:
+            assert str(path) in str(e), str(e)
+            errors += 1
+            continue
+        for k, v in ckpt.model.items():
+            assert isinstance(v, np.ndarray) and v.nbytes <= path.stat().st_size, (i, k)
+        json.dumps([ckpt.model_args, ckpt.task_args])  # plain data
+    assert errors > 500  # most corruptions are caught

@@ -4,7 +4,9 @@ data.pkl is never unpickled: a small interpreter walks its opcodes (`pickletools
 understands only what `torch.save` of a state dict writes (dicts, tuples, strings, ints, bools,
 None, the tensor-rebuild calls, storage references). Globals become inert markers that are never
 called; every value is built for this load alone, so nothing a file does outlives its load. Any
-other opcode or global is an `UnsafeCheckpointError`.
+other opcode or global is an `UnsafeCheckpointError`. `load_pickle` (fairseq's checkpoints)
+opts into more plain data (lists, floats, bytes) and a caller's extra globals, whose calls
+become inert per-load `Record`s that the caller's converter turns into plain data.
 
 Each tensor is then checked against its storage before a byte of it is read:
   - at most MAX_NDIM dimensions, sizes >= 0, storage offset >= 0, stride >= 1 on every dimension
@@ -14,7 +16,8 @@ Each tensor is then checked against its storage before a byte of it is read:
   - the storage's zip member is stored uncompressed (as torch writes it) and holds exactly
     numel * itemsize bytes, and the storages read add up to no more bytes than the file has
     (no deflate bombs, no overlapping members);
-so the reader allocates at most about the file's own size. dtypes are reported as stored
+  - the copies of non-contiguous views add up to no more bytes than the file has;
+so the reader allocates at most about twice the file's own size. dtypes are reported as stored
 (`dtypes.READABLE_DTYPES`); complex, float8, quantized etc. are refused. Every failure is a
 `CheckpointError` naming the file, the tensor and the problem.
 """
@@ -30,7 +33,7 @@ import reprlib
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,9 @@ MAX_NDIM = 8
 # pickle and bounds the worst case to seconds.
 MAX_PICKLE_BYTES = 4 << 20
 MAX_DIM = 1 << 62  # any one size or stride
+# `load_pickle`'s plain data: fairseq's is a few levels deep and a few thousand values.
+MAX_DEPTH = 64
+MAX_VALUES = 1 << 20
 
 _READABLE_STORAGES = {
     "DoubleStorage": np.float64,
@@ -90,7 +96,7 @@ _UNUSABLE_TORCH_NAMES = (
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class _Global:
+class Global:
     """An allowed global, as an inert marker: never called, never imported."""
 
     module: str
@@ -100,11 +106,11 @@ class _Global:
         return f"{self.module}.{self.name}"
 
 
-_ORDERED_DICT = _Global("collections", "OrderedDict")
-_REBUILD_TENSOR = _Global("torch._utils", "_rebuild_tensor_v2")
-_REBUILD_TENSOR_V3 = _Global("torch._utils", "_rebuild_tensor_v3")
-_REBUILD_PARAMETER = _Global("torch._utils", "_rebuild_parameter")
-_REBUILD_QTENSOR = _Global("torch._utils", "_rebuild_qtensor")
+_ORDERED_DICT = Global("collections", "OrderedDict")
+_REBUILD_TENSOR = Global("torch._utils", "_rebuild_tensor_v2")
+_REBUILD_TENSOR_V3 = Global("torch._utils", "_rebuild_tensor_v3")
+_REBUILD_PARAMETER = Global("torch._utils", "_rebuild_parameter")
+_REBUILD_QTENSOR = Global("torch._utils", "_rebuild_qtensor")
 _ALLOWED_GLOBALS = {
     (g.module, g.name): g
     for g in (
@@ -113,13 +119,30 @@ _ALLOWED_GLOBALS = {
         _REBUILD_TENSOR_V3,
         _REBUILD_PARAMETER,
         _REBUILD_QTENSOR,
-        _Global("torch.storage", "UntypedStorage"),
+        Global("torch.storage", "UntypedStorage"),
         *(
-            _Global("torch", n)
+            Global("torch", n)
             for n in (*_READABLE_STORAGES, *_UNUSABLE_STORAGES, *_UNUSABLE_TORCH_NAMES)
         ),
     )
 }
+
+
+@dataclasses.dataclass(eq=False)
+class Record:
+    """A call of an allowed extra global (`load_pickle`), as data: made for one load, never
+    called. BUILD sets `state` (once), SETITEM(S) fill `items` (a defaultdict's entries)."""
+
+    func: Global
+    args: tuple
+    kwargs: dict[str, Any]
+    state: Any = None
+    built: bool = False
+    items: dict[Any, Any] = dataclasses.field(default_factory=dict)
+
+
+# load_pickle's converter: (a record or bare global, plain(part, step)) -> plain data.
+Convert = Callable[[Record | Global, Callable[[Any, str], Any]], Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +168,29 @@ class _Unusable:
 
 def load_torch_zip(path: str | Path) -> dict[str, np.ndarray]:
     """Tensors of a torch.save zip checkpoint as numpy arrays, by name, in their stored dtypes."""
-    path = Path(path)
+    return _open(Path(path), _state_dict)
+
+
+def load_pickle(
+    path: str | Path,
+    extra_globals: Collection[tuple[str, str]],
+    convert: Convert,
+) -> Any:
+    """The object a torch.save zip file holds, as plain data, tensors as checked numpy arrays.
+
+    Beyond torch.save's grammar this reads lists, floats and bytes, and the globals
+    `extra_globals` ((module, name) pairs): a call of one (REDUCE, NEWOBJ, NEWOBJ_EX) becomes a
+    `Record` of its arguments, BUILD stores its state and SETITEM(S) its items there; nothing is
+    called. The tree is then copied from the top (at most MAX_DEPTH deep, MAX_VALUES values):
+    each Record, and each global named as a value, becomes `convert(it, plain)`, plain data or a
+    CheckpointError; `plain(part, step)` gives a part of it (an argument, its state) as plain
+    data, so only the parts a converter asks for are read.
+    """
+    extra = {key: Global(*key) for key in extra_globals if key not in _ALLOWED_GLOBALS}
+    return _open(Path(path), lambda archive, p: _any_object(archive, p, extra, convert))
+
+
+def _open(path: Path, read: Callable[[zipfile.ZipFile, Path], Any]) -> Any:
     with open(path, "rb") as f:
         magic = f.read(4)
     if not magic.startswith(b"PK"):
@@ -155,7 +200,7 @@ def load_torch_zip(path: str | Path) -> dict[str, np.ndarray]:
         )
     try:
         with zipfile.ZipFile(path) as archive:
-            return _read_archive(archive, path)
+            return read(archive, path)
     except CheckpointError:
         raise
     except (
@@ -174,7 +219,8 @@ def load_torch_zip(path: str | Path) -> dict[str, np.ndarray]:
         ) from e
 
 
-def _read_archive(archive: zipfile.ZipFile, path: Path) -> dict[str, np.ndarray]:
+def _data_pkl(archive: zipfile.ZipFile, path: Path) -> tuple[_Members, bytes, str]:
+    """The load's members, data.pkl's bytes and its name for errors."""
     names = archive.namelist()
     if len(names) != len(set(names)):
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -191,7 +237,12 @@ def _read_archive(archive: zipfile.ZipFile, path: Path) -> dict[str, np.ndarray]
             f"{path}: {pickles[0]} is larger than {MAX_PICKLE_BYTES} bytes; a state dict's "
             "pickle is a few hundred bytes per tensor"
         )
-    state = _interpret(members.read("data.pkl"), f"{path}: {pickles[0]}")
+    return members, members.read("data.pkl"), f"{path}: {pickles[0]}"
+
+
+def _state_dict(archive: zipfile.ZipFile, path: Path) -> dict[str, np.ndarray]:
+    members, data, where = _data_pkl(archive, path)
+    state = _interpret(data, where, None)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
     bad = [
@@ -206,13 +257,23 @@ def _read_archive(archive: zipfile.ZipFile, path: Path) -> dict[str, np.ndarray]
     return {k: _tensor(f"{path}: tensor {k!r}", v, members) for k, v in state.items()}
 
 
+def _any_object(
+    archive: zipfile.ZipFile,
+    path: Path,
+    extra: dict[tuple[str, str], Global],
+    convert: Convert,
+) -> Any:
+    members, data, where = _data_pkl(archive, path)
+    return _Rebuild(members, str(path), convert).value(_interpret(data, where, extra), ())
+
+
 class _Members:
     """The zip members of one load: stored uncompressed (as torch writes them), each storage read
     once, all together within a byte budget of the file's size."""
 
     def __init__(self, archive: zipfile.ZipFile, prefix: str, path: Path):
         self._archive, self._prefix, self._path = archive, prefix, path
-        self._budget = path.stat().st_size
+        self._budget = self._copy_budget = path.stat().st_size
         self._storages: dict[str, np.ndarray] = {}
 
     def read(self, name: str, nbytes: int | None = None, where: str = "") -> bytes:
@@ -240,6 +301,16 @@ class _Members:
                 f"(overlapping members?) at {member}"
             )
         return self._archive.read(info)
+
+    def charge_copy(self, where: str, nbytes: int) -> None:
+        """A non-contiguous view is copied: all copies together at most the file's size (many
+        entries viewing one big storage must not multiply it)."""
+        self._copy_budget -= nbytes
+        if self._copy_budget < 0:
+            raise CheckpointError(
+                f"{where}: the non-contiguous views copied add up to more bytes than the file "
+                "holds (many views of one storage?)"
+            )
 
     def storage(self, where: str, key: str, dtype: np.dtype, numel: int) -> np.ndarray:
         if key in self._storages:
@@ -296,8 +367,68 @@ def _tensor(where: str, value: _TensorCall | _Unusable, members: _Members) -> np
     data = members.storage(where, key, dtype, numel)
     if all(st == math.prod(size[i + 1 :]) for i, (s, st) in enumerate(zip(size, stride)) if s > 1):
         return data[offset : offset + count].reshape(size)
+    members.charge_copy(where, count * dtype.itemsize)
     strides = tuple(st * dtype.itemsize if s > 1 else 0 for s, st in zip(size, stride))
     return np.lib.stride_tricks.as_strided(data[offset:extent], size, strides).copy()
+
+
+class _Rebuild:
+    """One pass over a `load_pickle` tree, from the top: containers copied, tensors checked and
+    read (each call once), records and bare globals handed to the caller's `convert`, which
+    rebuilds the parts it wants; depth and size bounded (cycles, or containers shared 2**n
+    times, end in an error)."""
+
+    def __init__(self, members: _Members, path: str, convert: Convert):
+        self._members, self._path, self._convert = members, path, convert
+        self._tensors: dict[int, np.ndarray] = {}
+        self._count = 0
+
+    def value(self, obj: Any, at: tuple) -> Any:
+        """`obj` (found at the keys `at`) as plain data."""
+        self._count += 1
+        if len(at) > MAX_DEPTH:
+            raise CheckpointError(
+                f"{self._path}: nested more than {MAX_DEPTH} levels deep (a cycle?) at {_at(at)}"
+            )
+        if self._count > MAX_VALUES:
+            raise CheckpointError(
+                f"{self._path}: more than {MAX_VALUES} values (containers shared many times?) at "
+                f"{_at(at)}"
+            )
+        if obj is None or isinstance(obj, bool | int | float | str | bytes):
+            return obj
+        if isinstance(obj, _TensorCall | _Unusable):
+            if id(obj) not in self._tensors:
+                where = f"{self._path}: tensor {_at(at)}"
+                self._tensors[id(obj)] = _tensor(where, obj, self._members)
+            return self._tensors[id(obj)]
+        if type(obj) in (dict, collections.OrderedDict):
+            return type(obj)((k, self.value(v, (*at, k))) for k, v in obj.items())
+        if type(obj) in (list, tuple):
+            return type(obj)(self.value(v, (*at, i)) for i, v in enumerate(obj))
+        if not isinstance(obj, Record | Global):  # a _Persistent outside a tensor
+            raise CheckpointError(
+                f"{self._path}: a storage reference outside a tensor at {_at(at)}"
+            )
+        here = (*at, obj.func if isinstance(obj, Record) else obj)
+        try:
+            return self._convert(obj, lambda child, step: self.value(child, (*here, step)))
+        except CheckpointError as e:
+            if str(e).startswith(self._path):  # from a part of `obj`: already says where
+                raise
+            raise type(e)(f"{self._path}: at {_at(here)}: {e}") from None
+
+
+def _at(keys: tuple) -> str:
+    """The keys leading to a value, e.g. 'model'/'decoder.version' (long paths shortened)."""
+    steps = [_KEY_REPR.repr(k) if isinstance(k, str) else str(k) for k in keys]
+    if len(steps) > 10:
+        steps[4:-4] = [f"...{len(steps) - 8} more..."]
+    return "/".join(steps) or "the top"
+
+
+_KEY_REPR = reprlib.Repr()
+_KEY_REPR.maxstring = 200
 
 
 def _storage_ref(where: str, storage: Any) -> tuple[str, np.dtype, int]:
@@ -307,7 +438,7 @@ def _storage_ref(where: str, storage: Any) -> tuple[str, np.dtype, int]:
             f"{where}: its storage is not a ('storage', ...) reference: {reprlib.repr(pid)}"
         )
     _, kind, key, location, numel = pid
-    if not (isinstance(kind, _Global) and kind.module == "torch"):
+    if not (isinstance(kind, Global) and kind.module == "torch"):
         raise CheckpointError(f"{where}: unexpected storage type {reprlib.repr(kind)}")
     if kind.name in _UNUSABLE_STORAGES:
         raise CheckpointError(
@@ -336,6 +467,8 @@ _LITERALS = frozenset(
     {"BININT", "BININT1", "BININT2", "LONG1", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
 )
 _TUPLE_N = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
+# Read by `load_pickle` only (fairseq's args, optimizer state, numpy scalars' bytes).
+_DATA_LITERALS = frozenset({"BINFLOAT", "SHORT_BINBYTES", "BINBYTES", "BINBYTES8"})
 
 
 def _opcodes(data: bytes, where: str) -> Iterator[tuple[str, Any, int]]:
@@ -350,8 +483,9 @@ def _opcodes(data: bytes, where: str) -> Iterator[tuple[str, Any, int]]:
         yield op.name, arg, pos
 
 
-def _interpret(data: bytes, where: str) -> Any:
-    """The value a torch.save pickle describes, with tensors as `_TensorCall`s."""
+def _interpret(data: bytes, where: str, extra: Mapping[tuple[str, str], Global] | None) -> Any:
+    """The value a pickle describes, with tensors as `_TensorCall`s. `extra` None: torch.save's
+    grammar only; else also lists, floats, bytes and `Record`s of the `extra` globals."""
     stack: list[Any] = []
     marks: list[int] = []
     memo: dict[int, Any] = {}
@@ -372,7 +506,7 @@ def _interpret(data: bytes, where: str) -> Any:
                 return stack[0]
             if name == "MARK":
                 marks.append(len(stack))
-            elif name in _LITERALS:
+            elif name in _LITERALS or (extra is not None and name in _DATA_LITERALS):
                 stack.append(arg)
             elif name in _CONSTANTS:
                 stack.append(_CONSTANTS[name])
@@ -394,26 +528,28 @@ def _interpret(data: bytes, where: str) -> Any:
                     raise CheckpointError(f"{where}: byte {pos}: memo entry {arg} was never set")
                 stack.append(memo[arg])
             elif name == "GLOBAL":
-                stack.append(_global(*arg.split(" ", 1), where))
+                stack.append(_global(*arg.split(" ", 1), extra, where))
             elif name == "STACK_GLOBAL":
                 qualname = stack.pop()
                 module = stack.pop()
                 if not isinstance(module, str) or not isinstance(qualname, str):
                     raise UnsafeCheckpointError(f"{where}: byte {pos}: STACK_GLOBAL of non-strings")
-                stack.append(_global(module, qualname, where))
+                stack.append(_global(module, qualname, extra, where))
             elif name == "BINPERSID":
                 stack.append(_Persistent(stack.pop()))
             elif name == "REDUCE":
                 args = stack.pop()
-                stack.append(_reduce(stack.pop(), args, where, pos))
+                stack.append(_reduce(stack.pop(), args, extra, where, pos))
+            elif name == "NEWOBJ" and extra is not None:
+                args = stack.pop()
+                stack.append(_record(stack.pop(), args, {}, extra, where, pos))
+            elif name == "NEWOBJ_EX" and extra is not None:
+                kwargs = stack.pop()
+                args = stack.pop()
+                stack.append(_record(stack.pop(), args, kwargs, extra, where, pos))
             elif name == "BUILD":
                 state = stack.pop()
-                # torch.save's OrderedDict carries `_metadata` (module versions): not needed.
-                if type(stack[-1]) is not collections.OrderedDict or not isinstance(state, dict):
-                    raise UnsafeCheckpointError(
-                        f"{where}: byte {pos}: BUILD on {type(stack[-1]).__name__}: torch.save "
-                        "only sets attributes of its OrderedDict"
-                    )
+                _build(stack[-1], state, where, pos)
             elif name == "SETITEM":
                 value = stack.pop()
                 key = stack.pop()
@@ -421,10 +557,18 @@ def _interpret(data: bytes, where: str) -> Any:
             elif name == "SETITEMS":
                 items = pop_mark()
                 _set_items(stack[-1], items, where, pos)
+            elif name == "EMPTY_LIST" and extra is not None:
+                stack.append([])
+            elif name in ("APPEND", "APPENDS") and extra is not None:
+                items = [stack.pop()] if name == "APPEND" else pop_mark()
+                if type(stack[-1]) is not list:
+                    raise CheckpointError(f"{where}: byte {pos}: {name} on a {_kind(stack[-1])}")
+                stack[-1].extend(items)
             else:
                 raise UnsafeCheckpointError(
-                    f"{where}: byte {pos}: refusing opcode {name} (torch.save of tensors never "
-                    "writes it; this file may try to run code)"
+                    f"{where}: byte {pos}: refusing opcode {name} (torch.save of "
+                    f"{'tensors' if extra is None else 'plain data'} never writes it; this file "
+                    "may try to run code)"
                 )
         except IndexError:
             raise CheckpointError(
@@ -433,18 +577,23 @@ def _interpret(data: bytes, where: str) -> Any:
     raise CheckpointError(f"{where}: pickle ends without STOP")
 
 
-def _global(module: str, name: str, where: str) -> _Global:
-    try:
-        return _ALLOWED_GLOBALS[(module, name)]
-    except KeyError:
+def _global(
+    module: str, name: str, extra: Mapping[tuple[str, str], Global] | None, where: str
+) -> Global:
+    found = _ALLOWED_GLOBALS.get((module, name)) or (extra or {}).get((module, name))
+    if found is None:
         raise UnsafeCheckpointError(
             f"{where}: refusing to load {module}.{name}: a torch checkpoint may only contain "
             "tensors and plain containers (this file would run code if unpickled)"
-        ) from None
+        )
+    return found
 
 
-def _reduce(func: Any, args: Any, where: str, pos: int) -> Any:
-    """The calls torch.save writes, as values; nothing is called."""
+def _reduce(
+    func: Any, args: Any, extra: Mapping[tuple[str, str], Global] | None, where: str, pos: int
+) -> Any:
+    """The calls torch.save writes, as values, or a `Record` of an extra global; nothing is
+    called."""
     if not isinstance(args, tuple):
         raise CheckpointError(f"{where}: byte {pos}: REDUCE arguments are not a tuple")
     if func == _ORDERED_DICT and args == ():
@@ -454,19 +603,50 @@ def _reduce(func: Any, args: Any, where: str, pos: int) -> Any:
     if func == _REBUILD_PARAMETER and args and isinstance(args[0], _TensorCall | _Unusable):
         return args[0]
     if func == _REBUILD_TENSOR_V3:
-        dtype = next((a.name for a in args if isinstance(a, _Global) and a.module == "torch"), "?")
+        dtype = next((a.name for a in args if isinstance(a, Global) and a.module == "torch"), "?")
         return _Unusable(f"dtype {dtype}")
     if func == _REBUILD_QTENSOR:
         return _Unusable("quantized")
-    raise UnsafeCheckpointError(
-        f"{where}: byte {pos}: refusing the call {reprlib.repr(func)}{reprlib.repr(args)}: torch.save never "
-        "writes it"
-    )
+    return _record(func, args, {}, extra, where, pos)
+
+
+def _record(
+    func: Any,
+    args: Any,
+    kwargs: Any,
+    extra: Mapping[tuple[str, str], Global] | None,
+    where: str,
+    pos: int,
+) -> Record:
+    if not (isinstance(func, Global) and extra and extra.get((func.module, func.name)) is func):
+        raise UnsafeCheckpointError(
+            f"{where}: byte {pos}: refusing the call {reprlib.repr(func)}{reprlib.repr(args)}: "
+            "torch.save never writes it"
+        )
+    if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+        raise CheckpointError(f"{where}: byte {pos}: the arguments of {func} are not a tuple")
+    if not all(isinstance(k, str) for k in kwargs):
+        raise CheckpointError(f"{where}: byte {pos}: keyword arguments of {func} not strings")
+    return Record(func, args, kwargs)
+
+
+def _build(target: Any, state: Any, where: str, pos: int) -> None:
+    """BUILD: a record of this load takes its state once; torch.save's OrderedDict carries
+    `_metadata` (module versions, not needed); nothing else may change."""
+    if isinstance(target, Record) and not target.built:
+        target.state, target.built = state, True
+    elif type(target) is not collections.OrderedDict or not isinstance(state, dict):
+        raise UnsafeCheckpointError(
+            f"{where}: byte {pos}: BUILD on {_kind(target)}: only a record of this load may take "
+            "its state, once, and torch.save's OrderedDict its attributes"
+        )
 
 
 def _set_items(target: Any, items: list[Any], where: str, pos: int) -> None:
+    if isinstance(target, Record):
+        target = target.items
     if not isinstance(target, dict) or len(items) % 2:
-        raise CheckpointError(f"{where}: byte {pos}: SETITEM(S) on a {type(target).__name__}")
+        raise CheckpointError(f"{where}: byte {pos}: SETITEM(S) on a {_kind(target)}")
     for key, value in zip(items[::2], items[1::2]):
         if not isinstance(key, str | int) or isinstance(key, bool):
             raise CheckpointError(
@@ -475,3 +655,9 @@ def _set_items(target: Any, items: list[Any], where: str, pos: int) -> None:
         if key in target:
             raise CheckpointError(f"{where}: byte {pos}: key {key!r} appears twice")
         target[key] = value
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Record):
+        return f"a {value.func} record" + (" that has its state" if value.built else "")
+    return repr(value) if isinstance(value, Global) else type(value).__name__
