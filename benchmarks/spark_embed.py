@@ -12,7 +12,9 @@ on 2. A warm-up round (reported as cold_s: worker start, model load, compiles) c
 then the two are timed interleaved, one run each per round. Spark results go to the "noop"
 sink (computed, not collected). `spark_plumbing_s` is the same Spark job with a UDF that
 returns zero vectors of the same size instead of embedding: the cost of Spark, Arrow and the
-pandas conversions alone. Prints JSON.
+pandas conversions alone. `median_cpu_s` splits each run's CPU time between this process
+(driver), Spark's JVM and its Python workers (Linux /proc): where Spark's extra time goes,
+measured in CPU seconds, which machine load disturbs less than wall time. Prints JSON.
 """
 
 from __future__ import annotations
@@ -62,6 +64,29 @@ def save_checkpoint(path: Path, quick: bool) -> Path:
     return path
 
 
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """Per process, its part and CPU seconds so far (Linux /proc): this process ("driver"),
+    Spark's JVM ("jvm", its child) and the JVM's descendants ("python_workers")."""
+    parent, used = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parent[int(entry)] = int(fields[1])
+        used[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    me = os.getpid()
+    part = {me: "driver"} | {p: "jvm" for p, pp in parent.items() if pp == me}
+    frontier = [p for p, name in part.items() if name == "jvm"]
+    while frontier:
+        frontier = [p for p, pp in parent.items() if pp in frontier]
+        part |= {p: "python_workers" for p in frontier}
+    return {p: (name, used[p]) for p, name in part.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=96)
@@ -103,10 +128,18 @@ def main() -> None:
 
         return pd.Series([np.zeros(width, np.float32)] * len(batch))
 
-    def timed(run) -> float:
-        start = time.perf_counter()
-        run()
-        return time.perf_counter() - start
+    cpu: dict[str, dict[str, list[float]]] = {}
+
+    def timed(name: str) -> float:
+        before, start = cpu_seconds(), time.perf_counter()
+        runs[name]()
+        wall, after = time.perf_counter() - start, cpu_seconds()
+        spent = dict.fromkeys(("driver", "jvm", "python_workers"), 0.0)
+        for pid, (part, seconds) in after.items():  # processes that ended meanwhile: not counted
+            spent[part] += seconds - before.get(pid, (part, 0.0))[1]
+        for part, seconds in spent.items():
+            cpu.setdefault(name, {}).setdefault(part, []).append(seconds)
+        return wall
 
     def compute(column) -> None:  # every row computed, nothing collected
         frame.select(column).write.format("noop").mode("overwrite").save()
@@ -116,11 +149,12 @@ def main() -> None:
         "spark": lambda: compute(embed_column("text", model=str(model_dir))),
         "spark_plumbing": lambda: compute(zeros("text")),
     }
-    cold = {name: timed(run) for name, run in runs.items()}
+    cold = {name: timed(name) for name in runs}
+    cpu.clear()
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):
-        for name, run in runs.items():
-            times[name].append(timed(run))
+        for name in runs:
+            times[name].append(timed(name))
     spark.stop()
 
     median = {name: statistics.median(t) for name, t in times.items()}
@@ -136,6 +170,10 @@ def main() -> None:
                 "docs_per_s": {k: round(args.docs / v, 2) for k, v in median.items()},
                 "spark_over_direct": round(median["spark"] / median["direct"], 3),
                 "plumbing_share_of_spark": round(median["spark_plumbing"] / median["spark"], 3),
+                "median_cpu_s": {
+                    name: {part: round(statistics.median(s), 3) for part, s in parts.items()}
+                    for name, parts in cpu.items()
+                },
             },
             indent=2,
         )

@@ -229,15 +229,12 @@ class BertEmbeddings(
     """Adds `outputCol` = `embed_column(inputCol, ...)`; Params named as Spark NLP's
     BertEmbeddings where it has one (maxSentenceLength is `embed`'s max_length)."""
 
-    model = Param(Params._dummy(), "model", "hub id or path of the BERT checkpoint",
-                  TypeConverters.toString)  # fmt: skip
+    model = Param(Params._dummy(), "model", "hub id or path", TypeConverters.toString)
     pooling = Param(Params._dummy(), "pooling", f"one of {POOLINGS}", TypeConverters.toString)
     layers = Param(Params._dummy(), "layers", "hidden state index, or a list", _int_or_ints)
     batchSize = Param(Params._dummy(), "batchSize", "rows per forward pass", TypeConverters.toInt)
-    maxSentenceLength = Param(Params._dummy(), "maxSentenceLength",
-                              "tokens per row (None: 512 or the model's limit)", _optional_int)  # fmt: skip
-    stride = Param(Params._dummy(), "stride", "window overlap for long texts (None: truncate)",
-                   _optional_int)  # fmt: skip
+    maxSentenceLength = Param(Params._dummy(), "maxSentenceLength", "tokens per row", _optional_int)
+    stride = Param(Params._dummy(), "stride", "window overlap (None: truncate)", _optional_int)
 
     @keyword_only
     def __init__(

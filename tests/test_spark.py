@@ -224,8 +224,8 @@ def test_bad_settings_fail_on_the_driver():
 
 def test_model_loaded_once_per_worker(spark, frame, bert_dir):
     """After the jobs above (4 tasks of 3 Arrow batches each, 4 settings), every Python worker
-    that embedded has loaded the model exactly once: Spark reuses the workers across tasks and
-    jobs, and they keep the model."""
+    that embedded has loaded the model exactly once (Spark reuses the workers across tasks and
+    jobs, and they keep the model), with XLA:CPU on spark.task.cpus (1) threads."""
     from pyspark.sql.functions import pandas_udf
 
     from biomed_jax.spark import embed_column
@@ -235,15 +235,17 @@ def test_model_loaded_once_per_worker(spark, frame, bert_dir):
     model = str(bert_dir)
 
     @pandas_udf("string")
-    def loads(ids):
+    def report(ids):
         import biomed_jax.spark as spark_module
 
-        report = json.dumps([os.getpid(), spark_module._LOADS.get(model, 0)])
-        return ids.map(lambda _: report)
+        seen = [spark_module._LOADS.get(model, 0), os.environ.get("PJRT_NPROC")]
+        return ids.map(lambda _: json.dumps([os.getpid(), seen]))
 
-    reports = spark.range(0, 8, numPartitions=8).select(loads("id").alias("r")).collect()
-    counts = dict(json.loads(r["r"]) for r in reports)
-    assert max(counts.values()) == 1, counts  # a reused worker never loads the model again
+    rows = spark.range(0, 8, numPartitions=8).select(report("id").alias("r")).collect()
+    workers = dict(json.loads(r["r"]) for r in rows)
+    embedded = [seen for seen in workers.values() if seen[0]]
+    assert embedded, f"no worker of {workers} has the model: were the workers replaced?"
+    assert all(seen == [1, "1"] for seen in embedded), workers
 
 
 def test_worker_environment():
