@@ -46,8 +46,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from biomed_jax.hub import resolve
     from biomed_jax.loading import convert
 
-    src = resolve(args.src, revision=args.revision, cache_dir=args.cache_dir).path
-    dst = convert(src, args.dst, architecture=args.architecture)
+    fairseq_file = Path(args.src).suffix == ".pt"  # a fairseq checkpoint file, not a directory
+    src = (
+        Path(args.src)
+        if fairseq_file
+        else resolve(args.src, revision=args.revision, cache_dir=args.cache_dir).path
+    )
+    dst = convert(src, args.dst, architecture=args.architecture, to=args.to)
     print(f"converted {args.src} -> {dst}")
     return 0
 
@@ -93,34 +98,74 @@ def _checkpoint_dtypes(directory: Path) -> list[str]:
 def model_info(
     name_or_path: str, revision: str | None = None, cache_dir: str | None = None
 ) -> dict:
-    """Architecture, parameter count, dtype and files of a checkpoint (no weights are loaded)."""
-    import numpy as np
-
+    """Architecture, parameter count, dtype and files of a checkpoint (no weights are loaded,
+    except from a fairseq `.pt`, which is read whole: its arguments are inside the pickle)."""
+    from biomed_jax import fairseq
     from biomed_jax.hub import resolve
     from biomed_jax.loading import (
         ARCHITECTURES,
         _read_config_json,
         is_converted,
-        param_template,
         resolve_architecture,
     )
-    from biomed_jax.weights.io import flatten
 
+    fairseq_files = fairseq.find_files(name_or_path)
+    if fairseq_files is not None:
+        return _fairseq_info(fairseq_files)
     directory = resolve(name_or_path, revision=revision, cache_dir=cache_dir).path
     hf_config = _read_config_json(directory)
     name = resolve_architecture(hf_config, None)
     arch = ARCHITECTURES[name]
-    module = arch.module(arch.config.from_dict(hf_config))
-    count = sum(int(np.prod(v.shape)) for v in flatten(param_template(module)).values())
+    module = arch.module(arch.config.from_dict(hf_config, source=directory / "config.json"))
     files = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
     return {
         "path": str(directory),
         "format": "biomed_jax" if is_converted(directory) else "huggingface",
         "architecture": name,
         "model_type": hf_config.get("model_type"),
-        "parameters": count,
+        "parameters": _parameter_count(module),
         "dtype": _checkpoint_dtypes(directory),
         "files": {p.name: p.stat().st_size for p in files},
+    }
+
+
+def _parameter_count(module) -> int:
+    import numpy as np
+
+    from biomed_jax.loading import param_template
+    from biomed_jax.weights.io import flatten
+
+    return sum(int(np.prod(v.shape)) for v in flatten(param_template(module)).values())
+
+
+def _fairseq_info(files) -> dict:
+    """`model_info` of a fairseq BioGPT checkpoint: read whole (the pickle holds the arguments),
+    checked as `from_pretrained` checks it, plus the task's stored prompt and source limit."""
+    from biomed_jax import fairseq
+    from biomed_jax.loading import ARCHITECTURES
+
+    model = fairseq.read_model(files)
+    name = model.config.architectures[0]
+    arch = ARCHITECTURES[name]
+    task = model.args.task
+    return {
+        "path": str(files.checkpoint),
+        "format": "fairseq",
+        "architecture": name,
+        "model_type": model.config.model_type,
+        "parameters": _parameter_count(arch.module(model.config)),
+        # fairseq's `*.version` entries are bookkeeping, not weights
+        "dtype": sorted(
+            {str(v.dtype) for k, v in model.state_dict.items() if not k.endswith(".version")}
+        ),
+        "files": {
+            p.name: p.stat().st_size for p in (files.checkpoint, files.dict_file, files.bpecodes)
+        },
+        "fairseq_task": {
+            "name": task.get("_name") or task.get("task"),
+            "prompt_tokens": list(model.args.prompt_words),
+            "max_source_positions": task.get("max_source_positions"),
+        },
     }
 
 
@@ -142,6 +187,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"architecture: {info['architecture']} (model_type {info['model_type']})")
     print(f"parameters:   {info['parameters']:,}")
     print(f"dtype:        {', '.join(info['dtype'])}")
+    if "fairseq_task" in info:
+        task = info["fairseq_task"]
+        prompt = " ".join(task["prompt_tokens"]) or "none"
+        print(f"fairseq task: {task['name']} (prompt: {prompt}; ", end="")
+        print(f"max_source_positions {task['max_source_positions']})")
     print("files:")
     for name, size in info["files"].items():
         print(f"  {name:<32} {_size(size):>10}")
@@ -286,6 +336,83 @@ def _attention_summary(result: dict) -> str:
 # Parser
 
 
+def cmd_task(args: argparse.Namespace) -> int:
+    """A BioGPT task on the repo's data file: JSONL results (--output, else stdout), summary JSON
+    (stdout, or stderr when stdout carries the results)."""
+    from biomed_jax.loading import from_pretrained
+    from biomed_jax.tasks import get_task, run_task, task_settings
+
+    task = get_task(args.task)
+    for option, owner in (("gold", "pubmedqa"), ("entities", "re-bc5cdr")):
+        if getattr(args, option) and task.name != owner:
+            raise ValueError(f"--{option} applies to {owner} only")
+    pretrained = from_pretrained(args.model)
+    settings = task_settings(
+        task,
+        pretrained,
+        learned_prompt=args.learned_prompt,
+        max_source_positions=args.max_source_positions,
+        num_beams=args.beam,
+        max_new_tokens=args.max_new_tokens,
+    )
+    load_options = {"gold_file": Path(args.gold)} if args.gold else {}
+    score_options = {}
+    if args.entities:
+        with open(args.entities, encoding="utf-8") as f:
+            score_options["entities"] = json.load(f)
+    results, summary = run_task(
+        task,
+        pretrained,
+        args.input,
+        settings=settings,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        load_options=load_options,
+        score_options=score_options,
+    )
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
+    if args.output:
+        Path(args.output).write_text(lines, encoding="utf-8")
+    else:
+        sys.stdout.write(lines)
+    print(json.dumps(summary), file=sys.stdout if args.output else sys.stderr)
+    return 0
+
+
+def _add_task_parser(sub: argparse._SubParsersAction) -> None:
+    from biomed_jax.tasks import TASKS
+
+    p = sub.add_parser(
+        "task", help="run a fine-tuned BioGPT on a paper task's data file and score it"
+    )
+    p.add_argument("task", choices=sorted(TASKS), metavar="TASK", help=", ".join(sorted(TASKS)))
+    p.add_argument(
+        "--model",
+        required=True,
+        help="the task's fine-tuned checkpoint: directory, or fairseq .pt (whose stored arguments "
+        "give the prompt and source limit)",
+    )
+    p.add_argument("--input", required=True, help="the repo's test file (test.json / .tsv)")
+    p.add_argument("--output", help="results JSONL (default: stdout)")
+    p.add_argument("--gold", help="pubmedqa: test_ground_truth.json (default: final_decision)")
+    p.add_argument("--entities", help="re-bc5cdr: name -> id maps (default: from the input)")
+    p.add_argument(
+        "--learned-prompt",
+        type=int,
+        help="soft-prompt tokens (default: fairseq's stored, else the task's)",
+    )
+    p.add_argument(
+        "--max-source-positions",
+        type=int,
+        help="source token limit (default: fairseq's stored, else the task's)",
+    )
+    p.add_argument("--beam", type=int, help="beam size (default 1, as the repo's infer.sh)")
+    p.add_argument("--max-new-tokens", type=int, help="cap the answer (default: no cap)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, help="only the first N examples")
+    p.set_defaults(func=cmd_task)
+
+
 def _add_hub_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", help="hub revision (branch, tag or commit); default main")
     p.add_argument("--cache-dir", help="Hugging Face hub cache directory (default: HF_HOME's)")
@@ -316,15 +443,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("convert", help="convert an HF checkpoint (directory or hub id) to ours")
-    p.add_argument("src", metavar="SRC", help="HF checkpoint directory or hub id")
+    p = sub.add_parser(
+        "convert", help="convert an HF (directory or hub id) or fairseq BioGPT checkpoint"
+    )
+    p.add_argument(
+        "src",
+        metavar="SRC",
+        help="HF checkpoint directory or hub id, or a fairseq BioGPT checkpoint (.pt file, or "
+        "its directory with dict.txt and bpecodes)",
+    )
     p.add_argument("dst", metavar="DST", help="output directory")
     p.add_argument("--architecture", help="module class (default: from config.json)")
+    p.add_argument(
+        "--to",
+        choices=("biomed_jax", "hf"),
+        default="biomed_jax",
+        help="output layout: ours (default) or transformers' (BioGptForCausalLM.from_pretrained)",
+    )
     _add_hub_options(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="architecture, parameter count, dtype and files of a model")
-    p.add_argument("model", metavar="MODEL", help="directory (HF or converted) or hub id")
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="directory (HF, converted or fairseq), fairseq .pt file, or hub id",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_hub_options(p)
     p.set_defaults(func=cmd_info)
@@ -378,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print tokens and maps as JSON")
     _model_option(p, enc)
     p.set_defaults(func=cmd_attention)
+
+    _add_task_parser(sub)
 
     sub.add_parser(
         "conformance",

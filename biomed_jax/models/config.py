@@ -8,8 +8,14 @@ Any other key, or a supported key at an unsupported value, is an error that name
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import os
+import re
+import reprlib
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -17,6 +23,7 @@ from typing import Any, ClassVar, TypeVar
 import jax.numpy as jnp
 
 from biomed_jax.errors import ConfigError
+from biomed_jax.text_files import read_json_object
 
 _C = TypeVar("_C", bound="HFConfig")
 
@@ -60,6 +67,11 @@ _GENERIC_REQUIRED: Mapping[str, Any] = {
     "cross_attention_hidden_size": None,
 }
 
+# Size caps (docs/security.md). The unrolled layer stack is traced layer by layer (~0.1 s each on
+# a loaded CPU), and no published BERT or BioGPT has more than 48 layers.
+MAX_HIDDEN_LAYERS = 256
+PARAM_BYTES = 4  # float32: the parameter count a config implies must fit in memory at 4 bytes
+
 ACTIVATIONS = (
     "gelu",
     "gelu_new",
@@ -70,6 +82,13 @@ ACTIVATIONS = (
     "swish",
     "tanh",
 )
+
+
+def _invalid(owner: str, problems: list[str]) -> ConfigError:
+    """One ConfigError listing every problem (kept as `.problems` for `from_dict` to merge)."""
+    error = ConfigError(f"{owner}:\n  - " + "\n  - ".join(problems))
+    error.problems = problems  # type: ignore[attr-defined]
+    return error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,12 +104,19 @@ class HFConfig:
     problem_type: str | None = None
 
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.type in ("int", int) and isinstance(value, bool | float):
-                raise ConfigError(f"{field.name} must be an int, got {value!r}")
+        problems = [*_type_problems(self).values(), *self.validate()]
+        if problems:
+            raise _invalid(f"invalid {type(self).__name__}", problems)
+
+    def validate(self) -> list[str]:
+        """Every problem with the well-typed field values, as messages naming the field."""
+        problems: list[str] = []
+        if set(_type_problems(self)) & {"num_labels", "id2label", "problem_type"}:
+            return problems
+        if self.num_labels < 1:
+            problems.append(f"num_labels must be >= 1, got {self.num_labels}")
         if self.id2label is not None and len(self.id2label) != self.num_labels:
-            raise ConfigError(
+            problems.append(
                 f"id2label has {len(self.id2label)} labels but num_labels={self.num_labels}"
             )
         if self.problem_type not in (
@@ -99,50 +125,62 @@ class HFConfig:
             "single_label_classification",
             "multi_label_classification",
         ):
-            raise ConfigError(f"unknown problem_type {self.problem_type!r}")
-        self.validate()
-
-    def validate(self) -> None:
-        """Model-specific checks; raise ConfigError."""
+            problems.append(f"unknown problem_type {self.problem_type!r}")
+        return problems
 
     @classmethod
-    def from_dict(cls: type[_C], hf_config: Mapping[str, Any], **overrides: Any) -> _C:
-        """Build from an HF `config.json` dict; refuses keys we neither handle nor ignore."""
+    def from_dict(
+        cls: type[_C],
+        hf_config: Mapping[str, Any],
+        *,
+        source: str | Path | None = None,
+        **overrides: Any,
+    ) -> _C:
+        """Build from an HF `config.json` dict; refuses keys we neither handle nor ignore.
+
+        Every problem (unknown keys, unsupported values, wrong types, bad sizes, labels) is
+        reported in one ConfigError, prefixed with `source` (the file) when given.
+        """
         hf_config = dict(hf_config)
+        problems: list[str] = []
         model_type = hf_config.get("model_type")
         if model_type is not None and model_type != cls.model_type:
-            raise ConfigError(
+            problems.append(
                 f"{cls.__name__} expects model_type {cls.model_type!r}, got {model_type!r}"
             )
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
-        unknown, unsupported = [], []
-        id2label = hf_config.pop("id2label", None)
-        hf_config.pop("label2id", None)
-        hf_config.pop("architectures", None)
-        if id2label is not None:
-            labels = {int(k): v for k, v in id2label.items()}
-            kwargs["id2label"] = tuple(labels[i] for i in range(len(labels)))
+        labels = _labels_from_json(hf_config.pop("id2label", None), hf_config.pop("label2id", None))
+        if isinstance(labels, list):
+            problems += labels
+        elif labels is not None:
+            kwargs["id2label"] = labels
             kwargs["num_labels"] = len(labels)
+        hf_config.pop("architectures", None)
         required = {**_GENERIC_REQUIRED, **cls.required_values}
         for key, value in hf_config.items():
             if key in names:
                 kwargs[key] = tuple(value) if isinstance(value, list) else value
             elif key in required:
                 if value != required[key]:
-                    unsupported.append(f"{key}={value!r} (only {required[key]!r} is implemented)")
+                    problems.append(
+                        f"{key}={reprlib.repr(value)} (only {required[key]!r} is implemented)"
+                    )
             elif key not in _GENERIC_IGNORED and key not in cls.ignored_keys:
-                unknown.append(key)
-        if unknown or unsupported:
-            raise ConfigError(
-                f"{cls.__name__}: unsupported config: "
-                + "; ".join(unsupported + [f"unknown key {k!r}" for k in unknown])
-            )
-        kwargs.update(overrides)
+                problems.append(f"unknown key {key!r}")
+        problems += [f"unknown config override {key!r}" for key in overrides if key not in names]
+        kwargs.update((k, v) for k, v in overrides.items() if k in names)
         labels = kwargs.get("id2label")
         if labels is not None and "num_labels" in overrides and len(labels) != kwargs["num_labels"]:
             kwargs["id2label"] = None
-        return cls(**kwargs)
+        try:
+            config = cls(**kwargs)
+        except ConfigError as e:
+            problems += getattr(e, "problems", [str(e)])
+        if problems:
+            where = f"{source}: " if source is not None else ""
+            raise _invalid(f"{where}unsupported or invalid {cls.__name__}", problems)
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         """The HF `config.json` dict for this config (readable by transformers)."""
@@ -168,8 +206,7 @@ class HFConfig:
         file = path / "config.json" if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"no config.json at {file}")
-        with open(file, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f), **overrides)
+        return cls.from_dict(read_json_object(file), source=file, **overrides)
 
     def save_pretrained(self, directory: str | Path) -> None:
         from biomed_jax.weights.io import atomic_write_text
@@ -204,8 +241,8 @@ class BertConfig(HFConfig):
     pad_token_id: int = 0
     architectures: tuple[str, ...] | None = None
 
-    def validate(self) -> None:
-        _check_common(self)
+    def validate(self) -> list[str]:
+        return super().validate() + _check_common(self)
 
     @property
     def head_dim(self) -> int:
@@ -245,8 +282,8 @@ class BioGptConfig(HFConfig):
     REFERENCE_LAYER_NORM_EPS: ClassVar[float] = 1e-5
     POSITION_OFFSET: ClassVar[int] = 2
 
-    def validate(self) -> None:
-        _check_common(self)
+    def validate(self) -> list[str]:
+        return super().validate() + _check_common(self)
 
     @property
     def head_dim(self) -> int:
@@ -270,23 +307,176 @@ class BioGptConfig(HFConfig):
         )
 
 
-def _check_common(config: BertConfig | BioGptConfig) -> None:
-    if config.hidden_act not in ACTIVATIONS:
-        raise ConfigError(
+def _check_common(config: BertConfig | BioGptConfig) -> list[str]:
+    """Value checks; each runs only when the fields it reads are well-typed."""
+    bad = set(_type_problems(config))
+
+    def ok(*names: str) -> bool:
+        return not bad.intersection(names)
+
+    problems = []
+    if ok("hidden_act") and config.hidden_act not in ACTIVATIONS:
+        problems.append(
             f"hidden_act {config.hidden_act!r} is not implemented; use one of {ACTIVATIONS}"
         )
-    if config.hidden_size % config.num_attention_heads:
-        raise ConfigError(
-            f"hidden_size {config.hidden_size} is not a multiple of "
-            f"num_attention_heads {config.num_attention_heads}"
-        )
-    for name in (
+    sizes = [
         "vocab_size",
         "hidden_size",
         "num_hidden_layers",
         "num_attention_heads",
         "intermediate_size",
         "max_position_embeddings",
+    ] + (["type_vocab_size"] if isinstance(config, BertConfig) else [])
+    problems += [
+        f"{n} must be positive, got {getattr(config, n)}"
+        for n in sizes
+        if ok(n) and getattr(config, n) <= 0
+    ]
+    heads, width = config.num_attention_heads, config.hidden_size
+    if ok("num_attention_heads", "hidden_size") and heads > 0 and width % heads:
+        problems.append(f"hidden_size {width} is not a multiple of num_attention_heads {heads}")
+    eps = config.layer_norm_eps
+    if ok("layer_norm_eps") and not (math.isfinite(eps) and eps > 0):
+        problems.append(f"layer_norm_eps must be finite and > 0, got {eps}")
+    std = config.initializer_range
+    if ok("initializer_range") and not (math.isfinite(std) and std >= 0):
+        problems.append(f"initializer_range must be finite and >= 0, got {std}")
+    for name in (
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "activation_dropout",
+        "classifier_dropout",
     ):
-        if getattr(config, name) <= 0:
-            raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
+        p = getattr(config, name, None)
+        if ok(name) and p is not None and not 0 <= p <= 1:
+            problems.append(f"{name} must be in [0, 1], got {p}")
+    pad, vocab = config.pad_token_id, config.vocab_size
+    if ok("pad_token_id", "vocab_size") and pad is not None and not 0 <= pad < vocab:
+        problems.append(f"pad_token_id {pad} is not an id of the vocabulary (vocab_size {vocab})")
+    if ok("num_hidden_layers") and config.num_hidden_layers > MAX_HIDDEN_LAYERS:
+        problems.append(
+            f"num_hidden_layers {config.num_hidden_layers} is above the cap of {MAX_HIDDEN_LAYERS}"
+        )
+    if not problems and not bad:
+        problems += _memory_problems(config)
+    return problems
+
+
+def num_parameters_bound(config: BertConfig | BioGptConfig) -> int:
+    """An upper bound on the parameter count of every architecture built from `config`
+    (the encoder/decoder stack plus all task heads at once)."""
+    d, f, v, c = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_labels
+    layer = 4 * (d * d + d) + 2 * d * f + f + d + 4 * d  # attention, MLP, two LayerNorms
+    if isinstance(config, BertConfig):
+        embed = (v + config.max_position_embeddings + config.type_vocab_size) * d + 2 * d
+        heads = (d * d + d) + (d * d + 3 * d + v) + (d * c + c)  # pooler, MLM head, classifier
+    else:
+        embed = (v + config.max_position_embeddings + config.POSITION_OFFSET) * d
+        heads = 2 * d + v * d + 2 * (d * c + c)  # final LayerNorm, LM head, classifiers
+    return embed + config.num_hidden_layers * layer + heads
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory, or the address-space limit when lower (None: unknown)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            total = min(total, soft)
+    except ImportError:
+        pass
+    return total
+
+
+def _memory_problems(config: BertConfig | BioGptConfig) -> list[str]:
+    """The size cap: `num_parameters_bound` float32 parameters must fit in `memory_bytes()`."""
+    memory = memory_bytes()
+    count = num_parameters_bound(config)
+    if memory is None or count * PARAM_BYTES <= memory:
+        return []
+    return [
+        f"the config implies up to {count:,} parameters ({count * PARAM_BYTES / 2**30:.1f} GiB in "
+        f"float32), more than this machine's memory ({memory / 2**30:.1f} GiB): check vocab_size, "
+        "hidden_size, intermediate_size, num_hidden_layers, max_position_embeddings, num_labels"
+    ]
+
+
+def _labels_from_json(id2label: Any, label2id: Any) -> tuple[str, ...] | list[str] | None:
+    """HF's id2label ({"0": "A", ...}) and label2id as our label tuple, or the list of problems."""
+    if id2label is None:
+        return None if label2id is None else ["label2id is given without id2label"]
+    if not isinstance(id2label, dict):
+        return [f"id2label must be an object {{id: label}}, got {reprlib.repr(id2label)}"]
+    problems, labels = [], {}
+    for key, label in id2label.items():
+        if isinstance(key, int) and not isinstance(key, bool) and 0 <= key < 1 << 31:
+            key = str(key)  # an in-memory HF config (transformers' to_dict) has int ids
+        if not (isinstance(key, str) and re.fullmatch(r"0|[1-9][0-9]{0,9}", key)):
+            problems.append(f"id2label key {key!r} is not a label id (0, 1, ...)")
+        elif not isinstance(label, str):
+            problems.append(f"id2label[{key!r}] must be a string, got {reprlib.repr(label)}")
+        else:
+            labels[int(key)] = label
+    gaps = sorted(set(range(len(id2label))) - labels.keys())
+    if not problems and gaps:
+        problems.append(
+            f"id2label has no label for ids {gaps[:10]} (ids must be 0..{len(id2label) - 1})"
+        )
+    if problems:
+        return problems
+    ordered = tuple(labels[i] for i in range(len(labels)))
+    if label2id is not None and label2id != {label: i for i, label in enumerate(ordered)}:
+        return [
+            f"label2id {reprlib.repr(label2id)} is not the inverse of id2label {reprlib.repr(id2label)}"
+        ]
+    return ordered
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_problems(config: HFConfig) -> dict[str, str]:
+    """{field: message} for every field whose value does not have the annotated type."""
+    hints = _type_hints(type(config))
+    problems = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        hint = hints[field.name]
+        if not _has_type(value, hint):
+            problems[field.name] = (
+                f"{field.name} must be {_type_name(hint)}, got {reprlib.repr(value)} "
+                f"({type(value).__name__})"
+            )
+    return problems
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_has_type(value, arm) for arm in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        (item, _) = typing.get_args(hint)
+        return isinstance(value, tuple) and all(_has_type(v, item) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arm) for arm in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    if hint is type(None):
+        return "null"
+    return "an int" if hint is int else f"a {hint.__name__}"

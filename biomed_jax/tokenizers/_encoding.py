@@ -22,9 +22,7 @@ Subclass hooks (everything else lives here, once):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -581,17 +579,3 @@ def _to_array(key: str, rows: list) -> np.ndarray:
     if key == "offset_mapping":
         return np.asarray(rows, np.int32).reshape(len(rows), -1, 2)
     return np.asarray(rows, np.int32).reshape(len(rows), -1)
-
-
-def read_tokenizer_config(directory: Path) -> dict[str, Any]:
-    """tokenizer_config.json updated by special_tokens_map.json, each when present, as HF reads them."""
-    config: dict[str, Any] = {}
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        file = directory / name
-        if file.is_file():
-            with open(file, encoding="utf-8") as f:
-                data = json.load(f)
-            if not isinstance(data, dict):
-                raise ValueError(f"{file} does not hold a JSON object")
-            config.update(data)
-    return config

@@ -6,32 +6,48 @@ Moses-tokenized (`moses`, sacremoses' rules, English, aggressive dash splits, XM
 each Moses token is byte-pair encoded (`bpe`). Every sequence starts with "</s>" (fairseq has no
 <s>). Unlike HF, `return_offsets_mapping=True` works: each BPE piece's span in the original text,
 through escaping (``&amp;`` spans the one "&") and dash splits (``@-@`` spans the "-").
+`from_fairseq` reads fairseq's dict.txt + bpecodes instead (fairseq's ids, plus the prompt tokens
+of BioGPT's fine-tuned models as `prompt_ids`, skipped by `decode(skip_special_tokens=True)`).
 """
 
 from __future__ import annotations
 
-import json
 import re
+import reprlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import sacremoses
 
-from biomed_jax.tokenizers._encoding import EncodingBase, Offsets, Piece, read_tokenizer_config
+from biomed_jax.errors import ConfigError
+from biomed_jax.text_files import read_json_object
+from biomed_jax.tokenizers._encoding import EncodingBase, Offsets, Piece
+from biomed_jax.tokenizers._files import read_tokenizer_config, token_content
 from biomed_jax.tokenizers.bpe import BPE, END_OF_WORD, read_merges
+from biomed_jax.tokenizers.fairseq_dict import hf_token, read_dict_txt
 from biomed_jax.tokenizers.moses import MosesPreTokenizer, align
 
 NO_LIMIT = int(1e30)  # HF's model_max_length when none is configured
 
 
 def load_vocab(vocab_file: str | Path) -> dict[str, int]:
-    """vocab.json: {token: id}."""
-    with open(vocab_file, encoding="utf-8") as f:
-        vocab = json.load(f)
-    if not isinstance(vocab, dict) or not all(
-        isinstance(k, str) and isinstance(v, int) for k, v in vocab.items()
-    ):
-        raise ValueError(f"{vocab_file} must hold a JSON object of token -> int id")
+    """vocab.json: {token: id}, ids non-negative ints."""
+    vocab = read_json_object(vocab_file)
+    bad = [
+        f"{k!r}: {reprlib.repr(v)}"
+        for k, v in vocab.items()
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0
+    ]
+    if bad:
+        raise ConfigError(
+            f"{vocab_file}: token ids must be non-negative integers; bad entries: {', '.join(bad[:5])}"
+        )
+    owner: dict[int, str] = {}
+    for token, i in vocab.items():
+        if i in owner:
+            raise ConfigError(f"{vocab_file}: id {i} is used by both {owner[i]!r} and {token!r}")
+        owner[i] = token
     return vocab
 
 
@@ -42,7 +58,7 @@ class BioGptTokenizer(EncodingBase):
 
     def __init__(
         self,
-        vocab_file: str | Path,
+        vocab_file: str | Path | Mapping[str, int],
         merges_file: str | Path,
         unk_token: str = "<unk>",
         bos_token: str = "<s>",
@@ -50,6 +66,8 @@ class BioGptTokenizer(EncodingBase):
         sep_token: str = "</s>",
         pad_token: str = "<pad>",
         *,
+        additional_special_tokens: Sequence[str] = (),
+        prompt_tokens: Sequence[str] = (),
         model_max_length: int = NO_LIMIT,
         padding_side: str = "right",
         truncation_side: str = "right",
@@ -65,7 +83,7 @@ class BioGptTokenizer(EncodingBase):
         for name, token in specials.items():
             if not isinstance(token, str) or not token:
                 raise TypeError(f"{name} must be a non-empty str, got {token!r}")
-        vocab = load_vocab(vocab_file)
+        vocab = dict(vocab_file) if isinstance(vocab_file, Mapping) else load_vocab(vocab_file)
         super().__init__(
             vocab,
             specials,
@@ -74,6 +92,19 @@ class BioGptTokenizer(EncodingBase):
             truncation_side=truncation_side,
             clean_up_tokenization_spaces=clean_up_tokenization_spaces,
         )
+        extra = [*additional_special_tokens, *prompt_tokens]
+        missing = [t for t in extra if t not in vocab]
+        if missing:
+            raise ValueError(
+                f"additional_special_tokens / prompt_tokens not in the vocab: {missing}"
+            )
+        self.additional_special_tokens = list(additional_special_tokens)
+        new = [t for t in self.additional_special_tokens if t not in self.all_special_tokens]
+        self.all_special_tokens += new
+        self.all_special_ids += [vocab[t] for t in new]
+        # The task prompt fairseq's prompt-tuned BioGPT models append after the source (ids).
+        self.prompt_tokens = tuple(prompt_tokens)
+        self.prompt_ids = tuple(vocab[t] for t in self.prompt_tokens)
         self.bpe = BPE(vocab, read_merges(merges_file), self.unk_token_id)
         self.moses = MosesPreTokenizer("en")
         self._detokenizer = sacremoses.MosesDetokenizer(lang="en")
@@ -101,17 +132,31 @@ class BioGptTokenizer(EncodingBase):
             "padding_side",
             "truncation_side",
             "clean_up_tokenization_spaces",
+            "additional_special_tokens",
+            "prompt_tokens",
         )
-        args = {k: config[k] for k in known if config.get(k) is not None}
-        for k, v in args.items():
-            if isinstance(v, dict) and "content" in v:  # serialized AddedToken
-                args[k] = v["content"]
+        args = {
+            k: [token_content(t) for t in v] if isinstance(v, list) else token_content(v)
+            for k in known
+            if (v := config.get(k)) is not None
+        }
         args.update(overrides)
-        tok = cls(files["vocab.json"], files["merges.txt"], **args)
-        added = dict(config.get("added_tokens_decoder") or {})
-        if (directory / "added_tokens.json").is_file():
-            with open(directory / "added_tokens.json", encoding="utf-8") as f:
-                added.update({str(i): {"content": t} for t, i in json.load(f).items()})
+        try:
+            tok = cls(files["vocab.json"], files["merges.txt"], **args)
+        except ConfigError:
+            raise
+        except ValueError as e:  # e.g. a special token missing from vocab.json
+            raise ConfigError(f"{directory}: {e}") from e
+        added = {
+            i: t if isinstance(t, dict) else {"content": t}
+            for i, t in (config.get("added_tokens_decoder") or {}).items()
+        }
+        added_file = directory / "added_tokens.json"
+        if added_file.is_file():
+            extra_tokens = read_json_object(added_file)
+            if not all(isinstance(i, int) and isinstance(t, str) for t, i in extra_tokens.items()):
+                raise ConfigError(f"{added_file}: expected an object {{token: id}}")
+            added.update({str(i): {"content": t} for t, i in extra_tokens.items()})
         extra = sorted(
             v["content"]
             for v in added.values()
@@ -123,6 +168,32 @@ class BioGptTokenizer(EncodingBase):
                 f"{directory}: added tokens beyond the plain special tokens are not supported: {extra}"
             )
         return tok
+
+    @classmethod
+    def from_fairseq(
+        cls,
+        dict_file: str | Path,
+        bpecodes_file: str | Path,
+        *,
+        prompt_words: Sequence[str] = (),
+        **kwargs: Any,
+    ) -> BioGptTokenizer:
+        """fairseq's dict.txt + bpecodes, ids as fairseq's `Dictionary` gives them.
+
+        `prompt_words` (fairseq words, e.g. BioGPT's `learned1`..`learned9`) are appended to the
+        dictionary where absent, as BioGPT's prompt task does at load time; they become
+        `prompt_tokens` / `prompt_ids` and additional special tokens, so
+        `decode(..., skip_special_tokens=True)` drops them.
+        """
+        dictionary = read_dict_txt(dict_file).add_symbols(prompt_words)
+        prompt = [hf_token(w) for w in prompt_words]
+        return cls(
+            dictionary.hf_vocab(),
+            bpecodes_file,
+            additional_special_tokens=prompt,
+            prompt_tokens=prompt,
+            **kwargs,
+        )
 
     def _template(self, pair: bool) -> tuple[Piece, ...]:
         sep = self.sep_token_id

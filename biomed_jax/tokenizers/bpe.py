@@ -8,8 +8,12 @@ and each piece's character span in the word.
 
 from __future__ import annotations
 
+import reprlib
 from itertools import pairwise
 from pathlib import Path
+
+from biomed_jax.errors import ConfigError
+from biomed_jax.text_files import read_text
 
 END_OF_WORD = "</w>"
 CACHE_LIMIT = 1 << 18  # words cached before the cache is cleared
@@ -21,15 +25,19 @@ def read_merges(merges_file: str | Path) -> dict[Pair, int]:
     """merges.txt -> {(left, right): rank}, read as HF does.
 
     One merge a line (`left right [count]`); rank = line number; the text after the last newline
-    is ignored and a repeated pair keeps its last rank.
+    is ignored and a repeated pair keeps its last rank. A line of any other shape is an error
+    naming it.
     """
-    with open(merges_file, encoding="utf-8") as f:
-        lines = f.read().split("\n")[:-1]
+    lines = read_text(merges_file).split("\n")[:-1]
     ranks: dict[Pair, int] = {}
     for rank, line in enumerate(lines):
         fields = line.split()
-        if len(fields) >= 2:
-            ranks[fields[0], fields[1]] = rank
+        if len(fields) not in (2, 3):
+            raise ConfigError(
+                f"{merges_file}: line {rank + 1}: expected 'left right [count]', "
+                f"got {reprlib.repr(line)}"
+            )
+        ranks[fields[0], fields[1]] = rank
     return ranks
 
 

@@ -16,14 +16,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from biomed_jax.errors import ConfigError
+from biomed_jax.text_files import read_lines
 from biomed_jax.tokenizers import _unicode_tables as tables
 from biomed_jax.tokenizers._encoding import (
     LARGE_INTEGER,
     EncodingBase,
     Offsets,
     Piece,
-    read_tokenizer_config,
 )
+from biomed_jax.tokenizers._files import read_tokenizer_config, token_content
 
 CACHE_LIMIT = 1 << 18  # entries per cache before it is cleared
 _ASCII_PUNCT = r"!-/:-@\[-`{-~"
@@ -82,16 +84,17 @@ def lower_char(c: str) -> str:
 
 def load_vocab(vocab_file: str | Path) -> dict[str, int]:
     """vocab.txt: one token a line, id = line number (as HF reads it); duplicates are an error."""
-    with open(vocab_file, encoding="utf-8") as f:
-        lines = f.readlines()
     vocab: dict[str, int] = {}
-    for i, line in enumerate(lines):
+    for i, line in enumerate(read_lines(vocab_file)):
         token = line.rstrip("\n")
         if token in vocab:
-            raise ValueError(
-                f"{vocab_file}: duplicate vocabulary entry {token!r} on lines {vocab[token] + 1} and {i + 1}"
+            raise ConfigError(
+                f"{vocab_file}: duplicate vocabulary entry {token!r} on lines "
+                f"{vocab[token] + 1} and {i + 1}"
             )
         vocab[token] = i
+    if not vocab:
+        raise ConfigError(f"{vocab_file}: the vocabulary is empty")
     return vocab
 
 
@@ -188,22 +191,23 @@ class BertTokenizer(EncodingBase):
             "truncation_side",
             "clean_up_tokenization_spaces",
         )
-        args = {k: kwargs[k] for k in known if kwargs.get(k) is not None}
-        for k, v in args.items():
-            if isinstance(v, dict) and "content" in v:  # serialized AddedToken
-                args[k] = v["content"]
+        args = {k: token_content(kwargs[k]) for k in known if kwargs.get(k) is not None}
         if args.get("model_max_length", LARGE_INTEGER + 1) > LARGE_INTEGER:
             args["model_max_length"] = default_model_max_length
         args.update(overrides)
-        tokenizer = cls(vocab_file, **args)
+        try:
+            tokenizer = cls(vocab_file, **args)
+        except ConfigError:
+            raise
+        except ValueError as e:  # e.g. a special token missing from vocab.txt
+            raise ConfigError(f"{directory}: {e}") from e
         tokenizer._refuse_added_tokens(kwargs)
         return tokenizer
 
     def _refuse_added_tokens(self, config: dict[str, Any]) -> None:
         """Tokens added on top of vocab.txt are not implemented: refuse them, never drop them."""
         added = {
-            int(i): t["content"] if isinstance(t, dict) else t
-            for i, t in (config.get("added_tokens_decoder") or {}).items()
+            int(i): token_content(t) for i, t in (config.get("added_tokens_decoder") or {}).items()
         }
         extra = [
             f"{t!r} (id {i})"

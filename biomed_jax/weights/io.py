@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from biomed_jax.errors import CheckpointError
+from biomed_jax.weights.dtypes import READABLE_NAMES, SAFETENSORS_DTYPES
 from biomed_jax.weights.torch_zip import load_torch_zip
 
 
@@ -82,7 +83,18 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     try:
         with safe_open(str(path), framework="numpy") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+            tensors = {}
+            for key in f.keys():  # noqa: SIM118
+                dtype = f.get_slice(key).get_dtype()
+                if dtype not in SAFETENSORS_DTYPES:
+                    raise CheckpointError(
+                        f"{path}: tensor {key!r} has dtype {dtype}, which no model here can use "
+                        f"(readable: {READABLE_NAMES})"
+                    )
+                tensors[key] = f.get_tensor(key)
+            return tensors
+    except CheckpointError:
+        raise
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {path}: corrupt or truncated safetensors ({e})") from e
 

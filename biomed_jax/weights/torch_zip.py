@@ -1,26 +1,52 @@
-"""Read `pytorch_model.bin` (torch's zip format) without torch and without executing pickled code.
+"""Read `pytorch_model.bin` (torch's zip format) without torch and without unpickling.
 
-The pickle inside a torch checkpoint names a handful of globals (OrderedDict, the tensor rebuild
-functions, storage types). This reader resolves exactly those to harmless local stand-ins and
-refuses every other global or opcode that could run code, so a malicious file fails with
-`UnsafeCheckpointError` instead of executing.
+data.pkl is never unpickled: a small interpreter walks its opcodes (`pickletools.genops`) and
+understands only what `torch.save` of a state dict writes (dicts, tuples, strings, ints, bools,
+None, the tensor-rebuild calls, storage references). Globals become inert markers that are never
+called; every value is built for this load alone, so nothing a file does outlives its load. Any
+other opcode or global is an `UnsafeCheckpointError`.
+
+Each tensor is then checked against its storage before a byte of it is read:
+  - at most MAX_NDIM dimensions, sizes >= 0, storage offset >= 0, stride >= 1 on every dimension
+    longer than 1 (no negative, zero or overlapping-broadcast tricks);
+  - element count <= the storage's, and the view's extent (offset + sum((size - 1) * stride) + 1)
+    within the storage;
+  - the storage's zip member is stored uncompressed (as torch writes it) and holds exactly
+    numel * itemsize bytes, and the storages read add up to no more bytes than the file has
+    (no deflate bombs, no overlapping members);
+so the reader allocates at most about the file's own size. dtypes are reported as stored
+(`dtypes.READABLE_DTYPES`); complex, float8, quantized etc. are refused. Every failure is a
+`CheckpointError` naming the file, the tensor and the problem.
 """
 
 from __future__ import annotations
 
 import collections
-import io
-import pickle
+import dataclasses
+import math
+import pickletools
+import re
+import reprlib
+import struct
 import zipfile
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 
-from biomed_jax.errors import UnsafeCheckpointError
+from biomed_jax.errors import CheckpointError, UnsafeCheckpointError
+from biomed_jax.weights.dtypes import READABLE_NAMES
 
-_STORAGE_DTYPES = {
+MAX_NDIM = 8
+# data.pkl is interpreted in Python (~1-2 us an opcode): 4 MiB is ~100x a BERT-base state dict's
+# pickle and bounds the worst case to seconds.
+MAX_PICKLE_BYTES = 4 << 20
+MAX_DIM = 1 << 62  # any one size or stride
+
+_READABLE_STORAGES = {
     "DoubleStorage": np.float64,
     "FloatStorage": np.float32,
     "HalfStorage": np.float16,
@@ -32,98 +58,420 @@ _STORAGE_DTYPES = {
     "ByteStorage": np.uint8,
     "BoolStorage": np.bool_,
 }
+# Storages torch writes for dtypes no model here can use: named in the error.
+_UNUSABLE_STORAGES = {
+    "ComplexFloatStorage": "complex64",
+    "ComplexDoubleStorage": "complex128",
+    "QInt8Storage": "qint8",
+    "QUInt8Storage": "quint8",
+    "QInt32Storage": "qint32",
+    "QUInt4x2Storage": "quint4x2",
+    "QUInt2x4Storage": "quint2x4",
+}
+# dtypes without a legacy storage class (torch writes them with `_rebuild_tensor_v3`), and the
+# quantization schemes of `_rebuild_qtensor`: understood only to name them in the error.
+_UNUSABLE_TORCH_NAMES = (
+    "float8_e4m3fn",
+    "float8_e5m2",
+    "float8_e4m3fnuz",
+    "float8_e5m2fnuz",
+    "float8_e8m0fnu",
+    "float4_e2m1fn_x2",
+    "uint16",
+    "uint32",
+    "uint64",
+    "complex32",
+    "complex64",
+    "complex128",
+    "per_tensor_affine",
+    "per_channel_affine",
+    "per_channel_affine_float_qparams",
+)
 
 
-class _StorageType:
-    def __init__(self, name: str):
-        self.dtype = np.dtype(_STORAGE_DTYPES[name])
+@dataclasses.dataclass(frozen=True, repr=False)
+class _Global:
+    """An allowed global, as an inert marker: never called, never imported."""
+
+    module: str
+    name: str
+
+    def __repr__(self) -> str:
+        return f"{self.module}.{self.name}"
 
 
-class _Storage:
-    def __init__(self, data: np.ndarray):
-        self.data = data
-
-
-def _rebuild_tensor(
-    storage: _Storage, offset: int, size: tuple, stride: tuple, *_: Any
-) -> np.ndarray:
-    data = storage.data
-    itemsize = data.dtype.itemsize
-    if len(size) == 0:
-        return np.array(data[offset])
-    needed = offset + sum((s - 1) * st for s, st in zip(size, stride)) + 1 if all(size) else offset
-    if needed > data.size:
-        raise UnsafeCheckpointError("tensor view reaches past the end of its storage")
-    view = np.lib.stride_tricks.as_strided(
-        data[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
+_ORDERED_DICT = _Global("collections", "OrderedDict")
+_REBUILD_TENSOR = _Global("torch._utils", "_rebuild_tensor_v2")
+_REBUILD_TENSOR_V3 = _Global("torch._utils", "_rebuild_tensor_v3")
+_REBUILD_PARAMETER = _Global("torch._utils", "_rebuild_parameter")
+_REBUILD_QTENSOR = _Global("torch._utils", "_rebuild_qtensor")
+_ALLOWED_GLOBALS = {
+    (g.module, g.name): g
+    for g in (
+        _ORDERED_DICT,
+        _REBUILD_TENSOR,
+        _REBUILD_TENSOR_V3,
+        _REBUILD_PARAMETER,
+        _REBUILD_QTENSOR,
+        _Global("torch.storage", "UntypedStorage"),
+        *(
+            _Global("torch", n)
+            for n in (*_READABLE_STORAGES, *_UNUSABLE_STORAGES, *_UNUSABLE_TORCH_NAMES)
+        ),
     )
-    return np.ascontiguousarray(view)
-
-
-def _rebuild_parameter(data: np.ndarray, requires_grad: bool = False, *_: Any) -> np.ndarray:
-    return data
-
-
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES},
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, archive: zipfile.ZipFile, prefix: str):
-        super().__init__(file)
-        self._archive = archive
-        self._prefix = prefix
-        self._storages: dict[str, _Storage] = {}
+@dataclasses.dataclass(frozen=True)
+class _Persistent:
+    """A BINPERSID reference; torch's is ('storage', storage type, key, location, numel)."""
 
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise UnsafeCheckpointError(
-                f"refusing to load {module}.{name}: a torch checkpoint may only contain tensors "
-                "and plain containers (this file would run code if unpickled)"
-            ) from None
+    pid: Any
 
-    def persistent_load(self, pid: Any) -> _Storage:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise UnsafeCheckpointError(f"unexpected persistent id {pid!r}")
-        _, storage_type, key, _location, numel = pid
-        if not isinstance(storage_type, _StorageType):
-            raise UnsafeCheckpointError(f"unexpected storage type {storage_type!r}")
-        key = str(key)
-        if key not in self._storages:
-            raw = self._archive.read(f"{self._prefix}/data/{key}")
-            data = np.frombuffer(raw, dtype=storage_type.dtype)
-            if data.size < int(numel):
-                raise UnsafeCheckpointError(f"storage {key} is truncated")
-            self._storages[key] = _Storage(data)
-        return self._storages[key]
+
+@dataclasses.dataclass(frozen=True)
+class _TensorCall:
+    """The arguments of `_rebuild_tensor_v2`, checked once the tensor's name is known."""
+
+    args: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unusable:
+    """A tensor of a kind no model here can use (its description)."""
+
+    what: str
 
 
 def load_torch_zip(path: str | Path) -> dict[str, np.ndarray]:
-    """Tensors of a torch.save zip checkpoint as numpy arrays, by name."""
+    """Tensors of a torch.save zip checkpoint as numpy arrays, by name, in their stored dtypes."""
     path = Path(path)
-    if not zipfile.is_zipfile(path):
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not magic.startswith(b"PK"):
         raise UnsafeCheckpointError(
             f"{path} is not a torch zip checkpoint (the legacy pre-1.6 torch format is not "
             "supported: re-save it with a recent torch, or convert it to safetensors)"
         )
-    with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
-        if len(pickles) != 1:
-            raise UnsafeCheckpointError(f"{path}: expected one data.pkl, found {pickles}")
-        prefix = pickles[0][: -len("/data.pkl")]
-        unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), archive, prefix)
-        state = unpickler.load()
-    if not isinstance(state, dict):
-        raise UnsafeCheckpointError(
-            f"{path}: expected a dict of tensors, got {type(state).__name__}"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return _read_archive(archive, path)
+    except CheckpointError:
+        raise
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        OSError,
+        EOFError,
+        ValueError,
+        NotImplementedError,
+        RuntimeError,
+        struct.error,
+        zlib.error,
+    ) as e:
+        raise CheckpointError(
+            f"{path}: corrupt or truncated zip archive ({type(e).__name__}: {e})"
+        ) from e
+
+
+def _read_archive(archive: zipfile.ZipFile, path: Path) -> dict[str, np.ndarray]:
+    names = archive.namelist()
+    if len(names) != len(set(names)):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise CheckpointError(f"{path}: zip members appear twice: {dup[:5]}")
+    pickles = [n for n in names if n.endswith("/data.pkl")]
+    if len(pickles) != 1:
+        raise CheckpointError(f"{path}: expected one data.pkl, found {pickles[:5]}")
+    prefix = pickles[0][: -len("/data.pkl")]
+    members = _Members(archive, prefix, path)
+    if f"{prefix}/byteorder" in names and members.read("byteorder").strip() != b"little":
+        raise CheckpointError(f"{path}: only little-endian torch checkpoints are supported")
+    if archive.getinfo(pickles[0]).file_size > MAX_PICKLE_BYTES:
+        raise CheckpointError(
+            f"{path}: {pickles[0]} is larger than {MAX_PICKLE_BYTES} bytes; a state dict's "
+            "pickle is a few hundred bytes per tensor"
         )
-    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, np.ndarray)]
+    state = _interpret(members.read("data.pkl"), f"{path}: {pickles[0]}")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
+    bad = [
+        k
+        for k, v in state.items()
+        if not isinstance(k, str) or not isinstance(v, _TensorCall | _Unusable)
+    ]
     if bad:
-        raise UnsafeCheckpointError(f"{path}: entries that are not named tensors: {bad[:10]}")
-    return dict(state)
+        raise CheckpointError(
+            f"{path}: entries that are not named tensors: {reprlib.repr(bad[:10])}"
+        )
+    return {k: _tensor(f"{path}: tensor {k!r}", v, members) for k, v in state.items()}
+
+
+class _Members:
+    """The zip members of one load: stored uncompressed (as torch writes them), each storage read
+    once, all together within a byte budget of the file's size."""
+
+    def __init__(self, archive: zipfile.ZipFile, prefix: str, path: Path):
+        self._archive, self._prefix, self._path = archive, prefix, path
+        self._budget = path.stat().st_size
+        self._storages: dict[str, np.ndarray] = {}
+
+    def read(self, name: str, nbytes: int | None = None, where: str = "") -> bytes:
+        """Member `prefix/name`; `nbytes`: the exact size it must have."""
+        member = f"{self._prefix}/{name}"
+        where = where or str(self._path)
+        try:
+            info = self._archive.getinfo(member)
+        except KeyError:
+            raise CheckpointError(f"{where}: zip member {member} is missing") from None
+        if nbytes is not None and info.file_size != nbytes:
+            raise CheckpointError(
+                f"{where}: zip member {member} holds {info.file_size} bytes, but the pickle "
+                f"declares {nbytes}"
+            )
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(
+                f"{where}: zip member {member} is compressed (method {info.compress_type}); torch "
+                "stores members uncompressed, and compressed ones are refused (zip bombs)"
+            )
+        self._budget -= info.file_size
+        if self._budget < 0:
+            raise CheckpointError(
+                f"{where}: the zip members read add up to more bytes than the file holds "
+                f"(overlapping members?) at {member}"
+            )
+        return self._archive.read(info)
+
+    def storage(self, where: str, key: str, dtype: np.dtype, numel: int) -> np.ndarray:
+        if key in self._storages:
+            data = self._storages[key]
+            if data.dtype != dtype or data.size != numel:
+                raise CheckpointError(
+                    f"{where}: storage {key} was read as {data.size} x {data.dtype}, "
+                    f"this tensor declares it {numel} x {dtype}"
+                )
+            return data
+        raw = self.read(f"data/{key}", numel * dtype.itemsize, where)
+        self._storages[key] = data = np.frombuffer(raw, dtype)
+        return data
+
+
+def _tensor(where: str, value: _TensorCall | _Unusable, members: _Members) -> np.ndarray:
+    """Check a `_rebuild_tensor_v2` call against its storage, then build the array."""
+    if isinstance(value, _Unusable):
+        raise CheckpointError(
+            f"{where}: {value.what} tensors are not supported (readable: {READABLE_NAMES})"
+        )
+    args = value.args
+    if len(args) not in (6, 7):
+        raise CheckpointError(
+            f"{where}: _rebuild_tensor_v2 takes 6 or 7 arguments, got {len(args)}"
+        )
+    storage, offset, size, stride = args[:4]
+    key, dtype, numel = _storage_ref(where, storage)
+    if not _is_int(offset) or not all(isinstance(t, tuple) for t in (size, stride)):
+        raise CheckpointError(f"{where}: offset, size and stride must be an int and two tuples")
+    shape = f"size {reprlib.repr(size)} and stride {reprlib.repr(stride)}"
+    if not all(_is_int(v) for v in (*size, *stride)):
+        raise CheckpointError(f"{where}: {shape} must hold ints")
+    if len(size) != len(stride) or len(size) > MAX_NDIM:
+        raise CheckpointError(f"{where}: {shape} must have the same length, at most {MAX_NDIM}")
+    if offset < 0 or any(s < 0 or s > MAX_DIM for s in size):
+        raise CheckpointError(f"{where}: negative or huge storage offset {offset} or size {size}")
+    if any(st < (1 if s > 1 else 0) or st > MAX_DIM for s, st in zip(size, stride)):
+        raise CheckpointError(
+            f"{where}: stride {stride} for size {size}: every dimension longer than 1 needs a "
+            "stride >= 1"
+        )
+    count = math.prod(size)
+    if count == 0:
+        if math.prod(s for s in size if s) * dtype.itemsize >= MAX_DIM:
+            raise CheckpointError(f"{where}: empty tensor of impossible shape {size}")
+        return np.zeros(size, dtype)
+    extent = offset + sum((s - 1) * st for s, st in zip(size, stride)) + 1
+    if count > numel or extent > numel:
+        raise CheckpointError(
+            f"{where}: view (offset {offset}, size {size}, stride {stride}) needs {count} elements "
+            f"up to element {extent}, but its storage has {numel}"
+        )
+    data = members.storage(where, key, dtype, numel)
+    if all(st == math.prod(size[i + 1 :]) for i, (s, st) in enumerate(zip(size, stride)) if s > 1):
+        return data[offset : offset + count].reshape(size)
+    strides = tuple(st * dtype.itemsize if s > 1 else 0 for s, st in zip(size, stride))
+    return np.lib.stride_tricks.as_strided(data[offset:extent], size, strides).copy()
+
+
+def _storage_ref(where: str, storage: Any) -> tuple[str, np.dtype, int]:
+    pid = storage.pid if isinstance(storage, _Persistent) else None
+    if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+        raise CheckpointError(
+            f"{where}: its storage is not a ('storage', ...) reference: {reprlib.repr(pid)}"
+        )
+    _, kind, key, location, numel = pid
+    if not (isinstance(kind, _Global) and kind.module == "torch"):
+        raise CheckpointError(f"{where}: unexpected storage type {reprlib.repr(kind)}")
+    if kind.name in _UNUSABLE_STORAGES:
+        raise CheckpointError(
+            f"{where}: dtype {_UNUSABLE_STORAGES[kind.name]} is not supported "
+            f"(readable: {READABLE_NAMES})"
+        )
+    if kind.name not in _READABLE_STORAGES:
+        raise CheckpointError(f"{where}: unexpected storage type torch.{kind.name}")
+    if not (isinstance(key, str) and re.fullmatch(r"[0-9]{1,20}", key)):
+        raise CheckpointError(f"{where}: storage key {reprlib.repr(key)} is not a number")
+    if not isinstance(location, str) or not _is_int(numel) or not 0 <= numel <= MAX_DIM:
+        raise CheckpointError(
+            f"{where}: bad storage location {reprlib.repr(location)} or size {reprlib.repr(numel)}"
+        )
+    return key, np.dtype(_READABLE_STORAGES[kind.name]), numel
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# -- the pickle interpreter -----------------------------------------------------------------------
+
+_CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False, "EMPTY_TUPLE": ()}
+_LITERALS = frozenset(
+    {"BININT", "BININT1", "BININT2", "LONG1", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
+)
+_TUPLE_N = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
+
+
+def _opcodes(data: bytes, where: str) -> Iterator[tuple[str, Any, int]]:
+    ops = pickletools.genops(data)
+    while True:
+        try:
+            op, arg, pos = next(ops)
+        except StopIteration:
+            return
+        except (ValueError, EOFError, struct.error) as e:  # genops on malformed bytes
+            raise CheckpointError(f"{where}: malformed pickle ({e})") from e
+        yield op.name, arg, pos
+
+
+def _interpret(data: bytes, where: str) -> Any:
+    """The value a torch.save pickle describes, with tensors as `_TensorCall`s."""
+    stack: list[Any] = []
+    marks: list[int] = []
+    memo: dict[int, Any] = {}
+
+    def pop_mark() -> list[Any]:
+        start = marks.pop()
+        items = stack[start:]
+        del stack[start:]
+        return items
+
+    for name, arg, pos in _opcodes(data, where):
+        try:
+            if name in ("PROTO", "FRAME"):
+                continue
+            if name == "STOP":
+                if len(stack) != 1 or marks:
+                    raise CheckpointError(f"{where}: pickle stops with {len(stack)} values")
+                return stack[0]
+            if name == "MARK":
+                marks.append(len(stack))
+            elif name in _LITERALS:
+                stack.append(arg)
+            elif name in _CONSTANTS:
+                stack.append(_CONSTANTS[name])
+            elif name == "EMPTY_DICT":
+                stack.append({})
+            elif name == "TUPLE":
+                stack.append(tuple(pop_mark()))
+            elif name in _TUPLE_N:
+                n = _TUPLE_N[name]
+                if len(stack) < n:
+                    raise IndexError
+                stack[-n:] = [tuple(stack[-n:])]
+            elif name in ("BINPUT", "LONG_BINPUT"):
+                memo[arg] = stack[-1]
+            elif name == "MEMOIZE":
+                memo[len(memo)] = stack[-1]
+            elif name in ("BINGET", "LONG_BINGET"):
+                if arg not in memo:
+                    raise CheckpointError(f"{where}: byte {pos}: memo entry {arg} was never set")
+                stack.append(memo[arg])
+            elif name == "GLOBAL":
+                stack.append(_global(*arg.split(" ", 1), where))
+            elif name == "STACK_GLOBAL":
+                qualname = stack.pop()
+                module = stack.pop()
+                if not isinstance(module, str) or not isinstance(qualname, str):
+                    raise UnsafeCheckpointError(f"{where}: byte {pos}: STACK_GLOBAL of non-strings")
+                stack.append(_global(module, qualname, where))
+            elif name == "BINPERSID":
+                stack.append(_Persistent(stack.pop()))
+            elif name == "REDUCE":
+                args = stack.pop()
+                stack.append(_reduce(stack.pop(), args, where, pos))
+            elif name == "BUILD":
+                state = stack.pop()
+                # torch.save's OrderedDict carries `_metadata` (module versions): not needed.
+                if type(stack[-1]) is not collections.OrderedDict or not isinstance(state, dict):
+                    raise UnsafeCheckpointError(
+                        f"{where}: byte {pos}: BUILD on {type(stack[-1]).__name__}: torch.save "
+                        "only sets attributes of its OrderedDict"
+                    )
+            elif name == "SETITEM":
+                value = stack.pop()
+                key = stack.pop()
+                _set_items(stack[-1], [key, value], where, pos)
+            elif name == "SETITEMS":
+                items = pop_mark()
+                _set_items(stack[-1], items, where, pos)
+            else:
+                raise UnsafeCheckpointError(
+                    f"{where}: byte {pos}: refusing opcode {name} (torch.save of tensors never "
+                    "writes it; this file may try to run code)"
+                )
+        except IndexError:
+            raise CheckpointError(
+                f"{where}: byte {pos}: malformed pickle ({name} on too short a stack)"
+            ) from None
+    raise CheckpointError(f"{where}: pickle ends without STOP")
+
+
+def _global(module: str, name: str, where: str) -> _Global:
+    try:
+        return _ALLOWED_GLOBALS[(module, name)]
+    except KeyError:
+        raise UnsafeCheckpointError(
+            f"{where}: refusing to load {module}.{name}: a torch checkpoint may only contain "
+            "tensors and plain containers (this file would run code if unpickled)"
+        ) from None
+
+
+def _reduce(func: Any, args: Any, where: str, pos: int) -> Any:
+    """The calls torch.save writes, as values; nothing is called."""
+    if not isinstance(args, tuple):
+        raise CheckpointError(f"{where}: byte {pos}: REDUCE arguments are not a tuple")
+    if func == _ORDERED_DICT and args == ():
+        return collections.OrderedDict()
+    if func == _REBUILD_TENSOR:
+        return _TensorCall(args)
+    if func == _REBUILD_PARAMETER and args and isinstance(args[0], _TensorCall | _Unusable):
+        return args[0]
+    if func == _REBUILD_TENSOR_V3:
+        dtype = next((a.name for a in args if isinstance(a, _Global) and a.module == "torch"), "?")
+        return _Unusable(f"dtype {dtype}")
+    if func == _REBUILD_QTENSOR:
+        return _Unusable("quantized")
+    raise UnsafeCheckpointError(
+        f"{where}: byte {pos}: refusing the call {reprlib.repr(func)}{reprlib.repr(args)}: torch.save never "
+        "writes it"
+    )
+
+
+def _set_items(target: Any, items: list[Any], where: str, pos: int) -> None:
+    if not isinstance(target, dict) or len(items) % 2:
+        raise CheckpointError(f"{where}: byte {pos}: SETITEM(S) on a {type(target).__name__}")
+    for key, value in zip(items[::2], items[1::2]):
+        if not isinstance(key, str | int) or isinstance(key, bool):
+            raise CheckpointError(
+                f"{where}: byte {pos}: dict key {reprlib.repr(key)} is not a str or int"
+            )
+        if key in target:
+            raise CheckpointError(f"{where}: byte {pos}: key {key!r} appears twice")
+        target[key] = value
