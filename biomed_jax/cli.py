@@ -549,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         return conformance_main(argv[split:])
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, ModuleNotFoundError) as e:
+    except (OSError, ValueError, ModuleNotFoundError) as e:  # OSError: missing or unwritable files
         print(f"biomed-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -13,3 +13,7 @@ class CheckpointError(ValueError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint asks for something other than tensors and plain data (code, foreign objects)."""
+
+
+class OutputError(OSError):
+    """An output could not be written (disk full, read-only, no permission); says what to do."""

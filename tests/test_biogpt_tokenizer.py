@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from biomed_jax import BioGptTokenizer
@@ -256,3 +256,102 @@ def test_added_tokens_are_refused(vocab_dir, tmp_path):
     hf.save_pretrained(tmp_path)
     with pytest.raises(NotImplementedError, match="BRCA1-mutant"):
         BioGptTokenizer.from_pretrained(tmp_path)
+
+
+# -- pairs and truncation: HF's Python tokenizer rules (`_encoding.PYTHON_RULES`) ----------------
+
+_WORDS = st.sampled_from(
+    ["aspirin", "liver", "the", "non-small-cell", "TNF-α", "(", ")", "&", "5,300", "e.g.", "</s>",
+     "hepatotoxicity", "x", "."]
+)  # fmt: skip
+SHORT = st.lists(_WORDS, max_size=6).map(" ".join)
+OPTIONS = st.fixed_dictionaries(
+    {
+        "truncation": st.sampled_from([True, "longest_first", "only_first", "only_second"]),
+        "max_length": st.integers(1, 12),
+        "add_special_tokens": st.booleans(),
+    },
+    optional={"padding": st.sampled_from([True, "max_length"])},
+)
+
+
+def compare_pair(hf, ours, text, pair, options, side="right"):
+    """Our result equals HF's; where HF returns more than max_length tokens (it does not refuse
+    what cannot be truncated), ours raises a ValueError instead; an empty sequence is padded."""
+    hf.truncation_side = ours.truncation_side = side
+    try:
+        want = dict(hf(text, pair, return_special_tokens_mask=True, **options))
+    finally:
+        hf.truncation_side = ours.truncation_side = "right"
+    fits = len(want["input_ids"]) <= options["max_length"]
+    ours.truncation_side = side
+    try:
+        if not want["input_ids"] and options.get("padding"):
+            # HF's Python `pad` leaves an empty sequence unpadded; ours pads it like any other
+            got = ours(text, pair, **options)
+            assert set(got["input_ids"]) <= {ours.pad_token_id}
+            assert set(got["attention_mask"]) <= {0}
+            return
+        if not fits:
+            with pytest.raises(ValueError, match=r"max_length|text_pair"):
+                ours(text, pair, return_special_tokens_mask=True, **options)
+            return
+        assert ours(text, pair, return_special_tokens_mask=True, **options) == want
+    finally:
+        ours.truncation_side = "right"
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=SHORT, pair=st.one_of(st.none(), SHORT), options=OPTIONS, left=st.booleans())
+def test_pairs_and_truncation_match_hf(hf, ours, text, pair, options, left):
+    # HF drops an empty pair when it truncates on the left (see test_pair_table): not followed
+    assume(not (left and pair is not None and not hf.tokenize(pair) and options["truncation"]))
+    compare_pair(hf, ours, text, pair, options, "left" if left else "right")
+
+
+@pytest.mark.parametrize(
+    ("text", "pair", "options", "want"),
+    [
+        ("aspirin", "liver", {"truncation": True, "max_length": 3}, [2, 5062, 2]),  # issue 18
+        ("aspirin", "", {}, [2, 5062, 2]),  # an empty pair is still a pair
+        ("", "", {}, [2, 2]),
+        ("aspirin", "", {"truncation": True, "max_length": 3}, [2, 5062, 2]),
+    ],
+)
+def test_pair_table(hf, ours, text, pair, options, want):
+    assert hf(text, pair, **options)["input_ids"] == want  # what transformers does today
+    assert ours(text, pair, **options)["input_ids"] == want
+
+
+def test_left_truncation_keeps_an_empty_pair(hf, ours):
+    """HF's 'longest_first' on the left turns an empty pair into no pair (`pair_ids[k:] if
+    pair_ids else None`), on the right it keeps it; ours keeps the pair template on both sides."""
+    options = {"truncation": True, "max_length": 3}
+    ours.truncation_side = hf.truncation_side = "left"
+    try:
+        assert hf("aspirin causes", "", **options)["input_ids"] == [2, 1019]
+        assert ours("aspirin causes", "", **options)["input_ids"] == [2, 1019, 2]
+    finally:
+        ours.truncation_side = hf.truncation_side = "right"
+    assert ours("aspirin causes", "", **options)["input_ids"] == [2, 5062, 2]
+    assert hf("aspirin causes", "", **options)["input_ids"] == [2, 5062, 2]
+
+
+def test_pair_refusals_where_hf_overruns_max_length(hf, ours):
+    """HF returns more than max_length tokens here (documented in docs/runtime-inputs.md)."""
+    long, short = "aspirin causes liver damage", "the liver"
+    assert len(hf(long, short, truncation="only_second", max_length=5)["input_ids"]) == 6
+    with pytest.raises(ValueError, match="second sequence has 2 tokens but 3 must go"):
+        ours(long, short, truncation="only_second", max_length=5)
+    assert len(hf(long, truncation="only_second", max_length=3)["input_ids"]) == 5
+    with pytest.raises(ValueError, match="needs a text_pair"):
+        ours(long, truncation="only_second", max_length=3)
+    with pytest.raises(ValueError, match="special tokens"):
+        ours(long, short, truncation=True, max_length=1)
+    # overflow windows of a 'longest_first' pair: refused by both
+    with pytest.raises(ValueError, match="overflowing tokens"):
+        hf(long, short, truncation=True, max_length=5, return_overflowing_tokens=True)
+    with pytest.raises(ValueError, match="return_overflowing_tokens"):
+        ours(long, short, truncation=True, max_length=5, return_overflowing_tokens=True)

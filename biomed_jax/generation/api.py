@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from biomed_jax import validation as v
 from biomed_jax.generation.beam_search import beam_search
 from biomed_jax.generation.buckets import bucket_length, left_pad, room_for
 from biomed_jax.generation.processors import ProcessorSettings
@@ -65,17 +66,21 @@ def generate(
     config = module.config
     ids = _as_ids(input_ids, config.vocab_size)
     prompt_length = ids.shape[1]
-    eos = _eos_ids(config.eos_token_id if eos_token_id is None else eos_token_id)
-    pad = config.pad_token_id if pad_token_id is None else pad_token_id
+    max_new_tokens = v.optional_integer("max_new_tokens", max_new_tokens, low=1)
+    max_length = v.optional_integer("max_length", max_length, low=1)
+    eos = _eos_ids(eos_token_id, config, config.vocab_size)
+    pad = _pad_id(pad_token_id, config, config.vocab_size)
     if pad is None and eos.size:
         pad = int(eos[0])
     mask = _attention_mask(ids, attention_mask, pad, eos)
     _check_strategy(
         do_sample, num_beams, num_return_sequences, early_stopping, temperature, top_k, top_p,
-        repetition_penalty, no_repeat_ngram_size, min_new_tokens, min_length,
+        repetition_penalty, no_repeat_ngram_size, min_new_tokens, min_length, length_penalty,
     )  # fmt: skip
     if do_sample and rng is None:
         raise ValueError("do_sample=True needs an explicit PRNG key: rng=jax.random.key(seed)")
+    if rng is not None and not _is_key(rng):
+        raise TypeError(f"rng must be a PRNG key (jax.random.key(seed)), got {rng!r}")
 
     if max_new_tokens is not None:
         total = prompt_length + max_new_tokens
@@ -178,10 +183,35 @@ def _as_ids(input_ids: Any, vocab_size: int) -> np.ndarray:
     return ids.astype(np.int32)
 
 
-def _eos_ids(eos: int | Sequence[int] | None) -> np.ndarray:
+def _eos_ids(eos: Any, config: Any, vocab_size: int) -> np.ndarray:
+    """The EOS ids [E] (the argument, else config.eos_token_id), each inside the vocabulary."""
+    source = "argument" if eos is not None else "config.json"
+    eos = config.eos_token_id if eos is None else eos
     if eos is None:
         return np.zeros((0,), np.int32)
-    return np.atleast_1d(np.asarray(eos, np.int32))
+    values = list(eos) if isinstance(eos, (list, tuple, np.ndarray)) else [eos]
+    return np.asarray([v.token_id("eos_token_id", e, vocab_size, source) for e in values], np.int32)
+
+
+def _pad_id(pad: Any, config: Any, vocab_size: int) -> int | None:
+    """The pad id (the argument, else config.pad_token_id) inside the vocabulary, or None.
+
+    Outside it, the prompt's bucket padding would embed as NaN and every new token come out 0.
+    """
+    if pad is not None:
+        return v.token_id("pad_token_id", pad, vocab_size)
+    if config.pad_token_id is None:
+        return None
+    return v.token_id("pad_token_id", config.pad_token_id, vocab_size, "config.json")
+
+
+def _is_key(rng: Any) -> bool:
+    """A typed key (jax.random.key) or a raw uint32[2] one (jax.random.PRNGKey)."""
+    if not isinstance(rng, jax.Array):
+        return False
+    if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        return rng.ndim == 0
+    return rng.dtype == jnp.uint32 and rng.shape == (2,)
 
 
 def _attention_mask(ids: np.ndarray, mask: Any, pad: int | None, eos: np.ndarray) -> np.ndarray:
@@ -244,11 +274,20 @@ def _check_strategy(
     no_repeat_ngram_size: int,
     min_new_tokens: int,
     min_length: int,
+    length_penalty: float,
 ) -> None:
-    if num_beams < 1:
-        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-    if num_return_sequences < 1:
-        raise ValueError(f"num_return_sequences must be >= 1, got {num_return_sequences}")
+    """Types and ranges of the decoding options, each error naming its argument."""
+    do_sample = v.boolean("do_sample", do_sample)
+    num_beams = v.integer("num_beams", num_beams, low=1)
+    num_return_sequences = v.integer("num_return_sequences", num_return_sequences, low=1)
+    v.integer("top_k", top_k, low=0)
+    v.integer("no_repeat_ngram_size", no_repeat_ngram_size, low=0)
+    v.integer("min_new_tokens", min_new_tokens, low=0)
+    v.integer("min_length", min_length, low=0)
+    v.number("temperature", temperature, low=0.0, low_open=do_sample)
+    v.number("top_p", top_p, low=0.0, high=1.0, low_open=True)
+    v.number("repetition_penalty", repetition_penalty, low=0.0, low_open=True)
+    v.number("length_penalty", length_penalty)
     if num_beams > 1 and num_return_sequences > num_beams:
         raise ValueError(
             f"num_return_sequences ({num_return_sequences}) must be <= num_beams ({num_beams})"
@@ -257,15 +296,3 @@ def _check_strategy(
         raise ValueError("greedy search returns one sequence per prompt: num_return_sequences=1")
     if early_stopping not in EARLY_STOPPING or not isinstance(early_stopping, (bool, str)):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-    if do_sample and not temperature > 0.0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if not repetition_penalty > 0.0:
-        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
-    if no_repeat_ngram_size < 0:
-        raise ValueError(f"no_repeat_ngram_size must be >= 0, got {no_repeat_ngram_size}")
-    if min_new_tokens < 0 or min_length < 0:
-        raise ValueError("min_new_tokens and min_length must be >= 0")

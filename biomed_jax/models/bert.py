@@ -20,7 +20,6 @@ from biomed_jax.models.outputs import (
 )
 from biomed_jax.nn.attention import SelfAttention, make_attention_mask
 from biomed_jax.nn.layers import MLP, Dense, Embed, LayerNorm, activation
-from biomed_jax.nn.layers import check_token_ids as _check_ids
 
 
 class BertEmbeddings(ModelBase):
@@ -129,13 +128,12 @@ class BertModel(ModelBase):
         deterministic: bool = True,
     ) -> BaseModelOutput:
         c = self.config
-        check_inputs(c, input_ids, position_ids)
+        check_inputs(c, input_ids, attention_mask, token_type_ids, position_ids)
         batch, length = input_ids.shape
         if attention_mask is None:
             attention_mask = jnp.ones((batch, length), jnp.int32)
         if token_type_ids is None:
             token_type_ids = jnp.zeros((batch, length), jnp.int32)
-        _check_ids(token_type_ids, c.type_vocab_size, "token_type_ids")
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(length), (batch, length))
 

@@ -141,9 +141,10 @@ class BioGptModel(ModelBase):
         deterministic: bool = True,
     ) -> BaseModelOutput:
         c = self.config
-        check_inputs(c, input_ids, position_ids)
+        slots = None if cache is None else cache.max_length
+        check_inputs(c, input_ids, attention_mask, None, position_ids, mask_slots=slots)
         batch, length = input_ids.shape
-        slots = length if cache is None else cache.max_length
+        slots = length if cache is None else slots
         index = jnp.zeros((), jnp.int32) if cache is None else cache.index
         if attention_mask is None:
             attention_mask = (jnp.arange(slots) < index + length)[None].repeat(batch, 0)
@@ -181,14 +182,9 @@ class BioGptModel(ModelBase):
 
 
 def _check_cache_inputs(config, input_ids, attention_mask, cache, derive_positions) -> None:
-    """Shape errors for mask and cache; with concrete values, positions past the table."""
+    """Errors for a cache that does not fit; with concrete values, positions past the table."""
     batch, length = input_ids.shape
     slots = length if cache is None else cache.max_length
-    if attention_mask.shape != (batch, slots):
-        what = "[batch, cache max_length]" if cache is not None else "[batch, length]"
-        raise ValueError(
-            f"attention_mask must be {what} = {(batch, slots)}, got {attention_mask.shape}"
-        )
     if cache is not None:
         if cache.key.shape[1] != batch:
             raise ValueError(f"cache batch {cache.key.shape[1]} != input batch {batch}")

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biomed_jax.nn.layers import Dtype, PrecisionLike, check_token_ids
+from biomed_jax import validation as v
+from biomed_jax.nn.layers import Dtype, PrecisionLike
 
 
 class ModelBase(nn.Module):
@@ -46,24 +47,43 @@ class ModelBase(nn.Module):
 
 
 def check_inputs(
-    config: Any, input_ids: Any, position_ids: Any = None, position_limit: int | None = None
+    config: Any,
+    input_ids: Any,
+    attention_mask: Any = None,
+    token_type_ids: Any = None,
+    position_ids: Any = None,
+    *,
+    mask_slots: int | None = None,
 ) -> None:
-    """Errors for ids outside the vocabulary and sequences longer than the position table."""
-    if input_ids.ndim != 2:
-        raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
-    check_token_ids(input_ids, config.vocab_size)
-    limit = config.max_position_embeddings if position_limit is None else position_limit
+    """A model call's arrays, checked once where every model's `__call__` begins.
+
+    Shapes and dtypes always (they are static under `jit`); values (ids inside their tables,
+    mask of 0/1, positions inside the position table) when concrete. `mask_slots`: the length of
+    the attention mask when it is not the input's (a KV cache's slots).
+    """
+    v.int_array("input_ids", input_ids)
+    if input_ids.ndim != 2 or 0 in input_ids.shape:
+        raise ValueError(
+            f"input_ids must be [batch, length] with both > 0, got shape {tuple(input_ids.shape)}"
+        )
+    v.ids_in_range("input_ids", input_ids, 0, config.vocab_size)
+    batch, length = input_ids.shape
+    if attention_mask is not None:
+        slots = length if mask_slots is None else mask_slots
+        what = "[batch, length] like input_ids" if mask_slots is None else "[batch, cache slots]"
+        v.int_array("attention_mask", attention_mask, (batch, slots), what)
+        v.binary_mask("attention_mask", attention_mask)
+    like_ids = "[batch, length] like input_ids"
+    if token_type_ids is not None:
+        v.int_array("token_type_ids", token_type_ids, (batch, length), like_ids)
+        v.ids_in_range("token_type_ids", token_type_ids, 0, config.type_vocab_size)
+    limit = config.max_position_embeddings
     if position_ids is None:
-        if input_ids.shape[1] > limit:
-            raise ValueError(
-                f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings {limit}"
-            )
-    elif not isinstance(position_ids, jax.core.Tracer):
-        positions = np.asarray(position_ids)
-        if positions.size and (positions.min() < 0 or positions.max() >= limit):
-            raise ValueError(
-                f"position_ids must lie in [0, {limit}), got [{positions.min()}, {positions.max()}]"
-            )
+        if length > limit:
+            raise ValueError(f"sequence length {length} exceeds max_position_embeddings {limit}")
+        return
+    v.int_array("position_ids", position_ids, (batch, length), like_ids)
+    v.ids_in_range("position_ids", position_ids, 0, limit)
 
 
 STACKED = "layer"  # the scanned stack's param name; unrolled layers are layer_0, layer_1, ...

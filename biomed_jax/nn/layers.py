@@ -123,24 +123,6 @@ def partitioned(init: Callable, *axes: str) -> Callable:
     return nn.with_logical_partitioning(init, axes)
 
 
-def check_token_ids(input_ids: Any, vocab_size: int, name: str = "input_ids") -> None:
-    """Raise on ids outside [0, vocab_size) when the ids are concrete.
-
-    JAX clamps or fills out-of-range gathers silently; under `jit` the ids are tracers and the
-    embedding lookup returns NaN for them instead (see `Embed`).
-    """
-    if isinstance(input_ids, jax.core.Tracer):
-        return
-    ids = np.asarray(input_ids)
-    if not np.issubdtype(ids.dtype, np.integer):
-        raise TypeError(f"{name} must be integers, got dtype {ids.dtype}")
-    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-        bad = ids[(ids < 0) | (ids >= vocab_size)]
-        raise ValueError(
-            f"{name} contains ids outside [0, {vocab_size}): {sorted(set(bad.tolist()))[:10]}"
-        )
-
-
 class Dense(nn.Module):
     """y = x @ kernel + bias with a chosen matmul precision; kernel [in, out].
 
@@ -200,6 +182,7 @@ class Embed(nn.Module):
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         table = self.embedding.astype(self.dtype)
+        ids = jnp.where(ids < 0, self.num_embeddings, ids)  # take() would wrap -1 to the last row
         return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
 
     def attend(self, x: jax.Array) -> jax.Array:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from biomed_jax import sharding as shd
-from biomed_jax.loading import Pretrained, from_pretrained
+from biomed_jax import validation as v
+from biomed_jax.loading import ARCHITECTURES, Pretrained, from_pretrained
 
 DEFAULT_ENCODER = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext"
 DEFAULT_DECODER = "microsoft/biogpt"
@@ -37,13 +38,34 @@ Model = str | Path | Pretrained | None
 Devices = Mesh | Sequence[jax.Device] | None
 
 
+# The module classes each kind of pipeline takes (their architecture names, as in config.json).
+ENCODERS = (
+    "BertModel",
+    "BertForMaskedLM",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
+)
+DECODERS = ("BioGptForCausalLM",)
+
+
 @functools.lru_cache(maxsize=4)
 def _load(name: str, architecture: str | None) -> Pretrained:
     return from_pretrained(name, architecture=architecture)
 
 
-def resolve_model(model: Model, default: str, architecture: str | None = None) -> Pretrained:
-    """A `Pretrained` from a hub id, a path (loaded once, then kept) or a `Pretrained` itself."""
+def resolve_model(
+    model: Model,
+    default: str,
+    architecture: str | None = None,
+    *,
+    takes: Sequence[str] = (),
+    pipeline: str = "this pipeline",
+) -> Pretrained:
+    """A `Pretrained` from a hub id, a path (loaded once, then kept) or a `Pretrained` itself.
+
+    `architecture`: the module class to load a checkpoint as; `takes`: the module classes the
+    pipeline fits (default: `architecture`), any other is refused with an error listing them.
+    """
     if isinstance(model, Pretrained):
         pretrained = model
     elif model is None or isinstance(model, (str, Path)):
@@ -52,19 +74,26 @@ def resolve_model(model: Model, default: str, architecture: str | None = None) -
         raise TypeError(
             f"model must be a hub id, a path or a Pretrained, got {type(model).__name__}"
         )
+    got = type(pretrained.module).__name__
+    takes = takes or ((architecture,) if architecture else ())
+    if takes and got not in takes:
+        hint = ""
+        if architecture and type(pretrained.config) is ARCHITECTURES[architecture].config:
+            hint = f"; load it with from_pretrained(..., architecture={architecture!r})"
+        raise ValueError(
+            f"{pipeline} needs a {' or '.join(takes)} model, got a {got} "
+            f"({pretrained.path or 'in memory'}){hint}"
+        )
     if pretrained.tokenizer is None:
         raise ValueError(f"{pretrained.path} has no tokenizer files (vocab.txt or vocab.json)")
-    if architecture is not None and type(pretrained.module).__name__ != architecture:
-        raise ValueError(
-            f"this pipeline needs a {architecture}, got a {type(pretrained.module).__name__}; "
-            f"load it with from_pretrained(..., architecture={architecture!r})"
-        )
     return pretrained
 
 
 def as_list(texts: str | Sequence[str], name: str = "texts") -> tuple[list[str], bool]:
     """(list of texts, whether a single string was given); rejects anything but str."""
     single = isinstance(texts, str)
+    if not single and not isinstance(texts, Iterable):
+        raise TypeError(f"{name} must be a str or a list of str, got {type(texts).__name__}")
     items = [texts] if single else list(texts)
     for i, text in enumerate(items):
         if not isinstance(text, str):
@@ -79,8 +108,7 @@ def check_max_length(max_length: int | None, config: Any) -> int:
     limit = getattr(config, "max_position_embeddings", None) or 512
     if max_length is None:
         return min(512, limit)
-    if max_length < 1:
-        raise ValueError(f"max_length must be positive, got {max_length}")
+    max_length = v.integer("max_length", max_length, low=1)
     if max_length > limit:
         raise ValueError(f"max_length={max_length} exceeds the model's {limit} positions")
     return max_length
@@ -93,8 +121,7 @@ def bucket(n: int, smallest: int, largest: int) -> int:
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[np.ndarray]:
     """Indices into `lengths`, sorted by length (stable), in chunks of `batch_size`."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    batch_size = v.integer("batch_size", batch_size, low=1)
     order = np.argsort(np.asarray(lengths), kind="stable")
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]

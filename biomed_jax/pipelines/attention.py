@@ -11,9 +11,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from biomed_jax import validation as v
 from biomed_jax.compilation import jit
 from biomed_jax.pipelines._common import (
+    DECODERS,
     DEFAULT_ENCODER,
+    ENCODERS,
     Model,
     as_list,
     check_max_length,
@@ -30,17 +33,17 @@ def _attentions(module: nn.Module, params, ids, mask):
 
 
 def _select(chosen: int | Sequence[int] | None, count: int, what: str) -> list[int]:
-    picked = (
-        list(range(count))
-        if chosen is None
-        else [chosen]
-        if isinstance(chosen, int)
-        else list(chosen)
-    )
+    if chosen is None:
+        return list(range(count))
+    if not isinstance(chosen, (int, np.integer, list, tuple)) or isinstance(chosen, bool):
+        raise TypeError(f"{what}s must be an int or a list of ints, got {chosen!r}")
+    picked = list(chosen) if isinstance(chosen, (list, tuple)) else [chosen]
+    if not picked:
+        raise ValueError(f"{what}s is empty")
     for k in picked:
-        if not -count <= k < count:
+        if not -count <= v.integer(f"{what}s", k) < count:
             raise ValueError(f"{what} {k} out of range: the model has {count} {what}s")
-    return [k % count for k in picked]
+    return [int(k) % count for k in picked]
 
 
 def attention(
@@ -55,9 +58,12 @@ def attention(
 
     attentions[l, n, i, j] is how much token i attends to token j in the l-th chosen layer's n-th
     chosen head (None: all). Texts over max_length tokens are truncated with a warning.
+    `model`: a BERT encoder or BioGPT (a decoder's maps are causal: zero above the diagonal).
     """
     (text,), _ = as_list(text, "text")
-    pretrained = resolve_model(model, DEFAULT_ENCODER)
+    pretrained = resolve_model(
+        model, DEFAULT_ENCODER, takes=ENCODERS + DECODERS, pipeline="attention"
+    )
     config, tok = pretrained.config, pretrained.tokenizer
     max_length = check_max_length(max_length, config)
     layer_ids = _select(layers, config.num_hidden_layers, "layer")

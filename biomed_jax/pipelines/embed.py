@@ -10,6 +10,7 @@ Each batch is split over all local devices (see `_common.run_split`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from collections.abc import Sequence
@@ -20,9 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from biomed_jax import sharding as shd
+from biomed_jax import validation as v
 from biomed_jax.compilation import jit
+from biomed_jax.loading import Pretrained
 from biomed_jax.pipelines._common import (
     DEFAULT_ENCODER,
+    ENCODERS,
     Devices,
     Model,
     as_list,
@@ -52,8 +56,10 @@ def _hidden(module: nn.Module, params, ids, mask, layers: tuple[int, ...], pooli
 
 
 def _layer_indices(layers: int | Sequence[int], count: int) -> tuple[tuple[int, ...], bool]:
-    single = isinstance(layers, (int, np.integer))
-    chosen = [int(layers)] if single else [int(k) for k in layers]
+    single = isinstance(layers, (int, np.integer)) and not isinstance(layers, bool)
+    if not single and not isinstance(layers, (list, tuple, np.ndarray)):
+        raise TypeError(f"layers must be an int or a list of ints, got {layers!r}")
+    chosen = [v.integer("layers", k) for k in ([layers] if single else layers)]
     if not chosen:
         raise ValueError("layers is empty")
     for k in chosen:
@@ -92,6 +98,56 @@ def _best_window(windows: list[tuple[int, int]], n: int) -> np.ndarray:
     return best
 
 
+@dataclasses.dataclass(frozen=True)
+class EmbedOptions:
+    """`embed`'s settings, checked against the model: what `embed_file` validates up front."""
+
+    layers: tuple[int, ...]  # hidden-state indices in [0, num_hidden_layers]
+    single_layer: bool
+    pooling: str
+    batch_size: int
+    max_length: int
+    stride: int | None
+    prefix: tuple[int, ...]  # special tokens before / after each window's content
+    suffix: tuple[int, ...]
+
+    @property
+    def capacity(self) -> int:
+        """Content tokens per window."""
+        return self.max_length - len(self.prefix) - len(self.suffix)
+
+
+def embed_options(
+    pretrained: Pretrained,
+    layers: int | Sequence[int] = -1,
+    pooling: str = "cls",
+    batch_size: int = 32,
+    max_length: int | None = None,
+    stride: int | None = None,
+) -> EmbedOptions:
+    """`embed`'s arguments checked (types, ranges, the model's positions and layers)."""
+    v.choice("pooling", pooling, POOLINGS)
+    config, tok = pretrained.config, pretrained.tokenizer
+    max_length = check_max_length(max_length, config)
+    chosen, single_layer = _layer_indices(layers, config.num_hidden_layers + 1)
+    prefix, suffix = _special_tokens(tok)
+    capacity = max_length - len(prefix) - len(suffix)
+    if capacity < 1:
+        raise ValueError(f"max_length={max_length} leaves no room beside the special tokens")
+    if stride is not None and not 0 <= v.integer("stride", stride) < capacity:
+        raise ValueError(f"stride must be in 0..{capacity - 1} for max_length={max_length}")
+    return EmbedOptions(
+        chosen,
+        single_layer,
+        pooling,
+        v.integer("batch_size", batch_size, low=1),
+        max_length,
+        stride,
+        tuple(prefix),
+        tuple(suffix),
+    )
+
+
 def embed(
     texts: str | Sequence[str],
     *,
@@ -106,6 +162,8 @@ def embed(
 ) -> Any:
     """Embeddings of `texts` as numpy float32, in input order.
 
+    model: a BERT encoder (`ENCODERS`). A decoder such as BioGPT is refused: under causal
+    attention its first token sees only itself, so "cls" would give every text one vector.
     max_length: tokens per row (default: 512, or the model's positions if fewer).
     devices: the devices each batch of `batch_size` rows is split over (default: all of this
     process's), or a Mesh of them; rules: how params are placed there (default: replicated).
@@ -115,17 +173,14 @@ def embed(
     tokens) and "tokens".
     """
     items, single_text = as_list(texts)
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     mesh = data_mesh(devices)
-    pretrained = place(resolve_model(model, DEFAULT_ENCODER), mesh, rules)
-    config, tok = pretrained.config, pretrained.tokenizer
-    max_length = check_max_length(max_length, config)
-    chosen, single_layer = _layer_indices(layers, config.num_hidden_layers + 1)
-    prefix, suffix = _special_tokens(tok)
-    capacity = max_length - len(prefix) - len(suffix)
-    if stride is not None and not 0 <= stride < capacity:
-        raise ValueError(f"stride must be in 0..{capacity - 1} for max_length={max_length}")
+    model = resolve_model(model, DEFAULT_ENCODER, takes=ENCODERS, pipeline="embed")
+    options = embed_options(model, layers, pooling, batch_size, max_length, stride)
+    pretrained = place(model, mesh, rules)
+    tok = pretrained.tokenizer
+    chosen, single_layer = options.layers, options.single_layer
+    batch_size, max_length, stride = options.batch_size, options.max_length, options.stride
+    prefix, suffix, capacity = list(options.prefix), list(options.suffix), options.capacity
 
     encoded = tok(items, add_special_tokens=False, return_offsets_mapping=True)
     content, offsets = encoded["input_ids"], encoded["offset_mapping"]

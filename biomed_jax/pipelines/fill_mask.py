@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from biomed_jax import sharding as shd
+from biomed_jax import validation as v
 from biomed_jax.compilation import jit
 from biomed_jax.pipelines._common import (
     DEFAULT_ENCODER,
@@ -55,11 +56,15 @@ def fill_mask(
     """
     texts, single = as_list(text_or_texts)
     mesh = data_mesh(devices)
-    pretrained = place(resolve_model(model, DEFAULT_ENCODER, "BertForMaskedLM"), mesh, rules)
-    tok = pretrained.tokenizer
-    vocab_size = pretrained.config.vocab_size
-    if not 1 <= top_k <= vocab_size:
+    model = resolve_model(
+        model, DEFAULT_ENCODER, "BertForMaskedLM", takes=("BertForMaskedLM",), pipeline="fill_mask"
+    )
+    vocab_size = model.config.vocab_size
+    if not 1 <= v.integer("top_k", top_k) <= vocab_size:
         raise ValueError(f"top_k must be in 1..{vocab_size} (the vocabulary size), got {top_k}")
+    v.integer("batch_size", batch_size, low=1)
+    pretrained = place(model, mesh, rules)
+    tok = pretrained.tokenizer
     limit = pretrained.config.max_position_embeddings
     encoded = [tok(text)["input_ids"] for text in texts]
     for i, ids in enumerate(encoded):

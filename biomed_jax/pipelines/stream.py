@@ -1,11 +1,13 @@
 """`embed_file`: stream a large corpus into sharded embedding files, resumable after a kill.
 
 Input: a text file (one document per line) or JSONL (`field` names the text). Output directory:
-`manifest.json` (the settings; a rerun with other settings is refused) and shards
-`shard-00000.npy` (or `.safetensors`, key "embeddings"), each holding the embeddings of
-`shard_size` consecutive documents, written atomically (temp file + rename). A rerun skips the
-shards that exist, so a killed run resumes at its first missing shard. Memory holds one shard.
-Every batch is split over all local devices (`embed`'s `devices`).
+`manifest.json` and shards `shard-00000.npy` (or `.safetensors`, key "embeddings"), each holding
+the embeddings of `shard_size` consecutive documents, written atomically (temp file + rename).
+The manifest records what the shards depend on: the settings with a fingerprint of the model
+(weights, config, tokenizer), and per shard a hash of its documents. A rerun keeps the shards
+whose documents hash the same and recomputes the others; other settings or another model are
+refused (unless no shard was finished). Memory holds one shard. Every batch is split over all
+local devices (`embed`'s `devices`). docs/runtime-inputs.md has the rules.
 
 Multi-host (`jax.process_count() > 1`, after `jax.distributed.initialize()`): every process runs
 the same call, takes its own contiguous block of the documents (process p of P: documents
@@ -17,11 +19,16 @@ returns (see `wait_for_all_processes`).
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
+import io
 import itertools
 import json
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
@@ -31,16 +38,20 @@ import jax
 import numpy as np
 
 from biomed_jax import sharding as shd
+from biomed_jax import validation as v
+from biomed_jax.errors import OutputError
+from biomed_jax.loading import TOKENIZER_FILES, Pretrained
 from biomed_jax.pipelines._common import (
     DEFAULT_ENCODER,
+    ENCODERS,
     Devices,
     Model,
     data_mesh,
     place,
     resolve_model,
 )
-from biomed_jax.pipelines.embed import embed
-from biomed_jax.weights.io import atomic_path, atomic_write_text
+from biomed_jax.pipelines.embed import embed, embed_options
+from biomed_jax.weights.io import atomic_write_bytes, atomic_write_text, flatten
 
 FORMATS = ("npy", "safetensors")
 # How long a process that has finished its block waits for the slowest one.
@@ -97,15 +108,35 @@ def process_block(total: int, process: int, count: int) -> tuple[int, int]:
     return total * process // count, total * (process + 1) // count
 
 
-def _write_shard(path: Path, array: np.ndarray, fmt: str) -> None:
-    with atomic_path(path) as tmp:
-        if fmt == "npy":
-            with open(tmp, "wb") as f:
-                np.save(f, array)
-        else:
-            from safetensors.numpy import save_file
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An OSError raised while writing `path` names it, not the temporary file beside it."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno is not None:
+            e.filename = str(path)
+        raise
 
-            save_file({"embeddings": np.ascontiguousarray(array)}, str(tmp))
+
+def _write_shard(path: Path, array: np.ndarray, fmt: str) -> None:
+    """Serialized in memory, then written by Python: a full disk is an OSError with its errno
+    (np.save's `tofile` and safetensors' Rust writer report it without one)."""
+    if fmt == "npy":
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        data = buffer.getvalue()
+    else:
+        from safetensors.numpy import save
+
+        data = save({"embeddings": np.ascontiguousarray(array)})
+    with _naming(path):
+        atomic_write_bytes(path, data)
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    with _naming(path):
+        atomic_write_text(path, json.dumps(manifest, indent=2))
 
 
 def _read_shard(path: Path, fmt: str) -> np.ndarray:
@@ -141,10 +172,7 @@ def read_shards(directory: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"no manifest in {directory}: not an embed_file output")
     if None in manifests and len(manifests) > 1:
         raise ValueError(f"{directory} mixes a single-process run with a multi-process one")
-    paths = ("input", "model")  # may differ between hosts that mount them elsewhere
-    settings = [
-        {k: v for k, v in m["settings"].items() if k not in paths} for m in manifests.values()
-    ]
+    settings = [m["settings"] for m in manifests.values()]
     if any(s != settings[0] for s in settings):
         raise ValueError(f"{directory}: the processes' manifests hold other settings")
     count = settings[0].get("num_processes", 1)
@@ -224,32 +252,37 @@ def embed_file(
 
     layers, pooling ("cls" or "mean"), batch_size, max_length, stride, devices and rules are
     `embed`'s: by default every batch is split over all of this process's devices.
+    A rerun resumes: it keeps each shard whose documents still hash to what the manifest
+    recorded and recomputes the others (with a warning naming them); other settings or another
+    model (weights, config or tokenizer) are refused. Arguments and the whole input are checked
+    before anything is written. A write that fails (disk full, read-only, no permission) raises
+    `OutputError` naming the path; the finished shards stay.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if pooling == "none":
         raise ValueError("embed_file writes pooled vectors: pooling must be 'cls' or 'mean'")
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be positive, got {shard_size}")
+    shard_size = v.integer("shard_size", shard_size, low=1)
     input_path, output_dir = Path(input_path), Path(output_dir)
     mesh = data_mesh(devices)
-    pretrained = place(resolve_model(model, DEFAULT_ENCODER), mesh, rules)  # once, not per shard
+    model = resolve_model(model, DEFAULT_ENCODER, takes=ENCODERS, pipeline="embed_file")
+    options = embed_options(model, layers, pooling, batch_size, max_length, stride)
+    total = sum(1 for _ in read_documents(input_path, field))  # every line parses, or nothing
     count = jax.process_count()
     process = jax.process_index() if count > 1 else None
     settings = {
-        "input": str(input_path.resolve()),
-        "input_bytes": input_path.stat().st_size,
         "field": field,
-        "model": str(pretrained.path),
         "shard_size": shard_size,
         "format": fmt,
-        "layers": layers if isinstance(layers, int) else [int(k) for k in layers],
+        "layers": list(options.layers) if not options.single_layer else options.layers[0],
         "pooling": pooling,
-        "max_length": max_length,
-        "stride": stride,
+        "max_length": options.max_length,
+        "stride": options.stride,
+        "model_fingerprint": model_fingerprint(model),
     }
     if count > 1:  # absent on one process, so single-process outputs keep their manifests
         settings["num_processes"] = count
+    sources = {"input": str(input_path.resolve()), "model": str(model.path)}
     manifest_file = manifest_path(output_dir, process)
     for other in _manifests(output_dir).values():
         if (theirs := other["settings"].get("num_processes", 1)) != count:
@@ -257,56 +290,142 @@ def embed_file(
                 f"{output_dir} holds a run over {theirs} process(es), this one has {count}; "
                 "use a new output directory"
             )
+    recorded: list[dict[str, Any]] = []
     if manifest_file.is_file():
-        previous = _read_json(manifest_file)["settings"]
-        if previous != settings:
-            changed = sorted(
-                k for k in settings.keys() | previous.keys() if settings.get(k) != previous.get(k)
-            )
-            raise ValueError(
-                f"{output_dir} holds a run with other settings ({', '.join(changed)}); "
-                "use a new output directory"
-            )
-    else:
-        atomic_write_text(manifest_file, json.dumps({"settings": settings}, indent=2))
-    for stale in output_dir.glob(f".{_prefix(process)}shard-*.tmp"):  # left by a killed run
-        stale.unlink()
+        previous = _read_json(manifest_file)
+        recorded = previous.get("shards", [])
+        _check_same_settings(output_dir, previous["settings"], settings, provisional=not recorded)
 
-    total = sum(1 for _ in read_documents(input_path, field))
     start, stop = process_block(total, process or 0, count)
-    num_shards = -(-(stop - start) // shard_size)
-    done_shards = 0
-    while done_shards < num_shards and shard_path(output_dir, done_shards, fmt, process).is_file():
-        done_shards += 1
-    documents = read_documents(input_path, field)
-    for _ in islice(documents, start + done_shards * shard_size):
-        pass
     mine = stop - start
-    meter = Progress(mine, min(done_shards * shard_size, mine)) if progress else None
-    for index in range(done_shards, num_shards):
-        texts = list(islice(documents, min(shard_size, stop - start - index * shard_size)))
-        vectors = embed(
-            texts,
-            model=pretrained,
-            layers=layers,
-            pooling=pooling,
-            batch_size=batch_size,
-            max_length=max_length,
-            stride=stride,
-            devices=mesh,
-            rules=rules,
+    num_shards = -(-mine // shard_size)
+    pretrained = place(model, mesh, rules)  # once, not per shard
+    shards: list[dict[str, Any]] = []
+    stale: list[str] = []
+    manifest: dict[str, Any] = {"settings": settings, "sources": sources, "shards": shards}
+    with _writing(output_dir, shards):
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _write_manifest(manifest_file, {**manifest, "shards": recorded})
+        for leftover in output_dir.glob(f".{_prefix(process)}shard-*.tmp"):  # of a killed run
+            leftover.unlink()
+        documents = islice(read_documents(input_path, field), start, stop)
+        meter = None
+        for index in range(num_shards):
+            texts = list(islice(documents, shard_size))
+            record = {"documents": len(texts), "sha256": _texts_hash(texts)}
+            path = shard_path(output_dir, index, fmt, process)
+            if not (index < len(recorded) and recorded[index] == record and path.is_file()):
+                if index < len(recorded) and path.is_file():
+                    stale.append(path.name)
+                if progress and meter is None:
+                    meter = Progress(mine, index * shard_size)
+                vectors = embed(
+                    texts,
+                    model=pretrained,
+                    layers=options.layers[0] if options.single_layer else list(options.layers),
+                    pooling=pooling,
+                    batch_size=options.batch_size,
+                    max_length=options.max_length,
+                    stride=options.stride,
+                    devices=mesh,
+                    rules=rules,
+                )
+                _write_shard(path, vectors, fmt)
+            shards.append(record)
+            # recorded: the shards done in this run, then the old records not revisited yet
+            _write_manifest(manifest_file, {**manifest, "shards": shards + recorded[index + 1 :]})
+            if meter is not None:
+                meter.update(index * shard_size + len(texts))
+        for extra in range(num_shards, len(recorded)):  # the input got shorter
+            shard_path(output_dir, extra, fmt, process).unlink(missing_ok=True)
+        manifest |= {"num_documents": mine, "num_shards": num_shards}
+        if process is not None:
+            manifest |= {
+                "process_index": process,
+                "first_document": start,
+                "total_documents": total,
+            }
+        _write_manifest(manifest_file, manifest)
+    if stale:
+        warnings.warn(
+            f"{output_dir}: the input changed under {len(stale)} finished shard(s), recomputed: "
+            f"{', '.join(stale[:10])}{' ...' if len(stale) > 10 else ''}",
+            stacklevel=2,
         )
-        _write_shard(shard_path(output_dir, index, fmt, process), vectors, fmt)
-        if meter is not None:
-            meter.update(index * shard_size + len(texts))
-    manifest: dict[str, Any] = {
-        "settings": settings,
-        "num_documents": mine,
-        "num_shards": num_shards,
-    }
-    if process is not None:
-        manifest |= {"process_index": process, "first_document": start, "total_documents": total}
-    atomic_write_text(manifest_file, json.dumps(manifest, indent=2))
     if process is not None:
         wait_for_all_processes(f"biomed_jax.embed_file.{next(_BARRIERS)}")
     return manifest
+
+
+def _check_same_settings(
+    output_dir: Path, previous: dict[str, Any], settings: dict[str, Any], provisional: bool
+) -> None:
+    """Refuse a rerun whose settings or model differ from the run in `output_dir`, unless that
+    run finished no shard (then nothing can mix and its manifest is replaced)."""
+    if previous == settings or provisional:
+        return
+    changed = sorted(
+        k for k in settings.keys() | previous.keys() if settings.get(k) != previous.get(k)
+    )
+    what = ", ".join(changed)
+    if "model_fingerprint" in changed:
+        what += ": the model's weights, config or tokenizer are not those of the finished shards"
+    raise ValueError(
+        f"{output_dir} holds a run with other settings ({what}); use a new output directory"
+    )
+
+
+def _texts_hash(texts: Sequence[str]) -> str:
+    """sha256 of a shard's documents (each length-prefixed, so boundaries count)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        data = text.encode("utf-8")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def model_fingerprint(pretrained: Pretrained) -> str:
+    """sha256 of what an embedding depends on besides the text: the module class, its config,
+    every parameter (path, dtype, shape, bytes) and the tokenizer's files (else its vocab)."""
+    digest = hashlib.sha256()
+    digest.update(type(pretrained.module).__name__.encode())
+    digest.update(json.dumps(pretrained.config.to_dict(), sort_keys=True, default=str).encode())
+    for name, value in sorted(flatten(pretrained.params).items()):
+        array = np.asarray(value)
+        digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    files = [pretrained.path / f for f in TOKENIZER_FILES] if pretrained.path else []
+    files = [f for f in files if f.is_file()]
+    for file in files:
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    if not files:
+        vocab = getattr(pretrained.tokenizer, "vocab", {})
+        digest.update(json.dumps(sorted(vocab.items())).encode())
+    return digest.hexdigest()
+
+
+_ADVICE = {
+    errno.ENOSPC: "free space on that device or choose another output directory",
+    errno.EDQUOT: "free space within your quota or choose another output directory",
+    errno.EROFS: "the file system is read-only: choose a writable output directory",
+    errno.EACCES: "no permission to write there: fix its permissions or choose another directory",
+    errno.EPERM: "no permission to write there: fix its permissions or choose another directory",
+}
+
+
+@contextlib.contextmanager
+def _writing(output_dir: Path, done: list[Any]) -> Iterator[None]:
+    """Turn a failed write into one `OutputError` naming the path and what to do."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, OutputError) or e.errno not in _ADVICE:
+            raise
+        path = e.filename or output_dir
+        raise OutputError(
+            f"cannot write {path}: {e.strerror} ({errno.errorcode[e.errno]}); "
+            f"{_ADVICE[e.errno]}. The {len(done)} finished shard(s) in {output_dir} are kept: "
+            "rerun the same command to resume"
+        ) from e

@@ -8,7 +8,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from biomed_jax import validation as v
 from biomed_jax.pipelines._common import (
+    DECODERS,
     DEFAULT_DECODER,
     Model,
     as_list,
@@ -39,7 +41,12 @@ def generate_text(
     from biomed_jax.generation import generate
 
     prompts, single = as_list(prompt_or_prompts, "prompts")
-    pretrained = resolve_model(model, DEFAULT_DECODER, "BioGptForCausalLM")
+    pretrained = resolve_model(
+        model, DEFAULT_DECODER, "BioGptForCausalLM", takes=DECODERS, pipeline="generate_text"
+    )
+    v.integer("batch_size", batch_size, low=1)
+    v.integer("seed", seed, low=-(2**63), high=2**64 - 1)
+    num_return_sequences = v.integer("num_return_sequences", num_return_sequences, low=1)
     tok = pretrained.tokenizer
     encoded = [tok(p)["input_ids"] for p in prompts]
     rng = jax.random.key(seed) if do_sample else None

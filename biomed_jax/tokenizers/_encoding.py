@@ -22,8 +22,9 @@ Subclass hooks (everything else lives here, once):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -152,7 +153,9 @@ class _Enc:
             self.attention = [0] * n + self.attention
 
 
-def _truncate_pair(a: _Enc, b: _Enc | None, max_length: int, strategy: str, stride: int, side: str):
+def truncate_like_rust(
+    a: _Enc, b: _Enc | None, max_length: int, strategy: str, stride: int, side: str
+) -> None:
     """Rust `truncate_encodings`: `max_length` is what is left after the special tokens."""
     if max_length == 0:
         a.truncate(0, stride, side)
@@ -192,6 +195,63 @@ def _truncate_pair(a: _Enc, b: _Enc | None, max_length: int, strategy: str, stri
     target.truncate(len(target.ids) - to_remove, stride, side)
 
 
+def truncate_like_python(
+    a: _Enc, b: _Enc | None, max_length: int, strategy: str, stride: int, side: str
+) -> None:
+    """HF `PythonBackend.truncate_sequences`; `max_length` is what is left after the special tokens.
+
+    Differs from Rust in 'longest_first' on a pair: the longer sequence first loses the
+    difference in length, then both lose half of the rest, the second sequence the odd token
+    ("aspirin" / "liver" at max_length 3 keeps "aspirin"). Where HF would return a sequence longer
+    than `max_length` ('only_first' / 'only_second' removing more than the sequence has, or
+    'only_second' without a pair), this raises, as `truncate_like_rust` does.
+    """
+    total = len(a.ids) + (len(b.ids) if b is not None else 0)
+    if total <= max_length:
+        return
+    to_remove = total - max_length
+    if strategy == "longest_first" and b is not None:
+        n1, n2 = len(a.ids), len(b.ids)
+        first = min(abs(n2 - n1), to_remove)
+        second = to_remove - first
+        if n1 > n2:
+            from_a, from_b = first + second // 2, second - second // 2
+        else:
+            from_a, from_b = second // 2, first + second - second // 2
+        a.truncate(n1 - from_a, 0, side)  # no windows: HF refuses overflow here (see __call__)
+        b.truncate(n2 - from_b, 0, side)
+        return
+    if strategy == "only_second" and b is None:
+        raise ValueError("truncation='only_second' needs a text_pair")
+    target = b if strategy == "only_second" else a
+    if len(target.ids) < to_remove:
+        which = "second" if strategy == "only_second" else "first"
+        raise ValueError(
+            f"truncation={strategy!r} cannot fit max_length: the {which} sequence has "
+            f"{len(target.ids)} tokens but {to_remove} must go; use 'longest_first' or a larger max_length"
+        )
+    target.truncate(len(target.ids) - to_remove, stride, side)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairRules:
+    """How a tokenizer family treats pairs; HF's Rust `tokenizers` and its Python tokenizers differ.
+
+    truncate: `truncate_like_rust` or `truncate_like_python`.
+    empty_pair_is_pair: whether `text_pair=""` adds the pair template (Python) or is no pair (Rust).
+    longest_first_pair_windows: whether overflow windows exist for a pair truncated
+        'longest_first' (Rust), or asking for them raises (Python).
+    """
+
+    truncate: Callable[..., None]
+    empty_pair_is_pair: bool
+    longest_first_pair_windows: bool
+
+
+RUST_RULES = PairRules(truncate_like_rust, False, True)  # BERT: the fast tokenizer's behaviour
+PYTHON_RULES = PairRules(truncate_like_python, True, False)  # BioGPT: HF has only a Python one
+
+
 def _check_text(text: Any, name: str) -> None:
     if not isinstance(text, str):
         raise TypeError(f"{name} must be a str, got {type(text).__name__}")
@@ -201,6 +261,7 @@ class EncodingBase:
     """The HF tokenizer call interface over a subclass's `_encode_text` and `_template`."""
 
     model_input_names: tuple[str, ...] = ("input_ids", "token_type_ids", "attention_mask")
+    pair_rules: ClassVar[PairRules] = RUST_RULES
 
     def __init__(
         self,
@@ -392,7 +453,7 @@ class EncodingBase:
                     f"max_length={max_length} is smaller than the {max_length - room} special tokens "
                     "added to each sequence"
                 )
-        _truncate_pair(enc_a, enc_b, room, truncation, stride, self.truncation_side)
+        self.pair_rules.truncate(enc_a, enc_b, room, truncation, stride, self.truncation_side)
         if not add_special_tokens:
             if enc_b is not None:
                 enc_a.merge_with(enc_b)
@@ -457,7 +518,8 @@ class EncodingBase:
             if text_pair is not None:
                 _check_text(text_pair, "text_pair")
             texts = [text]
-            pairs = [text_pair or None]  # HF treats an empty text_pair as no pair
+            empty_is_none = text_pair == "" and not self.pair_rules.empty_pair_is_pair
+            pairs = [None if empty_is_none else text_pair]
         if not isinstance(stride, int) or stride < 0:
             raise ValueError(f"stride must be a non-negative int, got {stride!r}")
         if return_tensors not in (None, "np"):
@@ -468,6 +530,16 @@ class EncodingBase:
         padding, truncation, max_length = self._resolve(
             padding, truncation, max_length, pad_to_multiple_of
         )
+        if (
+            return_overflowing_tokens
+            and truncation == "longest_first"
+            and not self.pair_rules.longest_first_pair_windows
+            and any(p is not None for p in pairs)
+        ):
+            raise ValueError(
+                "return_overflowing_tokens=True cannot be used for pairs with truncation "
+                "'longest_first' (as in transformers); use 'only_first' or 'only_second'"
+            )
         if truncation is not None and stride > max_length - self.num_special_tokens_to_add(False):
             raise ValueError(
                 f"stride ({stride}) is larger than max_length ({max_length}) minus the special tokens"

@@ -22,7 +22,7 @@ import sacremoses
 
 from biomed_jax.errors import ConfigError
 from biomed_jax.text_files import read_json_object
-from biomed_jax.tokenizers._encoding import EncodingBase, Offsets, Piece
+from biomed_jax.tokenizers._encoding import PYTHON_RULES, EncodingBase, Offsets, Piece
 from biomed_jax.tokenizers._files import read_tokenizer_config, token_content
 from biomed_jax.tokenizers.bpe import BPE, END_OF_WORD, read_merges
 from biomed_jax.tokenizers.fairseq_dict import hf_token, read_dict_txt
@@ -55,6 +55,7 @@ class BioGptTokenizer(EncodingBase):
     """BioGPT Moses + BPE tokenizer; `__call__`, `decode` etc. as HF's (see `_encoding`)."""
 
     model_input_names = ("input_ids", "attention_mask")
+    pair_rules = PYTHON_RULES  # transformers has only the Python BioGptTokenizer
 
     def __init__(
         self,

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from biomed_jax.errors import CheckpointError, UnsafeCheckpointError
-from biomed_jax.weights.torch_zip import load_pickle
 
 
 class _Record:
@@ -218,6 +217,8 @@ def read_fairseq_checkpoint(path: str | Path) -> FairseqCheckpoint:
     checkpoint (no `model` dict of tensors, no `cfg` or `args`)."""
     path = Path(path)
     try:
+        from biomed_jax.weights.torch_zip import load_pickle  # being ported (fairseq-port)
+
         raw = load_pickle(path, EXTRA_GLOBALS)
     except CheckpointError:  # refusals (UnsafeCheckpointError) as they are
         raise

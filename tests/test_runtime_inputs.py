@@ -1,0 +1,288 @@
+"""Bad inputs at every public entry point: an error of the documented type naming the argument,
+or, under jit where values are traced, a NaN row, never a plausible result (docs/runtime-inputs.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from biomed_jax import BertConfig, BioGptConfig, BioGptTokenizer, generate
+from biomed_jax.cli import main as cli_main
+from biomed_jax.loading import Pretrained, from_pretrained, init_params
+from biomed_jax.models.bert import BertForMaskedLM, BertModel
+from biomed_jax.models.biogpt import BioGptForCausalLM
+from biomed_jax.pipelines import attention, embed, embed_file, fill_mask, generate_text
+
+VOCAB = 50
+MAX_POS = 16
+BERT = BertConfig(
+    vocab_size=VOCAB,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=20,
+    max_position_embeddings=MAX_POS,
+)
+BIOGPT = BioGptConfig(
+    vocab_size=VOCAB,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=20,
+    max_position_embeddings=MAX_POS,
+)
+IDS = (np.arange(10).reshape(2, 5) + 5).astype(np.int32)  # [B=2, T=5]
+ONES = np.ones_like(IDS)
+
+
+@pytest.fixture(scope="module")
+def models():
+    out = {}
+    for name, module in (("bert", BertForMaskedLM(BERT)), ("biogpt", BioGptForCausalLM(BIOGPT))):
+        out[name] = Pretrained(module.config, init_params(module), module)
+    return out
+
+
+# (case, models it applies to, call kwargs, error type, text the message must hold)
+MODEL_CASES = [
+    ("ids as a list", "bert biogpt", {"input_ids": IDS.tolist()}, TypeError, "input_ids"),
+    ("float ids", "bert biogpt", {"input_ids": IDS.astype(np.float32)}, TypeError, "input_ids"),
+    ("1-D ids", "bert biogpt", {"input_ids": IDS[0]}, ValueError, "input_ids"),
+    ("no tokens", "bert biogpt", {"input_ids": IDS[:, :0]}, ValueError, "input_ids"),
+    ("id = vocab", "bert biogpt", {"input_ids": np.where(IDS == 5, VOCAB, IDS)}, ValueError,
+     "input_ids contains values outside [0, 50)"),
+    ("id -1", "bert biogpt", {"input_ids": np.where(IDS == 5, -1, IDS)}, ValueError, "input_ids"),
+    ("id 2^31-1", "bert biogpt", {"input_ids": np.where(IDS == 5, 2**31 - 1, IDS)}, ValueError,
+     "input_ids"),
+    ("(1, 1) mask", "bert biogpt", {"attention_mask": np.ones((1, 1), np.int32)}, ValueError,
+     "attention_mask must be [batch, length] like input_ids = (2, 5), got shape (1, 1)"),
+    ("(2, 4) mask", "bert biogpt", {"attention_mask": ONES[:, :4]}, ValueError, "attention_mask"),
+    ("mask of 2s", "bert biogpt", {"attention_mask": 2 * ONES}, ValueError, "attention_mask"),
+    ("float mask", "bert biogpt", {"attention_mask": ONES.astype(np.float32)}, TypeError,
+     "attention_mask"),
+    ("(1, 1) token types", "bert", {"token_type_ids": np.zeros((1, 1), np.int32)}, ValueError,
+     "token_type_ids must be [batch, length] like input_ids = (2, 5)"),
+    ("token type 2", "bert", {"token_type_ids": 2 * ONES}, ValueError, "token_type_ids"),
+    ("(2, 4) positions", "bert biogpt", {"position_ids": ONES[:, :4]}, ValueError,
+     "position_ids"),
+    ("position = table", "bert biogpt", {"position_ids": MAX_POS * ONES}, ValueError,
+     "position_ids"),
+    ("too long", "bert biogpt", {"input_ids": np.full((1, MAX_POS + 1), 5, np.int32)},
+     ValueError, "max_position_embeddings"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "error", "message"),
+    [
+        pytest.param(m, kw, err, msg, id=f"{m}: {case}")
+        for case, names, kw, err, msg in MODEL_CASES
+        for m in names.split()
+    ],
+)
+def test_model_call_refuses(models, model, kwargs, error, message):
+    kwargs = {"input_ids": IDS, **kwargs}
+    with pytest.raises(error) as info:
+        models[model](**kwargs)
+    assert message in str(info.value)
+
+
+def _logits_under_jit(pretrained, **kwargs):
+    fn = jax.jit(lambda kw: pretrained.module.apply({"params": pretrained.params}, **kw).logits)
+    return np.asarray(fn(kwargs))
+
+
+@pytest.mark.parametrize("model", ["bert", "biogpt"])
+def test_out_of_range_id_under_jit_gives_a_nan_row(models, model):
+    """A row with an id outside the vocabulary is NaN everywhere (even before it, under causal
+    attention), never a wrapped or clamped row; the clean row stays finite."""
+    bad = [-1, -2, VOCAB, 2**31 - 1]
+    ids = np.tile(IDS[:1], (len(bad) + 1, 1))
+    for row, value in enumerate(bad):
+        ids[row, 2] = value
+    logits = _logits_under_jit(models[model], input_ids=ids, attention_mask=np.ones_like(ids))
+    assert np.isnan(logits[:-1]).all()
+    assert np.isfinite(logits[-1]).all()
+
+
+def test_out_of_range_types_and_positions_under_jit_give_nan_rows(models):
+    bert, biogpt = models["bert"], models["biogpt"]
+    for bad in (-1, 2):
+        types = np.zeros_like(IDS)
+        types[0, 4] = bad
+        logits = _logits_under_jit(bert, input_ids=IDS, token_type_ids=types)
+        assert np.isnan(logits[0]).all() and np.isfinite(logits[1]).all()
+    positions = np.broadcast_to(np.arange(5), IDS.shape).copy()
+    positions[0, 4] = MAX_POS
+    for model in (bert, biogpt):
+        logits = _logits_under_jit(model, input_ids=IDS, position_ids=positions)
+        assert np.isnan(logits[0]).all() and np.isfinite(logits[1]).all()
+
+
+def test_mask_shape_is_refused_under_jit_too(models):
+    for model in models.values():
+        with pytest.raises(ValueError, match="attention_mask must be"):
+            _logits_under_jit(model, input_ids=IDS, attention_mask=np.ones((1, 1), np.int32))
+
+
+# -- generate -------------------------------------------------------------------------------------
+
+GENERATE_CASES = [
+    ({"num_beams": 2.0}, TypeError, "num_beams"),
+    ({"num_beams": 0}, ValueError, "num_beams"),
+    ({"max_new_tokens": 2.5}, TypeError, "max_new_tokens"),
+    ({"max_new_tokens": 0}, ValueError, "max_new_tokens"),
+    ({"max_length": 2.5}, TypeError, "max_length"),
+    ({"max_new_tokens": 2**40}, ValueError, "max_new_tokens"),
+    ({"top_k": 2**40}, ValueError, "top_k"),
+    ({"top_k": -1}, ValueError, "top_k"),
+    ({"top_k": 1.5}, TypeError, "top_k"),
+    ({"eos_token_id": 2**40}, ValueError, "eos_token_id"),
+    ({"eos_token_id": [2, VOCAB]}, ValueError, "eos_token_id=50 (argument) is outside the vocab"),
+    ({"eos_token_id": "2"}, TypeError, "eos_token_id"),
+    ({"pad_token_id": VOCAB}, ValueError, "pad_token_id=50 (argument) is outside the vocabulary"),
+    ({"pad_token_id": -1}, ValueError, "pad_token_id"),
+    ({"length_penalty": float("nan")}, ValueError, "length_penalty"),
+    ({"length_penalty": float("inf")}, ValueError, "length_penalty"),
+    ({"temperature": float("nan")}, ValueError, "temperature"),
+    ({"do_sample": True, "temperature": 0.0, "rng": jax.random.key(0)}, ValueError,
+     "temperature"),
+    ({"top_p": float("nan")}, ValueError, "top_p"),
+    ({"top_p": 0.0}, ValueError, "top_p"),
+    ({"repetition_penalty": float("inf")}, ValueError, "repetition_penalty"),
+    ({"do_sample": "yes"}, TypeError, "do_sample"),
+    ({"num_return_sequences": 1.0}, TypeError, "num_return_sequences"),
+    ({"min_new_tokens": -1}, ValueError, "min_new_tokens"),
+    ({"no_repeat_ngram_size": 2.0}, TypeError, "no_repeat_ngram_size"),
+    ({"do_sample": True, "rng": 42}, TypeError, "rng"),
+    ({"do_sample": True}, ValueError, "rng="),
+    ({"early_stopping": "yes"}, ValueError, "early_stopping"),
+    ({"attention_mask": np.ones((1, 1), np.int32)}, ValueError, "attention_mask"),
+    ({"input_ids": IDS.astype(np.float32)}, TypeError, "input_ids"),
+    ({"input_ids": np.where(IDS == 5, VOCAB, IDS)}, ValueError, "input_ids"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), GENERATE_CASES, ids=str)
+def test_generate_refuses(models, kwargs, error, message):
+    lm = models["biogpt"]
+    kwargs = {"input_ids": IDS, "max_new_tokens": 3, **kwargs}
+    with pytest.raises(error) as info:
+        generate(lm.module, lm.params, **kwargs)
+    assert message in str(info.value)
+
+
+def test_generate_refuses_a_pad_id_outside_the_vocabulary_in_config(models):
+    """Issue 18: such a pad id made the bucket padding NaN and returned the prompt, no error."""
+    lm = models["biogpt"]
+    module = BioGptForCausalLM(BIOGPT.replace(pad_token_id=VOCAB + 3))
+    with pytest.raises(ValueError, match=r"pad_token_id=53 \(config.json\) is outside"):
+        generate(module, lm.params, IDS[:, 2:], max_new_tokens=3)
+    module = BioGptForCausalLM(BIOGPT.replace(eos_token_id=-5))
+    with pytest.raises(ValueError, match=r"eos_token_id=-5 \(config.json\) is outside"):
+        generate(module, lm.params, IDS[:, 2:], max_new_tokens=3)
+    out = np.asarray(generate(lm.module, lm.params, IDS[:, 2:], max_new_tokens=3, top_k=2**20))
+    assert out.shape == (2, 6) and (out[:, :3] == IDS[:, 2:]).all()
+
+
+# -- pipelines and the CLI ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bert(hf_bert):
+    return from_pretrained(hf_bert)
+
+
+@pytest.fixture(scope="module")
+def biogpt(tmp_path_factory):
+    """A random BioGptForCausalLM with a tiny BPE vocabulary (no shared data needed)."""
+    path = tmp_path_factory.mktemp("tiny_biogpt")
+    tokens = ["<s>", "<pad>", "</s>", "<unk>", "a", "b", "ab</w>", "a</w>", "b</w>"]
+    (path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (path / "merges.txt").write_text("a b</w> 5\n")
+    tok = BioGptTokenizer.from_pretrained(path)
+    module = BioGptForCausalLM(BIOGPT.replace(vocab_size=len(tokens)))
+    return Pretrained(module.config, init_params(module), module, tok, path)
+
+
+PIPELINE_CASES = [
+    ("embed", {"batch_size": 2.5}, TypeError, "batch_size"),
+    ("embed", {"batch_size": 0}, ValueError, "batch_size"),
+    ("embed", {"max_length": 2.5}, TypeError, "max_length"),
+    ("embed", {"max_length": 0}, ValueError, "max_length"),
+    ("embed", {"max_length": 2}, ValueError, "max_length=2 leaves no room"),
+    ("embed", {"stride": -1}, ValueError, "stride"),
+    ("embed", {"stride": 1.5}, TypeError, "stride"),
+    ("embed", {"layers": 1.5}, TypeError, "layers"),
+    ("embed", {"layers": True}, TypeError, "layers"),
+    ("embed", {"layers": [0, 99]}, ValueError, "layer 99 out of range"),
+    ("embed", {"pooling": "max"}, ValueError, "pooling"),
+    ("embed", {"texts": 5}, TypeError, "texts"),
+    ("embed", {"texts": ["fine", 1]}, TypeError, "texts[1]"),
+    ("fill_mask", {"top_k": 2.0}, TypeError, "top_k"),
+    ("fill_mask", {"top_k": 10**6}, ValueError, "top_k"),
+    ("fill_mask", {"batch_size": 0}, ValueError, "batch_size"),
+    ("attention", {"layers": [0, 9]}, ValueError, "layer 9 out of range"),
+    ("attention", {"heads": 1.5}, TypeError, "heads"),
+    ("attention", {"max_length": 1.0}, TypeError, "max_length"),
+]  # fmt: skip
+PIPELINES = {
+    "embed": lambda texts="aspirin [MASK]", **kw: embed(texts, **kw),
+    "fill_mask": lambda **kw: fill_mask("aspirin [MASK]", **kw),
+    "attention": lambda **kw: attention("aspirin", **kw),
+}
+
+
+@pytest.mark.parametrize(("pipeline", "kwargs", "error", "message"), PIPELINE_CASES, ids=str)
+def test_pipeline_refuses(bert, pipeline, kwargs, error, message):
+    with pytest.raises(error) as info:
+        PIPELINES[pipeline](model=bert, **kwargs)
+    assert message in str(info.value)
+
+
+def test_pipelines_refuse_models_they_do_not_fit(bert, biogpt, tmp_path):
+    encoders = "BertModel or BertForMaskedLM or BertForSequenceClassification or "
+    with pytest.raises(ValueError, match=f"embed needs a {encoders}.* got a BioGptForCausalLM"):
+        embed(["a b", "b a"], model=biogpt)
+    docs = tmp_path / "docs.txt"
+    docs.write_text("a b\n")
+    with pytest.raises(
+        ValueError, match=r"embed_file needs a BertModel or .* got a BioGptForCausalLM"
+    ):
+        embed_file(docs, tmp_path / "out", model=biogpt)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(
+        ValueError, match=r"fill_mask needs a BertForMaskedLM model, got a BioGpt\w+ \(\S+\)$"
+    ):
+        fill_mask("a [MASK]", model=biogpt)
+    encoder = dataclasses.replace(bert, module=BertModel(bert.config))  # the family, not the head
+    with pytest.raises(ValueError, match=r"got a BertModel .*architecture='BertForMaskedLM'"):
+        fill_mask("a [MASK]", model=encoder)
+    with pytest.raises(
+        ValueError, match=r"generate_text needs a BioGptForCausalLM model, got a BertForMasked"
+    ):
+        generate_text("aspirin", model=bert)
+    with pytest.raises(TypeError, match="max_new_tokens"):
+        generate_text("a b", model=biogpt, max_new_tokens=2.5)
+    # a decoder's attention maps are causal: every query's weight above the diagonal is 0
+    maps = attention("a b ab", model=biogpt)["attentions"]  # [L, N, T, T]
+    assert maps.shape[-1] == 4 and np.allclose(maps.sum(-1), 1.0, atol=1e-6)
+    assert (np.triu(maps, k=1) == 0).all()
+
+
+def test_cli_prints_one_line_for_bad_arguments(hf_bert, tmp_path, capsys):
+    docs = tmp_path / "docs.txt"
+    docs.write_text("aspirin\nfever\n")
+    out = tmp_path / "out"
+    base = ["--no-compilation-cache", "embed", str(docs), str(out), "--model", str(hf_bert)]
+    assert cli_main([*base, "--max-length", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "max_length must be in [1," in err and "Traceback" not in err
+    assert not out.exists()  # nothing that would block the corrected rerun
+    assert cli_main([*base, "--max-length", "8", "--quiet"]) == 0
+    assert "2 documents in 1 shards" in capsys.readouterr().out
