@@ -261,6 +261,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_attention(args: argparse.Namespace) -> int:
     from biomed_jax.pipelines import attention, plot_attention
 
+    if args.png:
+        from biomed_jax.extras import require
+
+        require("matplotlib")  # before loading the model
+
     result = attention(args.text, layers=args.layers, heads=args.heads, model=args.model)
     if args.png:
         print(f"wrote {plot_attention(result, args.png)}")

@@ -22,7 +22,7 @@ def test_small_configs_match_transformers(case):
     assert {"hidden_states[0]", "attentions[0]", "logits"} <= compared
 
 
-def test_real_minilm_checkpoint_on_pubmed(minilm_dir, shared_data):
+def test_real_minilm_checkpoint_on_pubmed(minilm_dir):
     rows = suite.check_minilm(("float32",))
     _assert_all_pass(rows)
     assert any(r.name == "hidden_states[6]" for r in rows)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from biomed_jax.compilation import jit
+from biomed_jax.extras import require
 from biomed_jax.pipelines._common import (
     DEFAULT_ENCODER,
     Model,
@@ -81,15 +82,9 @@ def attention(
 
 def plot_attention(result: dict[str, Any], path: str | Path) -> Path:
     """Draw `attention(...)`'s maps as a grid (rows: layers, columns: heads) into an image file."""
-    try:
-        import matplotlib
+    require("matplotlib").use("Agg")
+    import matplotlib.pyplot as plt
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ModuleNotFoundError as e:
-        raise ModuleNotFoundError(
-            "drawing attention maps needs matplotlib: pip install 'biomed-jax[plot]'"
-        ) from e
     from biomed_jax.weights.io import atomic_path
 
     maps, tokens = result["attentions"], result["tokens"]

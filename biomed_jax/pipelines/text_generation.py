@@ -8,6 +8,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from biomed_jax.extras import require
+from biomed_jax.loading import Pretrained
 from biomed_jax.pipelines._common import (
     DEFAULT_DECODER,
     Model,
@@ -39,6 +41,8 @@ def generate_text(
     from biomed_jax.generation import generate
 
     prompts, single = as_list(prompt_or_prompts, "prompts")
+    if not isinstance(model, Pretrained):
+        require("sacremoses")  # BioGPT's tokenizer: say so before loading the model
     pretrained = resolve_model(model, DEFAULT_DECODER, "BioGptForCausalLM")
     tok = pretrained.tokenizer
     encoded = [tok(p)["input_ids"] for p in prompts]
