@@ -45,9 +45,15 @@ def enable_compilation_cache(directory: Path) -> None:
 def cmd_convert(args: argparse.Namespace) -> int:
     from biomed_jax.hub import resolve
     from biomed_jax.loading import convert
+    from biomed_jax.progress import progress_bar
 
-    src = resolve(args.src, revision=args.revision, cache_dir=args.cache_dir).path
-    dst = convert(src, args.dst, architecture=args.architecture)
+    with progress_bar(2, enabled=not args.quiet, unit="step") as bar:
+        bar.set_description("resolve")
+        src = resolve(args.src, revision=args.revision, cache_dir=args.cache_dir).path
+        bar.update()
+        bar.set_description("convert")
+        dst = convert(src, args.dst, architecture=args.architecture)
+        bar.update()
     print(f"converted {args.src} -> {dst}")
     return 0
 
@@ -208,7 +214,31 @@ def local_devices(count: int | None) -> list | None:
     return available[:count]
 
 
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+def check_embed_input(path: Path, field: str | None) -> None:
+    """JSONL input needs --field: refuse to embed raw JSON lines, naming the fields found."""
+    if field is not None:
+        return
+    with open(path, encoding="utf-8") as f:
+        first = f.readline()
+    try:
+        record = json.loads(first)
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict) and path.suffix.lower() not in JSONL_SUFFIXES:
+        return  # a text file: one document per line
+    found = (
+        f"fields in its first line: {', '.join(record) or 'none'}"
+        if isinstance(record, dict)
+        else "its first line is not a JSON object"
+    )
+    raise ValueError(f"{path} is JSONL: pass --field NAME for the text ({found})")
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
+    check_embed_input(Path(args.input), args.field)
     init_distributed(args)
     from biomed_jax.pipelines import embed_file
 
@@ -325,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", metavar="SRC", help="HF checkpoint directory or hub id")
     p.add_argument("dst", metavar="DST", help="output directory")
     p.add_argument("--architecture", help="module class (default: from config.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_hub_options(p)
     p.set_defaults(func=cmd_convert)
 
@@ -345,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "embed", help="embed a text file (one document per line) or JSONL into sharded files"
     )
-    p.add_argument("input", metavar="INPUT", help="text file, or JSONL with --field")
+    p.add_argument(
+        "input", metavar="INPUT", help="text file (a document a line), or JSONL with --field"
+    )
     p.add_argument("output", metavar="OUTPUT_DIR", help="shards + manifest.json (resumable)")
     p.add_argument("--field", help="JSONL field holding the text")
     p.add_argument("--layers", type=_layers, default=-1, help="hidden state(s): -1 or 4,8,12")
@@ -355,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, help="cover long texts with windows overlapping STRIDE")
     p.add_argument("--shard-size", type=int, default=1024, help="documents per shard file")
     p.add_argument("--format", choices=("npy", "safetensors"), default="npy")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--devices", type=int, help="split each batch over the first N local devices (default: all)"
     )

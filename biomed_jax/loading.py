@@ -176,7 +176,9 @@ def _build(
     return config, module, name, hf_config
 
 
-def _convert_hf(directory: Path, module: nn.Module, name: str, param_dtype: Any) -> dict[str, Any]:
+def _convert_hf(
+    directory: Path, module: nn.Module, name: str, param_dtype: Any, seed: int = 0
+) -> dict[str, Any]:
     """The HF checkpoint's params in the scanned layout (stacked over layers)."""
     arch = ARCHITECTURES[name]
     module = module.clone(scan_layers=True)
@@ -185,7 +187,7 @@ def _convert_hf(directory: Path, module: nn.Module, name: str, param_dtype: Any)
         arch.name_table(name),
         param_template(module),
         module.config.num_hidden_layers,
-        init_fresh=lambda: init_params(module),
+        init_fresh=lambda: init_params(module, seed),
         dtype=param_dtype,
     )
 
@@ -233,6 +235,7 @@ def from_pretrained(
     mesh: Any = None,
     rules: Any = None,
     scan_layers: bool = False,
+    seed: int = 0,
     **config_overrides: Any,
 ) -> Pretrained:
     """Load an HF or converted checkpoint into a `Pretrained` (config, params, module, tokenizer).
@@ -241,7 +244,8 @@ def from_pretrained(
     HF checkpoint is converted once into our cache (`biomed_jax.hub`) and read from there later.
 
     `architecture` picks the module class (default: the config's `architectures`, else the base
-    model); task heads absent from the checkpoint are initialized anew with a warning, as HF does.
+    model); task heads absent from the checkpoint are initialized anew with a warning, as HF does,
+    from `jax.random.key(seed)`.
     `config_overrides` (e.g. num_labels=3) replace config fields.
     `scan_layers`: run the layer stack as one `nn.scan` (params stacked [L, ...]; compiles faster)
     instead of unrolled layers with their own weight buffers (default; faster at run time).
@@ -265,13 +269,13 @@ def from_pretrained(
     if mesh is not None:
         from biomed_jax.weights.lazy import load_on_mesh
 
-        params = load_on_mesh(directory, module, name, mesh, rules, param_dtype)
+        params = load_on_mesh(directory, module, name, mesh, rules, param_dtype, seed)
     elif is_converted(directory):
         params = load_params(directory, dtype=param_dtype, scan_layers=True)
         _check_against_template(params, module, directory)
         params = to_layout(params, scan_layers)
     else:
-        params = to_layout(_convert_hf(directory, module, name, param_dtype), scan_layers)
+        params = to_layout(_convert_hf(directory, module, name, param_dtype, seed), scan_layers)
     return Pretrained(config, params, module, load_tokenizer(directory, config), directory)
 
 

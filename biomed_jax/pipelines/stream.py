@@ -20,9 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from biomed_jax.pipelines._common import (
     resolve_model,
 )
 from biomed_jax.pipelines.embed import embed
+from biomed_jax.progress import progress_bar
 from biomed_jax.weights.io import atomic_path, atomic_write_text
 
 FORMATS = ("npy", "safetensors")
@@ -168,40 +167,6 @@ def read_shards(directory: str | Path) -> np.ndarray:
     return np.concatenate(arrays)
 
 
-class Progress:
-    """Documents done, documents/s and ETA on one status line (stderr)."""
-
-    def __init__(
-        self, total: int, done: int, stream=None, clock: Callable[[], float] = time.monotonic
-    ):
-        self.total, self.start_done, self.stream, self.clock = (
-            total,
-            done,
-            stream or sys.stderr,
-            clock,
-        )
-        self.start = clock()
-
-    def update(self, done: int) -> str:
-        elapsed = max(self.clock() - self.start, 1e-9)
-        rate = (done - self.start_done) / elapsed
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        line = f"{done}/{self.total} docs  {rate:.1f} docs/s  ETA {_duration(eta)}"
-        end = (
-            "\r" if getattr(self.stream, "isatty", lambda: False)() and done < self.total else "\n"
-        )
-        print(line, end=end, file=self.stream, flush=True)
-        return line
-
-
-def _duration(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "?"
-    minutes, s = divmod(round(seconds), 60)
-    hours, m = divmod(minutes, 60)
-    return f"{hours}:{m:02d}:{s:02d}"
-
-
 def embed_file(
     input_path: str | Path,
     output_dir: str | Path,
@@ -223,7 +188,8 @@ def embed_file(
     (on several processes, this process's, with its block's `first_document`).
 
     layers, pooling ("cls" or "mean"), batch_size, max_length, stride, devices and rules are
-    `embed`'s: by default every batch is split over all of this process's devices.
+    `embed`'s: by default every batch is split over all of this process's devices. `progress`:
+    a bar on stderr when it is a terminal.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -282,7 +248,9 @@ def embed_file(
     for _ in islice(documents, start + done_shards * shard_size):
         pass
     mine = stop - start
-    meter = Progress(mine, min(done_shards * shard_size, mine)) if progress else None
+    bar = progress_bar(
+        mine, enabled=progress, initial=min(done_shards * shard_size, mine), unit="doc"
+    )
     for index in range(done_shards, num_shards):
         texts = list(islice(documents, min(shard_size, stop - start - index * shard_size)))
         vectors = embed(
@@ -297,8 +265,8 @@ def embed_file(
             rules=rules,
         )
         _write_shard(shard_path(output_dir, index, fmt, process), vectors, fmt)
-        if meter is not None:
-            meter.update(index * shard_size + len(texts))
+        bar.update(len(texts))
+    bar.close()
     manifest: dict[str, Any] = {
         "settings": settings,
         "num_documents": mine,

@@ -212,7 +212,13 @@ def load_sharded(
 
 
 def load_on_mesh(
-    directory: str | Path, module: Any, architecture: str, mesh: Any, rules: Any, dtype: Any
+    directory: str | Path,
+    module: Any,
+    architecture: str,
+    mesh: Any,
+    rules: Any,
+    dtype: Any,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """`from_pretrained(..., mesh=)`: the params of `module` from `directory`, placed by `rules`.
 
@@ -232,7 +238,7 @@ def load_on_mesh(
     try:
         safetensors_files(directory)
     except CheckpointError:
-        params = loading._convert_hf(directory, module, architecture, dtype)
+        params = loading._convert_hf(directory, module, architecture, dtype, seed)
         return jax.device_put(to_layout(params, module.scan_layers), shardings)
     return load_sharded(
         directory,
@@ -240,6 +246,6 @@ def load_on_mesh(
         shardings,
         table=loading.ARCHITECTURES[architecture].name_table(architecture),
         num_layers=module.config.num_hidden_layers,
-        init_fresh=lambda s: jax.jit(lambda: loading.init_params(module), out_shardings=s)(),
+        init_fresh=lambda s: jax.jit(lambda: loading.init_params(module, seed), out_shardings=s)(),
         dtype=dtype,
     )
