@@ -219,8 +219,8 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 def check_embed_input(path: Path, field: str | None) -> None:
     """JSONL input needs --field: refuse to embed raw JSON lines, naming the fields found."""
-    if field is not None:
-        return
+    if field is not None or not path.is_file():
+        return  # a missing file: the pipeline says so
     with open(path, encoding="utf-8") as f:
         first = f.readline()
     try:

@@ -101,7 +101,7 @@ def run(
     json_path: str | None,
     progress: bool,
     failures_only: bool = False,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> dict[str, Any]:
     """Run `cases` in order, filling `report` ("groups", "rows", "status") and writing it to
     `json_path` after each group. Ctrl-C stops the run: the report keeps the finished groups."""
@@ -109,6 +109,7 @@ def run(
 
     from conformance.report import format_table
 
+    out = out or sys.stdout
     _quiet_transformers()
     bar = tqdm(
         total=len(cases),
