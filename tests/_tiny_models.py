@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -139,33 +138,6 @@ def save_tiny_biogpt(path: Path, data: Path, *, seed: int = 0) -> Path:
     return path
 
 
-def save_tiny_biogpt_shipped(path: Path, *, seed: int = 0) -> Path:
-    """A random BioGptForCausalLM (2 layers, D=32) with the vocabulary subset that conformance
-    ships (renumbered 0..n-1 in id order, so the special tokens keep ids 0..3): no ../shared."""
-    import torch
-    import transformers
-
-    from conformance import corpus
-
-    path.mkdir(parents=True, exist_ok=True)
-    vocab = json.loads(corpus.BIOGPT_VOCAB.read_text(encoding="utf-8"))
-    ordered = sorted(vocab, key=vocab.__getitem__)
-    (path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(ordered)}))
-    shutil.copyfile(corpus.BIOGPT_MERGES, path / "merges.txt")
-    torch.manual_seed(seed)
-    config = transformers.BioGptConfig(
-        vocab_size=len(ordered),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=128,
-        initializer_range=0.2,
-    )
-    transformers.BioGptForCausalLM(config).eval().save_pretrained(path)
-    return path
-
-
 def add_snapshot(cache: Path, repo_id: str, revision: str, files_from: Path, ref=None) -> Path:
     """Lay files out as huggingface_hub does: blobs/<hash>, snapshots/<rev>/<name> -> blob, refs/."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
@@ -183,12 +155,14 @@ def add_snapshot(cache: Path, repo_id: str, revision: str, files_from: Path, ref
 
 
 def offline_hub(root: Path) -> dict[str, str]:
-    """An HF hub cache under `root` holding tiny seeded stand-ins for BIOMEDBERT_ID (a
-    BertForMaskedLM + vocab.txt) and BIOGPT_ID (a BioGptForCausalLM + vocab.json/merges.txt);
-    returns the environment that makes them resolve offline, with our own caches in `root` too."""
+    """An HF hub cache under `root` holding tiny seeded stand-ins (`conformance.tiny`) for
+    BIOMEDBERT_ID (a BertForMaskedLM + vocab.txt) and BIOGPT_ID (a BioGptForCausalLM +
+    vocab.json/merges.txt); returns the environment that makes them resolve offline, with our own caches in `root` too."""
+    from conformance import tiny
+
     cache = root / "hf" / "hub"
-    add_snapshot(cache, BIOMEDBERT_ID, "1" * 40, save_tiny_bert(root / "bert"), ref="main")
-    add_snapshot(cache, BIOGPT_ID, "2" * 40, save_tiny_biogpt_shipped(root / "biogpt"), ref="main")
+    add_snapshot(cache, BIOMEDBERT_ID, "1" * 40, tiny.save_bert(root / "bert"), ref="main")
+    add_snapshot(cache, BIOGPT_ID, "2" * 40, tiny.save_biogpt(root / "biogpt"), ref="main")
     return {
         "HF_HOME": str(root / "hf"),
         "HF_HUB_CACHE": str(cache),

@@ -193,7 +193,7 @@ def test_base_install_without_extras(hf_bert, tmp_path):
     listed = subprocess.run(
         [str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True
     )
-    installed = {p["name"].lower() for p in json.loads(listed.stdout)}
+    installed = {p["name"].lower().replace("_", "-") for p in json.loads(listed.stdout)}
     assert {"jax", "flax", "safetensors", "huggingface-hub"} <= installed
     assert not installed & {"sacremoses", "matplotlib", "torch", "transformers"}
 
