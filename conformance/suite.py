@@ -105,17 +105,14 @@ def run(
 ) -> dict[str, Any]:
     """Run `cases` in order, filling `report` ("groups", "rows", "status") and writing it to
     `json_path` after each group. Ctrl-C stops the run: the report keeps the finished groups."""
-    from tqdm.auto import tqdm
-
+    from biomed_jax.progress import progress_bar
     from conformance.report import format_table
 
     out = out or sys.stdout
     _quiet_transformers()
-    bar = tqdm(
-        total=len(cases),
-        unit="case",
-        file=sys.stderr,
-        disable=not (progress and sys.stderr.isatty()),
+    bar = progress_bar(
+        len(cases),
+        enabled=progress,
         bar_format="{desc} {n_fmt}/{total_fmt} cases [{elapsed}<{remaining}]",
     )
     report.update(status="running", groups={}, rows=[])
@@ -132,7 +129,7 @@ def run(
                     rows += check()
                 except Exception as e:  # a crashed case is reported; the others still run
                     errors.append(f"{name}: {type(e).__name__}: {e}")
-                    tqdm.write(traceback.format_exc(), file=sys.stderr)
+                    bar.write(traceback.format_exc(), file=sys.stderr)
                 bar.update()
             seconds = time.perf_counter() - start
             failed = sum(not r.passed for r in rows)
@@ -148,7 +145,7 @@ def run(
             shown = [r for r in rows if not r.passed] if failures_only else rows
             table = format_table(shown) if shown else "(no rows shown)"
             errs = "".join(f"\nERROR {e}" for e in errors)
-            tqdm.write(
+            bar.write(
                 f"\n== {group}: {len(group_cases)} cases, {seconds:.1f} s ==\n{table}{errs}",
                 file=out,
             )
