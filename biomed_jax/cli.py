@@ -47,12 +47,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from biomed_jax.loading import convert
     from biomed_jax.progress import progress_bar
 
+    fairseq_file = Path(args.src).suffix == ".pt"  # a fairseq checkpoint file, not a directory
     with progress_bar(2, enabled=not args.quiet, unit="step") as bar:
         bar.set_description("resolve")
-        src = resolve(args.src, revision=args.revision, cache_dir=args.cache_dir).path
+        src = (
+            Path(args.src)
+            if fairseq_file
+            else resolve(args.src, revision=args.revision, cache_dir=args.cache_dir).path
+        )
         bar.update()
         bar.set_description("convert")
-        dst = convert(src, args.dst, architecture=args.architecture)
+        dst = convert(src, args.dst, architecture=args.architecture, to=args.to)
         bar.update()
     print(f"converted {args.src} -> {dst}")
     return 0
@@ -321,6 +326,69 @@ def _attention_summary(result: dict) -> str:
 # Parser
 
 
+def cmd_task(args: argparse.Namespace) -> int:
+    """A BioGPT task on the repo's data file: JSONL results (--output, else stdout), summary JSON
+    (stdout, or stderr when stdout carries the results)."""
+    from biomed_jax.extras import require
+    from biomed_jax.loading import from_pretrained
+    from biomed_jax.tasks import get_task, run_task
+
+    require("sacremoses")  # BioGPT's tokenizer: say so before loading the model
+    task = get_task(args.task)
+    for option, owner in (("gold", "pubmedqa"), ("entities", "re-bc5cdr")):
+        if getattr(args, option) and task.name != owner:
+            raise ValueError(f"--{option} applies to {owner} only")
+    settings = task.settings.replace(
+        learned_prompt=args.learned_prompt,
+        max_source_positions=args.max_source_positions,
+        num_beams=args.beam,
+        max_new_tokens=args.max_new_tokens,
+    )
+    load_options = {"gold_file": Path(args.gold)} if args.gold else {}
+    score_options = {}
+    if args.entities:
+        with open(args.entities, encoding="utf-8") as f:
+            score_options["entities"] = json.load(f)
+    results, summary = run_task(
+        task,
+        from_pretrained(args.model),
+        args.input,
+        settings=settings,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        load_options=load_options,
+        score_options=score_options,
+    )
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
+    if args.output:
+        Path(args.output).write_text(lines, encoding="utf-8")
+    else:
+        sys.stdout.write(lines)
+    print(json.dumps(summary), file=sys.stdout if args.output else sys.stderr)
+    return 0
+
+
+def _add_task_parser(sub: argparse._SubParsersAction) -> None:
+    from biomed_jax.tasks import TASKS
+
+    p = sub.add_parser(
+        "task", help="run a fine-tuned BioGPT on a paper task's data file and score it"
+    )
+    p.add_argument("task", choices=sorted(TASKS), metavar="TASK", help=", ".join(sorted(TASKS)))
+    p.add_argument("--model", required=True, help="the task's fine-tuned checkpoint (directory)")
+    p.add_argument("--input", required=True, help="the repo's test file (test.json / .tsv)")
+    p.add_argument("--output", help="results JSONL (default: stdout)")
+    p.add_argument("--gold", help="pubmedqa: test_ground_truth.json (default: final_decision)")
+    p.add_argument("--entities", help="re-bc5cdr: name -> id maps (default: from the input)")
+    p.add_argument("--learned-prompt", type=int, help="soft-prompt tokens (default: the task's)")
+    p.add_argument("--max-source-positions", type=int, help="source token limit (task default)")
+    p.add_argument("--beam", type=int, help="beam size (default 1, as the repo's infer.sh)")
+    p.add_argument("--max-new-tokens", type=int, help="cap the answer (default: no cap)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, help="only the first N examples")
+    p.set_defaults(func=cmd_task)
+
+
 def _add_hub_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", help="hub revision (branch, tag or commit); default main")
     p.add_argument("--cache-dir", help="Hugging Face hub cache directory (default: HF_HOME's)")
@@ -351,10 +419,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("convert", help="convert an HF checkpoint (directory or hub id) to ours")
-    p.add_argument("src", metavar="SRC", help="HF checkpoint directory or hub id")
+    p = sub.add_parser(
+        "convert", help="convert an HF (directory or hub id) or fairseq BioGPT checkpoint"
+    )
+    p.add_argument(
+        "src",
+        metavar="SRC",
+        help="HF checkpoint directory or hub id, or a fairseq BioGPT checkpoint (.pt file, or "
+        "its directory with dict.txt and bpecodes)",
+    )
     p.add_argument("dst", metavar="DST", help="output directory")
     p.add_argument("--architecture", help="module class (default: from config.json)")
+    p.add_argument(
+        "--to",
+        choices=("biomed_jax", "hf"),
+        default="biomed_jax",
+        help="output layout: ours (default) or transformers' (BioGptForCausalLM.from_pretrained)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_hub_options(p)
     p.set_defaults(func=cmd_convert)
@@ -416,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print tokens and maps as JSON")
     _model_option(p, enc)
     p.set_defaults(func=cmd_attention)
+
+    _add_task_parser(sub)
 
     sub.add_parser(
         "conformance",

@@ -3,6 +3,8 @@
 A directory is either an HF checkpoint (config.json + model.safetensors or pytorch_model.bin;
 converted in memory through the model's name table) or one of ours (written by `convert`:
 config.json + model.safetensors whose metadata says format=biomed_jax, keys are our '/'-paths).
+A fairseq BioGPT checkpoint (`.pt` + dict.txt + bpecodes, `biomed_jax.fairseq`) goes through its
+own name table the same way.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from biomed_jax import hub
+from biomed_jax import fairseq, hub
 from biomed_jax.models import bert, biogpt
 from biomed_jax.models.common import to_layout
 from biomed_jax.models.config import BertConfig, BioGptConfig, HFConfig
 from biomed_jax.weights.bert_names import bert_name_table
-from biomed_jax.weights.biogpt_names import biogpt_name_table
+from biomed_jax.weights.biogpt_names import HF_EXPORT, biogpt_name_table, fairseq_biogpt_name_table
 from biomed_jax.weights.convert import NameTable, convert_state_dict
+from biomed_jax.weights.export import export_state_dict
 from biomed_jax.weights.io import (
     CheckpointError,
     atomic_path,
@@ -238,9 +241,11 @@ def from_pretrained(
     seed: int = 0,
     **config_overrides: Any,
 ) -> Pretrained:
-    """Load an HF or converted checkpoint into a `Pretrained` (config, params, module, tokenizer).
+    """Load an HF, converted or fairseq checkpoint into a `Pretrained` (config, params, module,
+    tokenizer).
 
-    `path`: a local directory, or a hub id (with `revision`, `cache_dir`: the HF hub cache) whose
+    `path`: a local directory, a fairseq BioGPT `.pt` file (with dict.txt and bpecodes beside it,
+    see `biomed_jax.fairseq`), or a hub id (with `revision`, `cache_dir`: the HF hub cache) whose
     HF checkpoint is converted once into our cache (`biomed_jax.hub`) and read from there later.
 
     `architecture` picks the module class (default: the config's `architectures`, else the base
@@ -252,9 +257,23 @@ def from_pretrained(
     `mesh` (a `biomed_jax.sharding.make_mesh`): each device reads only its own shards of the
     safetensors, placed by `rules` (`biomed_jax.sharding`, default FSDP_TP).
     """
+    dtype = jnp.float32 if dtype is None else dtype
+    fairseq_files = fairseq.find_files(path)
+    if fairseq_files is not None:
+        if mesh is not None:
+            raise ValueError(
+                "mesh= reads safetensors: `biomed-jax convert` the fairseq checkpoint first"
+            )
+        pretrained, _ = _from_fairseq(
+            fairseq_files, architecture, dtype, param_dtype, precision, config_overrides
+        )
+        return dataclasses.replace(
+            pretrained,
+            params=to_layout(pretrained.params, scan_layers),
+            module=pretrained.module.clone(scan_layers=scan_layers),
+        )
     source = hub.resolve(path, revision=revision, cache_dir=cache_dir)
     directory = source.path
-    dtype = jnp.float32 if dtype is None else dtype
     config, module, name, hf_config = _build(
         directory, architecture, dtype, param_dtype, precision, config_overrides, scan_layers
     )
@@ -279,24 +298,84 @@ def from_pretrained(
     return Pretrained(config, params, module, load_tokenizer(directory, config), directory)
 
 
-def convert(src_dir: str | Path, dst_dir: str | Path, *, architecture: str | None = None) -> Path:
-    """Convert an HF checkpoint directory into ours: model.safetensors, config.json, tokenizer files.
+def _from_fairseq(
+    files: fairseq.FairseqFiles,
+    architecture: str | None,
+    dtype: Any,
+    param_dtype: Any,
+    precision: Any,
+    config_overrides: dict[str, Any],
+) -> tuple[Pretrained, fairseq.FairseqModel]:
+    """A fairseq BioGPT checkpoint through its name table, in the scanned layout."""
+    model = fairseq.read_model(files)
+    name = architecture or "BioGptForCausalLM"
+    if name not in ARCHITECTURES or ARCHITECTURES[name].config is not BioGptConfig:
+        raise ValueError(f"a fairseq BioGPT checkpoint loads as a BioGPT class, not {name!r}")
+    config = model.config.replace(architectures=(name,), **config_overrides)
+    module = ARCHITECTURES[name].module(
+        config, dtype=dtype, param_dtype=param_dtype, precision=precision, scan_layers=True
+    )
+    params = convert_state_dict(
+        model.state_dict,
+        fairseq_biogpt_name_table(name),
+        param_template(module),
+        config.num_hidden_layers,
+        init_fresh=lambda: init_params(module),
+        dtype=param_dtype,
+    )
+    return Pretrained(config, params, module, model.tokenizer, files.checkpoint), model
+
+
+LAYOUTS = ("biomed_jax", "hf")
+
+
+def convert(
+    src_dir: str | Path,
+    dst_dir: str | Path,
+    *,
+    architecture: str | None = None,
+    to: str = "biomed_jax",
+) -> Path:
+    """Convert an HF checkpoint directory or a fairseq BioGPT checkpoint (`.pt` file or its
+    directory) into ours (`to="biomed_jax"`) or into transformers' layout (`to="hf"`):
+    model.safetensors, config.json, tokenizer files.
 
     Every file is written atomically; model.safetensors goes last, so a directory that has it is
     complete.
     """
+    if to not in LAYOUTS:
+        raise ValueError(f"convert: to={to!r}; expected one of {LAYOUTS}")
     src, dst = Path(src_dir), Path(dst_dir)
     if src.resolve() == dst.resolve():
         raise ValueError("convert: source and destination must differ")
-    config, module, name, _ = _build(
-        src, architecture, jnp.float32, jnp.float32, "highest", {}, scan_layers=True
-    )
-    params = _convert_hf(src, module, name, None)
-    dst.mkdir(parents=True, exist_ok=True)
-    for file in TOKENIZER_FILES:
-        if (src / file).is_file():
-            with atomic_path(dst / file) as tmp:
-                shutil.copyfile(src / file, tmp)
+    fairseq_files = fairseq.find_files(src)
+    if fairseq_files is not None:
+        pretrained, model = _from_fairseq(
+            fairseq_files, architecture, jnp.float32, jnp.float32, "highest", {}
+        )
+        config, params, name = (
+            pretrained.config,
+            pretrained.params,
+            pretrained.config.architectures[0],
+        )
+        dst.mkdir(parents=True, exist_ok=True)
+        fairseq.write_tokenizer_files(model, dst)
+    else:
+        config, module, name, _ = _build(
+            src, architecture, jnp.float32, jnp.float32, "highest", {}, scan_layers=True
+        )
+        params = _convert_hf(src, module, name, None)
+        dst.mkdir(parents=True, exist_ok=True)
+        for file in TOKENIZER_FILES:
+            if (src / file).is_file():
+                with atomic_path(dst / file) as tmp:
+                    shutil.copyfile(src / file, tmp)
     config.save_pretrained(dst)
-    save_params(params, dst / "model.safetensors", {"format": FORMAT, "architecture": name})
+    if to == "hf":
+        if name not in HF_EXPORT:
+            raise ValueError(f"convert --to hf writes {sorted(HF_EXPORT)}, not {name}")
+        tensors = export_state_dict(params, HF_EXPORT[name], config.num_hidden_layers)
+        save_params(tensors, dst / "model.safetensors", {"format": "pt"})
+    else:
+        save_params(params, dst / "model.safetensors", {"format": FORMAT, "architecture": name})
     return dst

@@ -49,6 +49,7 @@ def generate(
     num_return_sequences: int = 1,
     no_repeat_ngram_size: int = 0,
     repetition_penalty: float = 1.0,
+    suppress_tokens: Sequence[int] = (),
     eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int | None = None,
     rng: jax.Array | None = None,
@@ -59,6 +60,7 @@ def generate(
     attention_mask, cache=KVCache)` and returns `.logits` and `.cache`; `params` its parameters
     (without the {"params": ...} wrapper). Rows finished early are padded with `pad_token_id`.
     `top_k=0` disables top-k (HF's GenerationConfig defaults to 50). Sampling needs `rng`.
+    `suppress_tokens`: ids never generated (HF's `suppress_tokens`; fairseq never picks <pad>).
     """
     config = module.config
     ids = _as_ids(input_ids, config.vocab_size)
@@ -111,6 +113,7 @@ def generate(
             temperature=np.float32(temperature),
             top_k=np.int32(max(top_k, keep)),
             top_p_cutoff=np.float32(1.0 - top_p),  # float64, then rounded: as torch compares
+            suppress_tokens=_suppressed(suppress_tokens, config.vocab_size),
             no_repeat_ngram_size=no_repeat_ngram_size,
             use_repetition_penalty=repetition_penalty != 1.0,
             do_sample=do_sample,
@@ -193,6 +196,15 @@ def _attention_mask(ids: np.ndarray, mask: Any, pad: int | None, eos: np.ndarray
     if pad is not None and (ids == pad).any() and pad not in eos:
         return (ids != pad).astype(np.int32)
     return np.ones_like(ids)
+
+
+def _suppressed(token_ids: Sequence[int], vocab_size: int) -> np.ndarray | None:
+    ids = np.asarray(token_ids, np.int64).reshape(-1)
+    if ids.size == 0:
+        return None
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise ValueError(f"suppress_tokens must lie in [0, {vocab_size}), got {sorted(ids)}")
+    return ids.astype(np.int32)
 
 
 def _fill_token(pad: int | None, eos: np.ndarray, num_beams: int) -> int:

@@ -44,6 +44,7 @@ class ProcessorSettings:
     temperature: jax.Array  # [] float32
     top_k: jax.Array  # [] int32, already max(top_k, min_tokens_to_keep)
     top_p_cutoff: jax.Array  # [] float32: 1 - top_p, rounded from float64 as torch does
+    suppress_tokens: jax.Array | None = None  # [X] int32: never chosen (None: none)
     no_repeat_ngram_size: int = flax.struct.field(pytree_node=False, default=0)
     use_repetition_penalty: bool = flax.struct.field(pytree_node=False, default=False)
     do_sample: bool = flax.struct.field(pytree_node=False, default=False)
@@ -95,6 +96,11 @@ def min_length(scores: jax.Array, history: History, settings: ProcessorSettings)
     return jnp.where(is_eos & (history.cur_len < settings.min_length), NEG_INF, scores)
 
 
+def suppress(scores: jax.Array, token_ids: jax.Array) -> jax.Array:
+    """HF `SuppressTokensLogitsProcessor`: the listed ids [X] get -inf at every step."""
+    return jnp.where(jnp.isin(jnp.arange(scores.shape[-1]), token_ids), NEG_INF, scores)
+
+
 def top_k(scores: jax.Array, k: jax.Array) -> jax.Array:
     """HF `TopKLogitsWarper`: drop everything below the k-th largest score (k is an array)."""
     vocab = scores.shape[-1]
@@ -121,6 +127,8 @@ def process(scores: jax.Array, history: History, settings: ProcessorSettings) ->
     if settings.no_repeat_ngram_size > 0:
         scores = no_repeat_ngram(scores, history, settings.no_repeat_ngram_size)
     scores = min_length(scores, history, settings)  # a no-op for min_length 0
+    if settings.suppress_tokens is not None:
+        scores = suppress(scores, settings.suppress_tokens)
     if settings.do_sample:
         scores = scores / settings.temperature  # exact for 1.0
         if settings.use_top_k:

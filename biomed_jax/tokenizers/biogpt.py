@@ -6,6 +6,8 @@ Moses-tokenized (`moses`, sacremoses' rules, English, aggressive dash splits, XM
 each Moses token is byte-pair encoded (`bpe`). Every sequence starts with "</s>" (fairseq has no
 <s>). Unlike HF, `return_offsets_mapping=True` works: each BPE piece's span in the original text,
 through escaping (``&amp;`` spans the one "&") and dash splits (``@-@`` spans the "-").
+`from_fairseq` reads fairseq's dict.txt + bpecodes instead (fairseq's ids, plus the prompt tokens
+of BioGPT's fine-tuned models as `prompt_ids`, skipped by `decode(skip_special_tokens=True)`).
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from biomed_jax.extras import require
 from biomed_jax.tokenizers._encoding import EncodingBase, Offsets, Piece, read_tokenizer_config
 from biomed_jax.tokenizers.bpe import BPE, END_OF_WORD, read_merges
+from biomed_jax.tokenizers.fairseq_dict import hf_token, read_dict_txt
 
 NO_LIMIT = int(1e30)  # HF's model_max_length when none is configured
 
@@ -45,7 +49,7 @@ class BioGptTokenizer(EncodingBase):
 
     def __init__(
         self,
-        vocab_file: str | Path,
+        vocab_file: str | Path | Mapping[str, int],
         merges_file: str | Path,
         unk_token: str = "<unk>",
         bos_token: str = "<s>",
@@ -53,6 +57,8 @@ class BioGptTokenizer(EncodingBase):
         sep_token: str = "</s>",
         pad_token: str = "<pad>",
         *,
+        additional_special_tokens: Sequence[str] = (),
+        prompt_tokens: Sequence[str] = (),
         model_max_length: int = NO_LIMIT,
         padding_side: str = "right",
         truncation_side: str = "right",
@@ -68,7 +74,7 @@ class BioGptTokenizer(EncodingBase):
         for name, token in specials.items():
             if not isinstance(token, str) or not token:
                 raise TypeError(f"{name} must be a non-empty str, got {token!r}")
-        vocab = load_vocab(vocab_file)
+        vocab = dict(vocab_file) if isinstance(vocab_file, Mapping) else load_vocab(vocab_file)
         super().__init__(
             vocab,
             specials,
@@ -77,6 +83,19 @@ class BioGptTokenizer(EncodingBase):
             truncation_side=truncation_side,
             clean_up_tokenization_spaces=clean_up_tokenization_spaces,
         )
+        extra = [*additional_special_tokens, *prompt_tokens]
+        missing = [t for t in extra if t not in vocab]
+        if missing:
+            raise ValueError(
+                f"additional_special_tokens / prompt_tokens not in the vocab: {missing}"
+            )
+        self.additional_special_tokens = list(additional_special_tokens)
+        new = [t for t in self.additional_special_tokens if t not in self.all_special_tokens]
+        self.all_special_tokens += new
+        self.all_special_ids += [vocab[t] for t in new]
+        # The task prompt fairseq's prompt-tuned BioGPT models append after the source (ids).
+        self.prompt_tokens = tuple(prompt_tokens)
+        self.prompt_ids = tuple(vocab[t] for t in self.prompt_tokens)
         self.bpe = BPE(vocab, read_merges(merges_file), self.unk_token_id)
         by_length = sorted(self.all_special_tokens, key=len, reverse=True)
         self._special_re = re.compile("|".join(re.escape(t) for t in by_length))
@@ -114,11 +133,18 @@ class BioGptTokenizer(EncodingBase):
             "padding_side",
             "truncation_side",
             "clean_up_tokenization_spaces",
+            "additional_special_tokens",
+            "prompt_tokens",
         )
         args = {k: config[k] for k in known if config.get(k) is not None}
-        for k, v in args.items():
-            if isinstance(v, dict) and "content" in v:  # serialized AddedToken
-                args[k] = v["content"]
+
+        def content(v: Any) -> Any:  # a serialized AddedToken is a dict with "content"
+            return v["content"] if isinstance(v, dict) and "content" in v else v
+
+        args = {
+            k: [content(t) for t in v] if isinstance(v, list) else content(v)
+            for k, v in args.items()
+        }
         args.update(overrides)
         tok = cls(files["vocab.json"], files["merges.txt"], **args)
         added = dict(config.get("added_tokens_decoder") or {})
@@ -136,6 +162,32 @@ class BioGptTokenizer(EncodingBase):
                 f"{directory}: added tokens beyond the plain special tokens are not supported: {extra}"
             )
         return tok
+
+    @classmethod
+    def from_fairseq(
+        cls,
+        dict_file: str | Path,
+        bpecodes_file: str | Path,
+        *,
+        prompt_words: Sequence[str] = (),
+        **kwargs: Any,
+    ) -> BioGptTokenizer:
+        """fairseq's dict.txt + bpecodes, ids as fairseq's `Dictionary` gives them.
+
+        `prompt_words` (fairseq words, e.g. BioGPT's `learned1`..`learned9`) are appended to the
+        dictionary where absent, as BioGPT's prompt task does at load time; they become
+        `prompt_tokens` / `prompt_ids` and additional special tokens, so
+        `decode(..., skip_special_tokens=True)` drops them.
+        """
+        dictionary = read_dict_txt(dict_file).add_symbols(prompt_words)
+        prompt = [hf_token(w) for w in prompt_words]
+        return cls(
+            dictionary.hf_vocab(),
+            bpecodes_file,
+            additional_special_tokens=prompt,
+            prompt_tokens=prompt,
+            **kwargs,
+        )
 
     def _template(self, pair: bool) -> tuple[Piece, ...]:
         sep = self.sep_token_id

@@ -55,11 +55,32 @@ _HEADS = {
 }
 
 
-def biogpt_name_table(architecture: str) -> NameTable:
-    """The table for one of our BioGPT module classes."""
+def biogpt_name_table(
+    architecture: str, prefix: str = _PREFIX, drop: tuple[str, ...] = ()
+) -> NameTable:
+    """The table for one of our BioGPT module classes (`prefix`: the backbone's key prefix
+    regex; `drop`: more keys to ignore)."""
     if architecture not in _HEADS:
         raise ValueError(f"no BioGPT name table for architecture {architecture!r}")
-    head, drop, fresh = _HEADS[architecture]
+    head, head_drop, fresh = _HEADS[architecture]
+    drop = (*head_drop, *drop)
     if architecture == "BioGptModel":
-        return NameTable(((_PREFIX, "", _BACKBONE),), drop=drop)
-    return NameTable(((_PREFIX, "biogpt/", _BACKBONE), ("", "", head)), drop=drop, fresh=fresh)
+        return NameTable(((prefix, "", _BACKBONE),), drop=drop)
+    return NameTable(((prefix, "biogpt/", _BACKBONE), ("", "", head)), drop=drop, fresh=fresh)
+
+
+# fairseq's names: `decoder.` where HF has `biogpt.`; its tied output projection (the reader
+# checks it equals the embedding) and its format version are dropped.
+_FAIRSEQ_DROP = (r"^decoder\.output_projection\.weight$", r"^decoder\.version$")
+
+
+def fairseq_biogpt_name_table(architecture: str) -> NameTable:
+    """The table from a fairseq BioGPT checkpoint onto one of our BioGPT module classes."""
+    return biogpt_name_table(architecture, prefix=r"decoder\.", drop=_FAIRSEQ_DROP)
+
+
+# Writing transformers' layout (literal key prefixes; the LM head is tied, so not written).
+HF_EXPORT = {
+    "BioGptForCausalLM": (("biogpt.", "biogpt/", _BACKBONE),),
+    "BioGptModel": (("", "", _BACKBONE),),
+}

@@ -12,6 +12,7 @@ import collections
 import io
 import pickle
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,15 +74,22 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, archive: zipfile.ZipFile, prefix: str):
+    def __init__(
+        self,
+        file: io.BytesIO,
+        archive: zipfile.ZipFile,
+        prefix: str,
+        allowed: Mapping[tuple[str, str], Any] = _ALLOWED_GLOBALS,
+    ):
         super().__init__(file)
+        self._allowed = allowed
         self._archive = archive
         self._prefix = prefix
         self._storages: dict[str, _Storage] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED_GLOBALS[(module, name)]
+            return self._allowed[(module, name)]
         except KeyError:
             raise UnsafeCheckpointError(
                 f"refusing to load {module}.{name}: a torch checkpoint may only contain tensors "
@@ -104,8 +112,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._storages[key]
 
 
-def load_torch_zip(path: str | Path) -> dict[str, np.ndarray]:
-    """Tensors of a torch.save zip checkpoint as numpy arrays, by name."""
+def load_pickle(
+    path: str | Path, extra_globals: Mapping[tuple[str, str], Any] | None = None
+) -> Any:
+    """The object a torch.save zip file holds, tensors as numpy arrays.
+
+    Only the tensor/storage globals and `extra_globals` ((module, name) -> harmless stand-in, e.g.
+    the fairseq reader's) resolve; any other global is refused with UnsafeCheckpointError.
+    """
     path = Path(path)
     if not zipfile.is_zipfile(path):
         raise UnsafeCheckpointError(
@@ -117,8 +131,17 @@ def load_torch_zip(path: str | Path) -> dict[str, np.ndarray]:
         if len(pickles) != 1:
             raise UnsafeCheckpointError(f"{path}: expected one data.pkl, found {pickles}")
         prefix = pickles[0][: -len("/data.pkl")]
-        unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), archive, prefix)
-        state = unpickler.load()
+        allowed = {**_ALLOWED_GLOBALS, **(extra_globals or {})}
+        unpickler = _RestrictedUnpickler(
+            io.BytesIO(archive.read(pickles[0])), archive, prefix, allowed
+        )
+        return unpickler.load()
+
+
+def load_torch_zip(path: str | Path) -> dict[str, np.ndarray]:
+    """Tensors of a torch.save zip checkpoint as numpy arrays, by name."""
+    path = Path(path)
+    state = load_pickle(path)
     if not isinstance(state, dict):
         raise UnsafeCheckpointError(
             f"{path}: expected a dict of tensors, got {type(state).__name__}"
