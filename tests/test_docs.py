@@ -41,6 +41,9 @@ def blocks(text: str, name: str = "<md>") -> list[Block]:
     while i < len(lines):
         m = FENCE.match(lines[i])
         if not m:
+            below = lines[i + 1] if i + 1 < len(lines) else ""
+            if SKIP.match(lines[i].strip()) and not FENCE.match(below):
+                raise ValueError(f"{name}:{i + 1}: a skip marker must sit directly above a fence")
             i += 1
             continue
         ticks, kind, start = m.group(1), m.group(2), i + 1
@@ -69,6 +72,8 @@ def test_block_parser():
     assert got[0].code == "x = 1\n" and got[2].code == "```python\nnot = a block\n```\n"
     with pytest.raises(ValueError, match=r"<md>:1: unclosed"):
         blocks("```python\nx = 1\n")
+    with pytest.raises(ValueError, match=r"<md>:4: a skip marker must sit directly above"):
+        blocks("```bash\nrm -rf /\n```\n<!-- docs-test: skip (below, not above) -->\n")
 
 
 @pytest.fixture(scope="session")
