@@ -6,7 +6,7 @@
 Random weights (outputs mean nothing; shapes, files and code paths are the real ones), saved by
 `transformers` (extra `conformance`). The vocabularies come from the text shipped in
 `conformance/data`: BERT gets [PAD] [UNK] [CLS] [SEP] [MASK], letters, digits, punctuation and the
-words of the shipped PubMed titles and sentences; BioGPT gets the shipped subset of the real
+words of the shipped PubMed titles and sentences (and of the docs' examples); BioGPT gets the shipped subset of the real
 vocabulary, renumbered 0..n-1 in id order (the special tokens keep ids 0..3). The docs test puts
 these under the hub ids microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext and
 microsoft/biogpt.
