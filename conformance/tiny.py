@@ -32,17 +32,15 @@ SHAPE = dict(
 )
 
 
+# Words of the documentation's examples, beside those of the shipped PubMed text.
+EXAMPLE_WORDS = "aspirin covid fever growth inhibits mice reduces treat tumor"
+
+
 def bert_vocab() -> list[str]:
     """WordPiece entries: specials, single characters (alone and as ##continuations), words."""
     chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789")
-    words = sorted(
-        {
-            w
-            for a in corpus.pubmed_articles()
-            for t in a.values()
-            for w in re.findall(r"[a-z]+", t.lower())
-        }
-    )
+    texts = [t for a in corpus.pubmed_articles() for t in a.values()] + [EXAMPLE_WORDS]
+    words = sorted({w for t in texts for w in re.findall(r"[a-z]+", t.lower())})
     return list(
         dict.fromkeys(
             ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *".,;:()-'%/+", *chars]
