@@ -27,16 +27,20 @@ def test_stuck():
 """
 
 
-def _start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """A child whose SIGINT is Python's default (even when this run's is ignored)."""
+# Python keeps SIGINT ignored when started with it ignored (a background CI job): the child puts
+# the default handler back itself (no preexec_fn: forking a multithreaded JAX process is unsafe).
+DEFAULT_SIGINT = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+
+
+def _start(code: str, args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+    """`python -c DEFAULT_SIGINT + code ARGS`: `code` reads its arguments from sys.argv[1:]."""
     return subprocess.Popen(
-        args,
+        [sys.executable, "-c", DEFAULT_SIGINT + code, *args],
         cwd=cwd,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -54,12 +58,12 @@ def _wait_for(condition, process: subprocess.Popen, timeout: float, what: str) -
 def test_ctrl_c_stops_a_test_stuck_in_native_code(tmp_path):
     (tmp_path / "test_stuck.py").write_text(STUCK)
     env = {"PYTHONPATH": str(TESTS)}
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "_plugin"]
+    args = ["-q", "-p", "no:cacheprovider", "-p", "_plugin", "test_stuck.py"]
     (tmp_path / "_plugin.py").write_text(
         "import _interrupt\ndef pytest_configure(config):\n    _interrupt.install(config, 2)\n"
     )
     env["PYTHONPATH"] += os.pathsep + str(tmp_path)
-    process = _start([*args, "test_stuck.py"], tmp_path, env)
+    process = _start("import sys, pytest; sys.exit(pytest.main(sys.argv[1:]))", args, tmp_path, env)
     _wait_for((tmp_path / "started").exists, process, 120, "test start")
     sent = time.monotonic()
     process.send_signal(signal.SIGINT)
@@ -72,10 +76,11 @@ def test_ctrl_c_stops_a_test_stuck_in_native_code(tmp_path):
 @pytest.mark.slow  # ~100 s on a loaded 2-core CPU: the bert group must finish first
 def test_sigint_stops_conformance_and_keeps_finished_groups(tmp_path):
     report = tmp_path / "report.json"
-    args = [sys.executable, "-m", "biomed_jax.cli", "conformance", "--fast", "--only", "bert",
-            "--only", "biogpt", "--dtype", "float32", "--json", str(report)]  # fmt: skip
+    args = ["conformance", "--fast", "--only", "bert", "--only", "biogpt", "--dtype", "float32",
+            "--json", str(report)]  # fmt: skip
     env = {"PYTHONPATH": str(REPO), "BIOMED_JAX_COMPILATION_CACHE": "off"}
-    process = _start(args, tmp_path, env)
+    cli = "import sys; from biomed_jax.cli import main; sys.exit(main(sys.argv[1:]))"
+    process = _start(cli, args, tmp_path, env)
 
     def bert_done() -> bool:
         try:
