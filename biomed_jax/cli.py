@@ -45,14 +45,20 @@ def enable_compilation_cache(directory: Path) -> None:
 def cmd_convert(args: argparse.Namespace) -> int:
     from biomed_jax.hub import resolve
     from biomed_jax.loading import convert
+    from biomed_jax.progress import progress_bar
 
     fairseq_file = Path(args.src).suffix == ".pt"  # a fairseq checkpoint file, not a directory
-    src = (
-        Path(args.src)
-        if fairseq_file
-        else resolve(args.src, revision=args.revision, cache_dir=args.cache_dir).path
-    )
-    dst = convert(src, args.dst, architecture=args.architecture, to=args.to)
+    with progress_bar(2, enabled=not args.quiet, unit="step") as bar:
+        bar.set_description("resolve")
+        src = (
+            Path(args.src)
+            if fairseq_file
+            else resolve(args.src, revision=args.revision, cache_dir=args.cache_dir).path
+        )
+        bar.update()
+        bar.set_description("convert")
+        dst = convert(src, args.dst, architecture=args.architecture, to=args.to)
+        bar.update()
     print(f"converted {args.src} -> {dst}")
     return 0
 
@@ -222,7 +228,31 @@ def local_devices(count: int | None) -> list | None:
     return available[:count]
 
 
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+def check_embed_input(path: Path, field: str | None) -> None:
+    """JSONL input needs --field: refuse to embed raw JSON lines, naming the fields found."""
+    if field is not None or not path.is_file():
+        return  # a missing file: the pipeline says so
+    with open(path, encoding="utf-8") as f:
+        first = f.readline()
+    try:
+        record = json.loads(first)
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict) and path.suffix.lower() not in JSONL_SUFFIXES:
+        return  # a text file: one document per line
+    found = (
+        f"fields in its first line: {', '.join(record) or 'none'}"
+        if isinstance(record, dict)
+        else "its first line is not a JSON object"
+    )
+    raise ValueError(f"{path} is JSONL: pass --field NAME for the text ({found})")
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
+    check_embed_input(Path(args.input), args.field)
     init_distributed(args)
     from biomed_jax.pipelines import embed_file
 
@@ -275,6 +305,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_attention(args: argparse.Namespace) -> int:
     from biomed_jax.pipelines import attention, plot_attention
 
+    if args.png:
+        from biomed_jax.extras import require
+
+        require("matplotlib")  # before loading the model
+
     result = attention(args.text, layers=args.layers, heads=args.heads, model=args.model)
     if args.png:
         print(f"wrote {plot_attention(result, args.png)}")
@@ -303,9 +338,11 @@ def _attention_summary(result: dict) -> str:
 def cmd_task(args: argparse.Namespace) -> int:
     """A BioGPT task on the repo's data file: JSONL results (--output, else stdout), summary JSON
     (stdout, or stderr when stdout carries the results)."""
+    from biomed_jax.extras import require
     from biomed_jax.loading import from_pretrained
     from biomed_jax.tasks import get_task, run_task, task_settings
 
+    require("sacremoses")  # BioGPT's tokenizer: say so before loading the model
     task = get_task(args.task)
     for option, owner in (("gold", "pubmedqa"), ("entities", "re-bc5cdr")):
         if getattr(args, option) and task.name != owner:
@@ -424,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="biomed_jax",
         help="output layout: ours (default) or transformers' (BioGptForCausalLM.from_pretrained)",
     )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_hub_options(p)
     p.set_defaults(func=cmd_convert)
 
@@ -448,7 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "embed", help="embed a text file (one document per line) or JSONL into sharded files"
     )
-    p.add_argument("input", metavar="INPUT", help="text file, or JSONL with --field")
+    p.add_argument(
+        "input", metavar="INPUT", help="text file (a document a line), or JSONL with --field"
+    )
     p.add_argument("output", metavar="OUTPUT_DIR", help="shards + manifest.json (resumable)")
     p.add_argument("--field", help="JSONL field holding the text")
     p.add_argument("--layers", type=_layers, default=-1, help="hidden state(s): -1 or 4,8,12")
@@ -458,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, help="cover long texts with windows overlapping STRIDE")
     p.add_argument("--shard-size", type=int, default=1024, help="documents per shard file")
     p.add_argument("--format", choices=("npy", "safetensors"), default="npy")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--devices", type=int, help="split each batch over the first N local devices (default: all)"
     )

@@ -243,15 +243,19 @@ def _name_table(module: nn.Module) -> NameTable:
 
 
 def read_checkpoint(
-    directory: Path, module: nn.Module, shardings: Mapping[str, object] | None = None
+    directory: Path,
+    module: nn.Module,
+    shardings: Mapping[str, object] | None = None,
+    seed: int = 0,
 ) -> Params:
     """`module`'s params from the checkpoint in `directory`, in its layer layout: numpy arrays, or
-    placed by `shardings` (a tree like the params; each device reads only its own blocks)."""
+    placed by `shardings` (a tree like the params; each device reads only its own blocks). Task
+    heads the checkpoint lacks are initialized from `jax.random.key(seed)`."""
 
     def init_fresh(placement: Mapping[str, object] | None) -> Params:
         if placement is None:
-            return init_params(module)
-        return jax.jit(lambda: init_params(module), out_shardings=placement)()
+            return init_params(module, seed)
+        return jax.jit(lambda: init_params(module, seed), out_shardings=placement)()
 
     with open_checkpoint(directory) as checkpoint:
         table = None if checkpoint.converted else _name_table(module)
@@ -328,6 +332,7 @@ def from_pretrained(
     mesh: Mesh | None = None,
     rules: shd.Rules | str | None = None,
     scan_layers: bool = False,
+    seed: int = 0,
     **config_overrides: Any,
 ) -> Pretrained:
     """Load an HF or converted checkpoint into a `Pretrained` (config, params, module, tokenizer).
@@ -337,7 +342,8 @@ def from_pretrained(
     HF checkpoint is converted once into our cache (`biomed_jax.hub`) and read from there later.
 
     `architecture` picks the module class (default: the config's `architectures`, else the base
-    model); task heads absent from the checkpoint are initialized anew with a warning, as HF does.
+    model); task heads absent from the checkpoint are initialized anew with a warning, as HF does,
+    from `jax.random.key(seed)`.
     `config_overrides` (e.g. num_labels=3) replace config fields.
     `dtype` / `param_dtype`: compute and parameter dtypes (HF-Flax's). `policy`: how to compute
     (`biomed_jax.numerics`: "fast", the default, "exact", or a `Policy`), resolved here for the
@@ -356,7 +362,12 @@ def from_pretrained(
                 "mesh= reads safetensors: `biomed-jax convert` the fairseq checkpoint first"
             )
         pretrained, _ = _from_fairseq(
-            fairseq_files, architecture, scan_layers=scan_layers, **numerics, **config_overrides
+            fairseq_files,
+            architecture,
+            scan_layers=scan_layers,
+            seed=seed,
+            **numerics,
+            **config_overrides,
         )
         return pretrained
     source = hub.resolve(path, revision=revision, cache_dir=cache_dir)
@@ -384,7 +395,7 @@ def from_pretrained(
             convert(directory, target, architecture=name)
         directory = target
     shardings = None if mesh is None else shd.param_shardings(module, mesh, rules)
-    params = read_checkpoint(directory, module, shardings)
+    params = read_checkpoint(directory, module, shardings, seed)
     return Pretrained(config, params, module, _tokenizer(directory, config), directory)
 
 
@@ -396,6 +407,7 @@ def _from_fairseq(
     param_dtype: Dtype = jnp.float32,
     policy: Policy = PLAIN,
     scan_layers: bool = False,
+    seed: int = 0,
     **config_overrides: Any,
 ) -> tuple[Pretrained, fairseq.FairseqModel]:
     """A fairseq BioGPT checkpoint through its name table, read by the same plan and reader."""
@@ -409,7 +421,7 @@ def _from_fairseq(
     )
     checkpoint = in_memory(str(files.checkpoint), model.state_dict)
     plan = make_plan(checkpoint, fairseq_biogpt_name_table(name), param_template(module))
-    params = read_params(checkpoint, plan, init_fresh=lambda _: init_params(module))
+    params = read_params(checkpoint, plan, init_fresh=lambda _: init_params(module, seed))
     pretrained = Pretrained(config, params, module, model.tokenizer, files.checkpoint, model.args)
     return pretrained, model
 

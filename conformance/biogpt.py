@@ -31,8 +31,9 @@ How the reference is called, and why:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -267,13 +268,26 @@ def check_architecture(
     return rows
 
 
-def run(full_size: bool = True, dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> list[Row]:
+def cases(
+    full_size: bool = True, dtypes: tuple[str, ...] = ("float32", "bfloat16")
+) -> list[tuple[str, Callable[[], list[Row]]]]:
     """All BioGPT checks: small odd configs, and (full_size) the 347M configuration."""
-    rows: list[Row] = []
-    for case in SMALL_CASES:
-        for arch in case.architectures:
-            rows += check_architecture(case.name, arch, case.hf_config, dtypes)
+    out = [
+        (
+            f"{case.name}/{arch}",
+            functools.partial(check_architecture, case.name, arch, case.hf_config, dtypes),
+        )
+        for case in SMALL_CASES
+        for arch in case.architectures
+    ]
     if full_size:
-        for arch in FULL_CASE.architectures:
-            rows += check_architecture(FULL_CASE.name, arch, FULL_CASE.hf_config, dtypes, length=24)
-    return rows
+        out += [
+            (
+                f"{FULL_CASE.name}/{arch}",
+                functools.partial(
+                    check_architecture, FULL_CASE.name, arch, FULL_CASE.hf_config, dtypes, length=24
+                ),
+            )
+            for arch in FULL_CASE.architectures
+        ]
+    return out

@@ -2,8 +2,9 @@
 
 How the reference is called, and why:
 - Seeded random BioGPT weights (`torch.manual_seed`), saved with `save_pretrained` and loaded through
-  our real loader. Real prompts: PubMed titles (BC5CDR test split) tokenized by
-  `transformers.BioGptTokenizer` on the real BioGPT vocabulary, cut to 5..16 tokens, batched
+  our real loader. Real prompts: PubMed titles (BC5CDR test split, shipped in `conformance/data`)
+  tokenized by `transformers.BioGptTokenizer` with real BioGPT ids (`conformance.corpus`), cut to
+  5..16 tokens, batched
   with left padding (HF's convention for decoder-only generation), float32 on CPU, eager attention.
 - Random weights make flat, near-tied logits, where float32 rounding (ours vs torch, ~1e-6) could
   legitimately flip an argmax. So the small model uses initializer_range 0.2 (logits spread over
@@ -20,15 +21,14 @@ How the reference is called, and why:
 
 from __future__ import annotations
 
-import json
 import tempfile
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 
+from conformance import corpus
 from conformance.report import Row, compare, exact
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PROCESSOR_TOL = 1e-6  # float32 processed logits against HF's processors
 SMALL = dict(
     vocab_size=42384,
@@ -52,15 +52,12 @@ STRATEGIES = {
 ALONE_STRATEGIES = ("greedy", "beam5-min_length-early")
 
 
-def pubmed_prompts(count: int, data: Path = SHARED_DATA) -> list[list[int]]:
-    """Token ids of the first `count` BC5CDR test titles (with BioGPT's leading </s>), cut."""
-    import transformers
-
-    tokenizer = transformers.BioGptTokenizer(
-        str(data / "biogpt" / "vocab.json"), str(data / "biogpt" / "merges.txt")
-    )
-    with open(data / "pubmed" / "bc5cdr_test.jsonl", encoding="utf-8") as f:
-        titles = [json.loads(line)["title"] for line, _ in zip(f, range(count))]
+def pubmed_prompts(count: int) -> list[list[int]]:
+    """Token ids of the first `count` shipped BC5CDR test titles (with BioGPT's leading </s>), cut."""
+    tokenizer = corpus.biogpt_tokenizer()
+    titles = [a["title"] for a in corpus.pubmed_articles()[:count]]
+    if len(titles) < count:
+        raise ValueError(f"conformance ships {len(titles)} PubMed titles, {count} asked for")
     # Lengths 5..16 so the batch is left-padded; all share one length bucket.
     return [tokenizer(t)["input_ids"][: 5 + (7 * i) % 12] for i, t in enumerate(titles)]
 
@@ -309,19 +306,34 @@ def _processor_settings(eos: np.ndarray, **values):
     )
 
 
-def run(full_size: bool, dtypes: tuple[str, ...]) -> list[Row]:
+def cases(full_size: bool, dtypes: tuple[str, ...]) -> list[tuple[str, Callable[[], list[Row]]]]:
     """Processors, the small model (24 prompts), and with full_size microsoft/biogpt's shape.
 
     Generation is checked in float32 only (token identity needs the reference's precision);
     `dtypes` is accepted for the suite's interface.
     """
     del dtypes
-    rows = check_processors()
-    prompts = pubmed_prompts(24)
-    rows += check_model("small", SMALL, prompts, max_new_tokens=20)
+    out: list[tuple[str, Callable[[], list[Row]]]] = [
+        ("processors", check_processors),
+        (
+            "biogpt-small",
+            lambda: check_model("small", SMALL, pubmed_prompts(24), max_new_tokens=20),
+        ),
+    ]
     if full_size:
         full = {k: STRATEGIES[k] for k in ("greedy", "beam5-min_length-early")}
-        rows += check_model(
-            "full", FULL, prompts[:20], max_new_tokens=12, strategies=full, alone=2, chunk=4
+        out.append(
+            (
+                "biogpt-full",
+                lambda: check_model(
+                    "full",
+                    FULL,
+                    pubmed_prompts(20),
+                    max_new_tokens=12,
+                    strategies=full,
+                    alone=2,
+                    chunk=4,
+                ),
+            )
         )
-    return rows
+    return out

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+BIOMEDBERT_ID = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext"
+BIOGPT_ID = "microsoft/biogpt"
 
 WORDS = [
     "the",
@@ -131,3 +136,37 @@ def save_tiny_biogpt(path: Path, data: Path, *, seed: int = 0) -> Path:
     )
     transformers.BioGptForCausalLM(config).eval().save_pretrained(path)
     return path
+
+
+def add_snapshot(cache: Path, repo_id: str, revision: str, files_from: Path, ref=None) -> Path:
+    """Lay files out as huggingface_hub does: blobs/<hash>, snapshots/<rev>/<name> -> blob, refs/."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for file in files_from.iterdir():
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copyfile(file, repo / "blobs" / digest)
+        (snapshot / file.name).symlink_to(f"../../blobs/{digest}")
+    if ref is not None:
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / ref).write_text(revision)
+    return snapshot
+
+
+def offline_hub(root: Path) -> dict[str, str]:
+    """An HF hub cache under `root` holding tiny seeded stand-ins (`conformance.tiny`) for
+    BIOMEDBERT_ID (a BertForMaskedLM + vocab.txt) and BIOGPT_ID (a BioGptForCausalLM +
+    vocab.json/merges.txt); returns the environment that makes them resolve offline, with our own caches in `root` too."""
+    from conformance import tiny
+
+    cache = root / "hf" / "hub"
+    add_snapshot(cache, BIOMEDBERT_ID, "1" * 40, tiny.save_bert(root / "bert"), ref="main")
+    add_snapshot(cache, BIOGPT_ID, "2" * 40, tiny.save_biogpt(root / "biogpt"), ref="main")
+    return {
+        "HF_HOME": str(root / "hf"),
+        "HF_HUB_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "1",
+        "BIOMED_JAX_CACHE": str(root / "biomed_jax"),
+        "BIOMED_JAX_COMPILATION_CACHE": "off",
+    }

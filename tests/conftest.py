@@ -1,4 +1,5 @@
-"""Test session set-up: 8 host CPU devices (for the sharding tests), shared data locations."""
+"""Test session set-up: 8 host CPU devices (for the sharding tests), shared data locations, and a
+watchdog that makes Ctrl-C stop the run promptly (tests/_interrupt.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    import _interrupt
+
+    _interrupt.install(config)
 
 
 @pytest.fixture(scope="session")

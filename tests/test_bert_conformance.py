@@ -25,7 +25,7 @@ def test_small_configs_match_transformers(case):
     assert {r.suite.rsplit("/", 1)[1] for r in judged} == {"float32", "bfloat16"}
 
 
-def test_real_minilm_checkpoint_on_pubmed(minilm_dir, shared_data):
+def test_real_minilm_checkpoint_on_pubmed(minilm_dir):
     rows = suite.check_minilm(("float32",))
     _assert_all_pass(rows)
     assert any(r.name == "hidden_states[6]" for r in rows)

@@ -28,8 +28,8 @@ def test_processors_match_transformers():
     }
 
 
-def test_greedy_and_beam_search_match_transformers_on_pubmed(shared_data):
-    prompts = suite.pubmed_prompts(24, shared_data)
+def test_greedy_and_beam_search_match_transformers_on_pubmed():
+    prompts = suite.pubmed_prompts(24)
     assert len({len(p) for p in prompts}) > 5  # the batch is left-padded
     rows = suite.check_model("small", suite.SMALL, prompts, max_new_tokens=20)
     _assert_all_pass(rows)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -10,7 +9,7 @@ import shutil
 import huggingface_hub
 import numpy as np
 import pytest
-from _tiny_models import run_cli, save_tiny_bert
+from _tiny_models import add_snapshot, run_cli, save_tiny_bert
 from huggingface_hub import constants
 
 from biomed_jax import CheckpointError, cli, from_pretrained, hub, loading
@@ -19,22 +18,6 @@ from biomed_jax.trees import flatten
 REPO = "microsoft/BiomedNLP-BiomedBERT-tiny-uncased"
 REV_A = "a" * 40
 REV_B = "b" * 40
-
-
-def add_snapshot(cache, repo_id, revision, files_from, ref=None):
-    """Lay files out as huggingface_hub does: blobs/<hash>, snapshots/<rev>/<name> -> blob, refs/."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    (repo / "blobs").mkdir(parents=True, exist_ok=True)
-    snapshot = repo / "snapshots" / revision
-    snapshot.mkdir(parents=True)
-    for file in files_from.iterdir():
-        digest = hashlib.sha256(file.read_bytes()).hexdigest()
-        shutil.copyfile(file, repo / "blobs" / digest)
-        (snapshot / file.name).symlink_to(f"../../blobs/{digest}")
-    if ref is not None:
-        (repo / "refs").mkdir(exist_ok=True)
-        (repo / "refs" / ref).write_text(revision)
-    return snapshot
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -236,9 +237,16 @@ def test_embed_file_resumes_after_kill(ours, hf_bert, tmp_path):
                    progress=False, batch_size=8, pooling="cls")  # fmt: skip
 
 
-def test_embed_file_text_lines_and_progress(ours, tmp_path, capsys):
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_embed_file_text_lines_and_progress(ours, tmp_path, monkeypatch, capsys):
     docs = tmp_path / "docs.txt"
     docs.write_text("\n".join(SENTENCES) + "\n")
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
     manifest = embed_file(docs, tmp_path / "out", model=ours, shard_size=2, layers=[0, -1])
     assert manifest["num_documents"] == len(SENTENCES) and manifest["num_shards"] == 3
     np.testing.assert_allclose(  # other batch shapes than embed's: not bit-identical
@@ -247,9 +255,13 @@ def test_embed_file_text_lines_and_progress(ours, tmp_path, capsys):
         rtol=0,
         atol=FP32_TOL,
     )
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[-1].startswith(f"{len(SENTENCES)}/{len(SENTENCES)} docs") and "docs/s" in lines[-1]
-    assert "ETA 0:00:00" in lines[-1]
+    bar = terminal.getvalue().split("\r")[-1]  # tqdm's last redraw
+    assert f"{len(SENTENCES)}/{len(SENTENCES)} [" in bar and "doc" in bar  # done, time, rate
+    # Not a terminal (a log, a pipe), or progress=False: nothing on stderr.
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    embed_file(docs, tmp_path / "quiet", model=ours, shard_size=2)
+    embed_file(docs, tmp_path / "off", model=ours, shard_size=2, progress=False)
+    assert sys.stderr.getvalue() == ""
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"title": "no text"}\n')

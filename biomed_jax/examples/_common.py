@@ -68,7 +68,7 @@ def load_model(args: argparse.Namespace, architecture: str, labels: tuple[str, .
         cfg = BertConfig.from_pretrained(args.model, **overrides)
         module = ARCHITECTURES[architecture].module(cfg)
         return module, init_params(module, args.seed), BertTokenizer.from_pretrained(args.model)
-    model = from_pretrained(args.model, architecture=architecture, **overrides)
+    model = from_pretrained(args.model, architecture=architecture, seed=args.seed, **overrides)
     if isinstance(model.tokenizer, MissingTokenizer):
         raise model.tokenizer.error()
     return model.module, model.params, model.tokenizer

@@ -13,6 +13,7 @@ import numpy as np
 
 from biomed_jax import validation as v
 from biomed_jax.compilation import jit
+from biomed_jax.extras import require
 from biomed_jax.pipelines._common import (
     DECODERS,
     DEFAULT_ENCODER,
@@ -87,15 +88,9 @@ def attention(
 
 def plot_attention(result: dict[str, Any], path: str | Path) -> Path:
     """Draw `attention(...)`'s maps as a grid (rows: layers, columns: heads) into an image file."""
-    try:
-        import matplotlib
+    require("matplotlib").use("Agg")
+    import matplotlib.pyplot as plt
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ModuleNotFoundError as e:
-        raise ModuleNotFoundError(
-            "drawing attention maps needs matplotlib: pip install 'biomed-jax[plot]'"
-        ) from e
     from biomed_jax.files import atomic_path
 
     maps, tokens = result["attentions"], result["tokens"]

@@ -26,10 +26,8 @@ import io
 import itertools
 import json
 import re
-import sys
-import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -52,6 +50,7 @@ from biomed_jax.pipelines._common import (
     resolve_model,
 )
 from biomed_jax.pipelines.embed import embed, embed_options
+from biomed_jax.progress import progress_bar
 from biomed_jax.trees import flatten
 
 FORMATS = ("npy", "safetensors")
@@ -197,40 +196,6 @@ def read_shards(directory: str | Path) -> np.ndarray:
     return np.concatenate(arrays)
 
 
-class Progress:
-    """Documents done, documents/s and ETA on one status line (stderr)."""
-
-    def __init__(
-        self, total: int, done: int, stream=None, clock: Callable[[], float] = time.monotonic
-    ):
-        self.total, self.start_done, self.stream, self.clock = (
-            total,
-            done,
-            stream or sys.stderr,
-            clock,
-        )
-        self.start = clock()
-
-    def update(self, done: int) -> str:
-        elapsed = max(self.clock() - self.start, 1e-9)
-        rate = (done - self.start_done) / elapsed
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        line = f"{done}/{self.total} docs  {rate:.1f} docs/s  ETA {_duration(eta)}"
-        end = (
-            "\r" if getattr(self.stream, "isatty", lambda: False)() and done < self.total else "\n"
-        )
-        print(line, end=end, file=self.stream, flush=True)
-        return line
-
-
-def _duration(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "?"
-    minutes, s = divmod(round(seconds), 60)
-    hours, m = divmod(minutes, 60)
-    return f"{hours}:{m:02d}:{s:02d}"
-
-
 def embed_file(
     input_path: str | Path,
     output_dir: str | Path,
@@ -257,7 +222,8 @@ def embed_file(
     recorded and recomputes the others (with a warning naming them); other settings or another
     model (weights, config or tokenizer) are refused. Arguments and the whole input are checked
     before anything is written. A write that fails (disk full, read-only, no permission) raises
-    `OutputError` naming the path; the finished shards stay.
+    `OutputError` naming the path; the finished shards stay. `progress`: a bar on stderr when
+    it is a terminal.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -310,7 +276,7 @@ def embed_file(
         for leftover in output_dir.glob(f".{_prefix(process)}shard-*.tmp"):  # of a killed run
             leftover.unlink()
         documents = islice(read_documents(input_path, field), start, stop)
-        meter = None
+        bar = None
         for index in range(num_shards):
             texts = list(islice(documents, shard_size))
             record = {"documents": len(texts), "sha256": _texts_hash(texts)}
@@ -318,8 +284,10 @@ def embed_file(
             if not (index < len(recorded) and recorded[index] == record and path.is_file()):
                 if index < len(recorded) and path.is_file():
                     stale.append(path.name)
-                if progress and meter is None:
-                    meter = Progress(mine, index * shard_size)
+                if bar is None:  # from the first shard computed
+                    bar = progress_bar(
+                        mine, enabled=progress, initial=index * shard_size, unit="doc"
+                    )
                 vectors = embed(
                     texts,
                     model=pretrained,
@@ -335,8 +303,10 @@ def embed_file(
             shards.append(record)
             # recorded: the shards done in this run, then the old records not revisited yet
             _write_manifest(manifest_file, {**manifest, "shards": shards + recorded[index + 1 :]})
-            if meter is not None:
-                meter.update(index * shard_size + len(texts))
+            if bar is not None:
+                bar.update(len(texts))
+        if bar is not None:
+            bar.close()
         for extra in range(num_shards, len(recorded)):  # the input got shorter
             shard_path(output_dir, extra, fmt, process).unlink(missing_ok=True)
         manifest |= {"num_documents": mine, "num_shards": num_shards}

@@ -9,6 +9,8 @@ import jax
 import numpy as np
 
 from biomed_jax import validation as v
+from biomed_jax.extras import require
+from biomed_jax.loading import Pretrained
 from biomed_jax.pipelines._common import (
     DECODERS,
     DEFAULT_DECODER,
@@ -41,6 +43,8 @@ def generate_text(
     from biomed_jax.generation import generate
 
     prompts, single = as_list(prompt_or_prompts, "prompts")
+    if not isinstance(model, Pretrained):
+        require("sacremoses")  # BioGPT's tokenizer: say so before loading the model
     pretrained = resolve_model(
         model, DEFAULT_DECODER, "BioGptForCausalLM", takes=DECODERS, pipeline="generate_text"
     )

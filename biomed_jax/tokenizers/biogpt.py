@@ -12,21 +12,20 @@ of BioGPT's fine-tuned models as `prompt_ids`, skipped by `decode(skip_special_t
 
 from __future__ import annotations
 
+import functools
 import re
 import reprlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import sacremoses
-
 from biomed_jax.errors import ConfigError
+from biomed_jax.extras import require
 from biomed_jax.text_files import read_json_object
 from biomed_jax.tokenizers._encoding import PYTHON_RULES, EncodingBase, Offsets, Piece
 from biomed_jax.tokenizers._files import read_tokenizer_config, token_content
 from biomed_jax.tokenizers.bpe import BPE, END_OF_WORD, read_merges
 from biomed_jax.tokenizers.fairseq_dict import hf_token, read_dict_txt
-from biomed_jax.tokenizers.moses import MosesPreTokenizer, align
 
 NO_LIMIT = int(1e30)  # HF's model_max_length when none is configured
 
@@ -52,7 +51,11 @@ def load_vocab(vocab_file: str | Path) -> dict[str, int]:
 
 
 class BioGptTokenizer(EncodingBase):
-    """BioGPT Moses + BPE tokenizer; `__call__`, `decode` etc. as HF's (see `_encoding`)."""
+    """BioGPT Moses + BPE tokenizer; `__call__`, `decode` etc. as HF's (see `_encoding`).
+
+    The Moses step needs `sacremoses` (extra `biogpt`); it is imported at first use, so a model
+    loads without it and the tokenizer's first call names the extra.
+    """
 
     model_input_names = ("input_ids", "attention_mask")
     pair_rules = PYTHON_RULES  # transformers has only the Python BioGptTokenizer
@@ -107,11 +110,21 @@ class BioGptTokenizer(EncodingBase):
         self.prompt_tokens = tuple(prompt_tokens)
         self.prompt_ids = tuple(vocab[t] for t in self.prompt_tokens)
         self.bpe = BPE(vocab, read_merges(merges_file), self.unk_token_id)
-        self.moses = MosesPreTokenizer("en")
-        self._detokenizer = sacremoses.MosesDetokenizer(lang="en")
         by_length = sorted(self.all_special_tokens, key=len, reverse=True)
         self._special_re = re.compile("|".join(re.escape(t) for t in by_length))
         self._special_starts = frozenset(t[0] for t in by_length)
+
+    @functools.cached_property
+    def moses(self):
+        """The Moses pre-tokenizer (English, BioGPT's settings); imports sacremoses."""
+        require("sacremoses")
+        from biomed_jax.tokenizers.moses import MosesPreTokenizer
+
+        return MosesPreTokenizer("en")
+
+    @functools.cached_property
+    def _detokenizer(self):
+        return require("sacremoses").MosesDetokenizer(lang="en")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides: Any) -> BioGptTokenizer:
@@ -216,6 +229,9 @@ class BioGptTokenizer(EncodingBase):
             yield pos, len(text), None
 
     def _encode_text(self, text: str) -> tuple[list[int], list[Offsets]]:
+        moses = self.moses  # first: names the extra when sacremoses is missing
+        from biomed_jax.tokenizers.moses import align
+
         ids: list[int] = []
         offsets: list[Offsets] = []
         for start, end, special in self._segments(text):
@@ -224,7 +240,7 @@ class BioGptTokenizer(EncodingBase):
                 offsets.append((start, end))
                 continue
             segment = text[start:end]
-            tokens = self.moses.tokenize(segment)
+            tokens = moses.tokenize(segment)
             encode = self.bpe.encode
             for token, (at, chars) in zip(tokens, align(segment, tokens)):
                 token_ids, spans, _ = encode(token)

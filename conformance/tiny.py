@@ -1,0 +1,102 @@
+"""Tiny seeded random checkpoints in Hugging Face's layout, to try biomed_jax without the hub.
+
+    python -m conformance.tiny bert tiny-bert       # BertForMaskedLM + vocab.txt
+    python -m conformance.tiny biogpt tiny-biogpt   # BioGptForCausalLM + vocab.json, merges.txt
+
+Random weights (outputs mean nothing; shapes, files and code paths are the real ones), saved by
+`transformers` (extra `conformance`). The vocabularies come from the text shipped in
+`conformance/data`: BERT gets [PAD] [UNK] [CLS] [SEP] [MASK], letters, digits, punctuation and the
+words of the shipped PubMed titles and sentences (and of the docs' examples); BioGPT gets the shipped subset of the real
+vocabulary, renumbered 0..n-1 in id order (the special tokens keep ids 0..3). The docs test puts
+these under the hub ids microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext and
+microsoft/biogpt.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from conformance import corpus
+
+SHAPE = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    max_position_embeddings=128,
+    initializer_range=0.2,
+)
+
+
+# Words of the documentation's examples, beside those of the shipped PubMed text.
+EXAMPLE_WORDS = "aspirin covid fever growth inhibits mice reduces treat tumor"
+
+
+def bert_vocab() -> list[str]:
+    """WordPiece entries: specials, single characters (alone and as ##continuations), words."""
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789")
+    texts = [t for a in corpus.pubmed_articles() for t in a.values()] + [EXAMPLE_WORDS]
+    words = sorted({w for t in texts for w in re.findall(r"[a-z]+", t.lower())})
+    return list(
+        dict.fromkeys(
+            ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *".,;:()-'%/+", *chars]
+            + [f"##{c}" for c in chars]
+            + words
+        )
+    )
+
+
+def save_bert(path: str | Path, seed: int = 0) -> Path:
+    """A random BertForMaskedLM with `bert_vocab()`, saved to `path`."""
+    import torch
+    import transformers
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = bert_vocab()
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=len(vocab), **SHAPE)
+    transformers.BertForMaskedLM(config).eval().save_pretrained(path)
+    return path
+
+
+def save_biogpt(path: str | Path, seed: int = 0) -> Path:
+    """A random BioGptForCausalLM with the shipped BioGPT vocabulary subset, saved to `path`."""
+    import torch
+    import transformers
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = json.loads(corpus.BIOGPT_VOCAB.read_text(encoding="utf-8"))
+    ordered = sorted(vocab, key=vocab.__getitem__)
+    (path / "vocab.json").write_text(
+        json.dumps({t: i for i, t in enumerate(ordered)}, ensure_ascii=False), encoding="utf-8"
+    )
+    shutil.copyfile(corpus.BIOGPT_MERGES, path / "merges.txt")
+    torch.manual_seed(seed)
+    config = transformers.BioGptConfig(vocab_size=len(ordered), **SHAPE)
+    transformers.BioGptForCausalLM(config).eval().save_pretrained(path)
+    return path
+
+
+MAKERS = {"bert": save_bert, "biogpt": save_biogpt}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in MAKERS:
+        print(f"usage: python -m conformance.tiny {{{','.join(MAKERS)}}} DIR", file=sys.stderr)
+        return 2
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # no "Writing model shards" bar for a 1 MB file
+    print(MAKERS[argv[0]](argv[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

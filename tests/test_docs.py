@@ -1,0 +1,119 @@
+"""Every ```python and ```bash block of README.md and docs/*.md runs (docs/development.md#docs-test).
+
+Per Markdown file, in one child process and one temporary working directory: python blocks in
+order in one namespace, bash blocks with `biomed-jax` on PATH. Hub ids resolve offline to tiny
+seeded checkpoints in a hub cache built here (`_tiny_models.offline_hub`). A block preceded
+directly by `<!-- docs-test: skip (reason) -->` is not run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _tiny_models import offline_hub
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+RUN = ("python", "bash")
+FENCE = re.compile(r"^(`{3,})\s*([\w+-]*)")
+SKIP = re.compile(r"^<!-- docs-test: skip \((.+)\) -->$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    kind: str  # the fence's language
+    code: str
+    line: int  # of the first code line (1-based)
+    skip: str | None  # the reason, when marked
+
+
+def blocks(text: str, name: str = "<md>") -> list[Block]:
+    """The fenced blocks of a Markdown text, with their skip markers."""
+    lines, out, i = text.splitlines(), [], 0
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if not m:
+            below = lines[i + 1] if i + 1 < len(lines) else ""
+            if SKIP.match(lines[i].strip()) and not FENCE.match(below):
+                raise ValueError(f"{name}:{i + 1}: a skip marker must sit directly above a fence")
+            i += 1
+            continue
+        ticks, kind, start = m.group(1), m.group(2), i + 1
+        end = next((j for j in range(start, len(lines)) if lines[j].strip() == ticks), None)
+        if end is None:
+            raise ValueError(f"{name}:{i + 1}: unclosed ``` fence")
+        above = SKIP.match(lines[i - 1].strip()) if i else None
+        code = "\n".join(lines[start:end]) + "\n"
+        out.append(Block(kind, code, start + 1, above.group(1) if above else None))
+        i = end + 1
+    return out
+
+
+def test_block_parser():
+    text = (
+        "# t\n```python\nx = 1\n```\n<!-- docs-test: skip (needs a TPU) -->\n```bash\nrm -rf /\n"
+        "```\n````md\n```python\nnot = a block\n```\n````\n```json\n{}\n```\n"
+    )
+    got = blocks(text)
+    assert [(b.kind, b.line, b.skip) for b in got] == [
+        ("python", 3, None),
+        ("bash", 7, "needs a TPU"),
+        ("md", 10, None),
+        ("json", 15, None),
+    ]
+    assert got[0].code == "x = 1\n" and got[2].code == "```python\nnot = a block\n```\n"
+    with pytest.raises(ValueError, match=r"<md>:1: unclosed"):
+        blocks("```python\nx = 1\n")
+    with pytest.raises(ValueError, match=r"<md>:4: a skip marker must sit directly above"):
+        blocks("```bash\nrm -rf /\n```\n<!-- docs-test: skip (below, not above) -->\n")
+
+
+@pytest.fixture(scope="session")
+def docs_env(tmp_path_factory) -> dict[str, str]:
+    """The hub cache of tiny models, our caches, and `biomed-jax` (this tree's) on PATH."""
+    root = tmp_path_factory.mktemp("docs_hub")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the reader's one device
+    env |= offline_hub(root)
+    bin_dir = root / "bin"
+    bin_dir.mkdir()
+    cli = bin_dir / "biomed-jax"
+    cli.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m biomed_jax.cli "$@"\n')
+    cli.chmod(cli.stat().st_mode | stat.S_IEXEC)
+    # this tree's CLI first, then this interpreter's environment (`python`, `pip`)
+    env["PATH"] = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), env["PATH"]])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+@pytest.mark.slow  # 10-60 s per file on a quiet 2-core CPU (a JAX process, CLI calls, compiles)
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_code_blocks_run(doc, docs_env, tmp_path):
+    name = str(doc.relative_to(REPO))
+    runnable = [
+        {"kind": b.kind, "code": b.code, "file": str(doc), "line": b.line}
+        for b in blocks(doc.read_text(encoding="utf-8"), name)
+        if b.kind in RUN and b.skip is None
+    ]
+    if not runnable:
+        pytest.skip(f"{name} has no runnable code blocks")
+    plan = tmp_path / "blocks.json"
+    plan.write_text(json.dumps(runnable))
+    work = tmp_path / "work"
+    work.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "_docs_runner.py"), str(plan)],
+        cwd=work,
+        env=docs_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"{name}:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
