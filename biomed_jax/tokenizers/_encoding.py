@@ -274,6 +274,9 @@ class EncodingBase:
         clean_up_tokenization_spaces: bool = False,
         pad_token_type_id: int = 0,
     ) -> None:
+        for name, token in special_tokens.items():
+            if not isinstance(token, str) or not token:
+                raise TypeError(f"{name} must be a non-empty str, got {token!r}")
         if not vocab:
             raise ValueError("the vocabulary is empty")
         ids_to_tokens: dict[int, str] = {}
@@ -624,19 +627,28 @@ class EncodingBase:
 
     @staticmethod
     def _clean_up(text: str) -> str:
-        """HF `clean_up_tokenization`: remove spaces before punctuation and abbreviated forms."""
-        return (
-            text.replace(" .", ".")
-            .replace(" ?", "?")
-            .replace(" !", "!")
-            .replace(" ,", ",")
-            .replace(" ' ", "'")
-            .replace(" n't", "n't")
-            .replace(" 'm", "'m")
-            .replace(" 's", "'s")
-            .replace(" 've", "'ve")
-            .replace(" 're", "'re")
-        )
+        return clean_up(text)
+
+
+# HF `clean_up_tokenization`: spaces before punctuation and in abbreviated forms, in this order.
+CLEAN_UP = (
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+)
+
+
+def clean_up(text: str, replacements: Sequence[tuple[str, str]] = CLEAN_UP) -> str:
+    for old, new in replacements:
+        text = text.replace(old, new)
+    return text
 
 
 def _to_array(key: str, rows: list) -> np.ndarray:

@@ -84,9 +84,6 @@ class BioGptTokenizer(EncodingBase):
             "sep_token": sep_token,
             "pad_token": pad_token,
         }
-        for name, token in specials.items():
-            if not isinstance(token, str) or not token:
-                raise TypeError(f"{name} must be a non-empty str, got {token!r}")
         vocab = dict(vocab_file) if isinstance(vocab_file, Mapping) else load_vocab(vocab_file)
         super().__init__(
             vocab,

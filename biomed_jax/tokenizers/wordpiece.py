@@ -20,10 +20,12 @@ from biomed_jax.errors import ConfigError
 from biomed_jax.text_files import read_lines
 from biomed_jax.tokenizers import _unicode_tables as tables
 from biomed_jax.tokenizers._encoding import (
+    CLEAN_UP,
     LARGE_INTEGER,
     EncodingBase,
     Offsets,
     Piece,
+    clean_up,
 )
 from biomed_jax.tokenizers._files import read_tokenizer_config, token_content
 
@@ -132,9 +134,6 @@ class BertTokenizer(EncodingBase):
             "cls_token": cls_token,
             "mask_token": mask_token,
         }
-        for name, token in specials.items():
-            if not isinstance(token, str) or not token:
-                raise TypeError(f"{name} must be a non-empty str, got {token!r}")
         super().__init__(
             vocab,
             specials,
@@ -359,22 +358,9 @@ class BertTokenizer(EncodingBase):
         for i, token in enumerate(tokens):
             if i:
                 token = token[2:] if token.startswith("##") else " " + token
-            out.append(_wordpiece_cleanup(token))
+            out.append(clean_up(token, _WORDPIECE_CLEAN_UP))
         return "".join(out)
 
 
-def _wordpiece_cleanup(text: str) -> str:
-    """Rust `decoders::wordpiece::cleanup`."""
-    return (
-        text.replace(" .", ".")
-        .replace(" ?", "?")
-        .replace(" !", "!")
-        .replace(" ,", ",")
-        .replace(" ' ", "'")
-        .replace(" n't", "n't")
-        .replace(" 'm", "'m")
-        .replace(" do not", " don't")
-        .replace(" 's", "'s")
-        .replace(" 've", "'ve")
-        .replace(" 're", "'re")
-    )
+# Rust `decoders::wordpiece::cleanup`: HF's clean-up with " do not" -> " don't" after " 'm".
+_WORDPIECE_CLEAN_UP = (*CLEAN_UP[:7], (" do not", " don't"), *CLEAN_UP[7:])
