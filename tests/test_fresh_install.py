@@ -56,19 +56,24 @@ def test_summary_picks_the_worst_row_per_model_and_dtype():
         _row("base/BertModel/bfloat16", "hidden_states[2]", 0.2, 0.15, passed=False),
         _row("gen/greedy/fp32", "sequences", 0, 0),
         _row("gen/beam/fp32", "sequences", 3, 0, passed=False),
-        _row("new/x/float32", "logits", 9e-6, 1e-5, bound_used=0.3),  # a row's own measure
-        _row("new/x/float32", "hidden", 1e-6, 1e-5, bound_used=0.9),
+        # judged against float64: the figure is ours_err, the bound 3x the reference's own error
+        _row("new/x/float32", "logits", 9e-6, 3e-6, ours_err=9e-7, ref_err=1e-6, ratio=0.9),
+        _row("new/x/float32", "hidden", 1e-6, 3e-6, ours_err=2.7e-6, ref_err=1e-6, ratio=2.7),
+        # decided by the floor (both errors tiny): no ratio in the summary
+        _row("new/x/float32", "pooler", 1e-7, 1e-6, ours_err=5e-7, ref_err=1e-8, ratio=50.0),
     ]
     lines = suite.summary(rows).splitlines()
     table = {tuple(line.split()[:2]): line.split() for line in lines[2:]}
     assert set(table) == {("base", "float32"), ("base", "bfloat16"), ("gen", "fp32"),
                           ("new", "float32")}  # fmt: skip
+    used, ratio = 7, 8  # columns
     assert table["base", "float32"][2:6] == ["3", "0", "logits", "6e-06"]
-    assert table["base", "float32"][-1] == "60%"
+    assert table["base", "float32"][used] == "60%" and table["base", "float32"][ratio] == "-"
     assert table["base", "bfloat16"][3:5] == ["1", "hidden_states[2]"]
-    assert table["base", "bfloat16"][-1] == "133%"
-    assert table["gen", "fp32"][-1] == "over" and table["gen", "fp32"][3] == "1"
-    assert table["new", "float32"][4] == "hidden" and table["new", "float32"][-1] == "90%"
+    assert table["base", "bfloat16"][used] == "133%"
+    assert table["gen", "fp32"][used] == "over" and table["gen", "fp32"][3] == "1"
+    assert table["new", "float32"][4:6] == ["hidden", "2.7e-06"]
+    assert table["new", "float32"][used] == "90%" and table["new", "float32"][ratio] == "2.70"
 
 
 def test_suite_writes_each_group_and_keeps_crashed_cases(tmp_path, capsys):
