@@ -1,5 +1,7 @@
 """BERT-base forward: our jitted Flax model against PyTorch eager, same machine, threads and run.
 
+On a GPU both run there (PyTorch on CUDA, synchronized after each call).
+
     python benchmarks/bert_forward.py [--shapes 1x128,8x128,8x512] [--repeats 7] [--policy fast]
     python benchmarks/bert_forward.py --quick     # smoke test: 2 layers, small shapes
 
@@ -19,6 +21,7 @@ import functools
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -74,6 +77,7 @@ def main() -> None:
         intermediate_size=3072,
         max_position_embeddings=512,
     )
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the reference runs where we run
     ref = transformers.BertModel(hf_config, add_pooling_layer=False).eval()
     with tempfile.TemporaryDirectory() as tmp:
         ref.save_pretrained(tmp)
@@ -82,6 +86,11 @@ def main() -> None:
             numerics["dtype"] = jnp.dtype(args.dtype)
         model = from_pretrained(tmp, **{k: v for k, v in numerics.items() if v is not None})
     params = jax.device_put(model.params)
+    ref.to(device)
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     from biomed_jax.compilation import compiler_options
 
@@ -100,7 +109,8 @@ def main() -> None:
         compiled = forward.lower(params, ids_j, mask_j).compile()
         compile_s = time.perf_counter() - start
         ours_out = compiled(params, ids_j, mask_j).block_until_ready()  # warm-up
-        ids_t, mask_t = torch.tensor(ids, dtype=torch.long), torch.tensor(mask)
+        ids_t = torch.tensor(ids, dtype=torch.long, device=device)
+        mask_t = torch.tensor(mask, device=device)
         ours_ms, torch_ms = [], []
         with torch.inference_mode():
             if not args.no_torch:
@@ -112,6 +122,7 @@ def main() -> None:
                 if not args.no_torch:
                     t = time.perf_counter()
                     ref(ids_t, mask_t)
+                    sync()
                     torch_ms.append((time.perf_counter() - t) * 1e3)
         ours = statistics.median(ours_ms)
         row = {
@@ -128,17 +139,19 @@ def main() -> None:
                 "torch_tokens_per_s": round(batch * length / ref_ms * 1e3, 1),
                 "speedup_vs_torch": round(ref_ms / ours, 3),
                 "max_abs_diff": float(
-                    np.abs(np.asarray(ours_out, np.float32) - torch_out.numpy()).max()
+                    np.abs(np.asarray(ours_out, np.float32) - torch_out.float().cpu().numpy()).max()
                 ),
             }
         if args.peak_tflops:
             row["fraction_of_peak"] = round(row["ours_tflops"] / args.peak_tflops, 3)
         results.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)  # progress: the JSON comes at the end
     print(
         json.dumps(
             {
                 "benchmark": "bert_forward",
                 "device": jax.devices()[0].device_kind,
+                "torch_device": device,
                 "layers": args.layers,
                 "dtype": args.dtype,
                 **model.module.policy.describe(),

@@ -1,5 +1,7 @@
 """BioGPT generation: our compiled `generate` against HF PyTorch `generate`, same run and threads.
 
+On a GPU both run there (PyTorch on CUDA).
+
     python benchmarks/generate.py [--cases greedy:1,greedy:4,greedy:8,beam5:1] [--repeats 3]
                                   [--new-tokens 32] [--policy fast]
     python benchmarks/generate.py --quick     # smoke test: 2 layers, 4 new tokens
@@ -58,7 +60,8 @@ def _reference(hf, ids, kwargs) -> np.ndarray:
     import torch
 
     with torch.inference_mode():
-        return hf.generate(torch.from_numpy(ids), do_sample=False, **kwargs).numpy()
+        ids = torch.from_numpy(ids).to(hf.device)
+        return hf.generate(ids, do_sample=False, **kwargs).cpu().numpy()  # .cpu() synchronizes
 
 
 def main() -> None:
@@ -112,6 +115,8 @@ def main() -> None:
         )
     if args.no_torch:
         hf = None
+    else:
+        hf.to("cuda" if torch.cuda.is_available() else "cpu")  # the reference runs where we run
     params = jax.device_put(model.params)
     weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
     bandwidth = measure_bandwidth()
@@ -176,6 +181,7 @@ def main() -> None:
             {
                 "benchmark": "generate",
                 "device": jax.devices()[0].device_kind,
+                "torch_device": "none" if hf is None else str(hf.device),
                 "layers": args.layers,
                 "dtype": args.dtype,
                 **model.module.policy.describe(),

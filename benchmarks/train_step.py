@@ -184,6 +184,7 @@ def main() -> None:
             steps[config], _ = build(config, batch, policy=args.policy)
             steps[config]()  # the first step compiles (ours) / warms up (torch)
             compile_s[config] = time.perf_counter() - start
+            print(f"{config}: first step {compile_s[config]:.1f} s", file=sys.stderr, flush=True)
         for _ in range(args.repeats):
             for config in pair:
                 start = time.perf_counter()

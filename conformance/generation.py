@@ -227,31 +227,33 @@ def check_processors(seed: int = 0) -> list[Row]:
     eos = np.array([2, 7], np.int32)
     t_ids, t_scores = torch.from_numpy(ids), torch.from_numpy(scores)
     s = jnp.asarray(scores)
+    # HF's processors, built per row: the padding each row's repetition penalty ignores is an int
+    # in every transformers 5.x (a per-row tensor only in later ones).
     cases = {
         "repetition_penalty 1.4": (
             repetition_penalty(s, history, jnp.float32(1.4)),
-            lp.RepetitionPenaltyLogitsProcessor(1.4, torch.from_numpy(first_real)),
+            lambda pad: lp.RepetitionPenaltyLogitsProcessor(1.4, pad),
         ),
         "repetition_penalty 0.7": (
             repetition_penalty(s, history, jnp.float32(0.7)),
-            lp.RepetitionPenaltyLogitsProcessor(0.7, torch.from_numpy(first_real)),
+            lambda pad: lp.RepetitionPenaltyLogitsProcessor(0.7, pad),
         ),
-        "top_k 5": (top_k(s, jnp.int32(5)), lp.TopKLogitsWarper(5)),
+        "top_k 5": (top_k(s, jnp.int32(5)), lambda pad: lp.TopKLogitsWarper(5)),
         "top_p 0.8 keep 2": (
             top_p(s, jnp.float32(1.0 - 0.8), 2),
-            lp.TopPLogitsWarper(0.8, min_tokens_to_keep=2),
+            lambda pad: lp.TopPLogitsWarper(0.8, min_tokens_to_keep=2),
         ),
     }
     for n in (1, 2, 3):
         cases[f"no_repeat_ngram {n}"] = (
             no_repeat_ngram(s, history, n),
-            lp.NoRepeatNGramLogitsProcessor(n),
+            lambda pad, n=n: lp.NoRepeatNGramLogitsProcessor(n),
         )
     for least in (length, length + 1):
         settings = _processor_settings(eos, min_length=least)
         cases[f"min_length {least}"] = (
             min_length(s, history, settings),
-            lp.MinLengthLogitsProcessor(least, torch.from_numpy(eos)),
+            lambda pad, least=least: lp.MinLengthLogitsProcessor(least, torch.from_numpy(eos)),
         )
     chain = _processor_settings(
         eos, min_length=length + 1, repetition_penalty=1.2, temperature=0.7, top_k=8, top_p=0.9,
@@ -259,9 +261,9 @@ def check_processors(seed: int = 0) -> list[Row]:
     )  # fmt: skip
     cases["sampling chain (HF order)"] = (
         process(s, history, chain),
-        lp.LogitsProcessorList(
+        lambda pad: lp.LogitsProcessorList(
             [
-                lp.RepetitionPenaltyLogitsProcessor(1.2, torch.from_numpy(first_real)),
+                lp.RepetitionPenaltyLogitsProcessor(1.2, pad),
                 lp.NoRepeatNGramLogitsProcessor(2),
                 lp.MinLengthLogitsProcessor(length + 1, torch.from_numpy(eos)),
                 lp.TemperatureLogitsWarper(0.7),
@@ -272,7 +274,12 @@ def check_processors(seed: int = 0) -> list[Row]:
     )
     out = []
     for name, (ours, processor) in cases.items():
-        ref = processor(t_ids, t_scores.clone()).numpy()
+        ref = np.concatenate(
+            [
+                processor(int(pad))(t_ids[r : r + 1], t_scores[r : r + 1].clone()).numpy()
+                for r, pad in enumerate(first_real)
+            ]
+        )
         ours = np.asarray(ours)
         suite = f"processors/{name}/fp32"
         finite = np.isfinite(ref)
