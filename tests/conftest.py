@@ -4,6 +4,7 @@ watchdog that makes Ctrl-C stop the run promptly (tests/_interrupt.py)."""
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
@@ -49,3 +50,21 @@ def hf_bert(tmp_path_factory) -> Path:
     from _tiny_models import save_tiny_bert
 
     return save_tiny_bert(tmp_path_factory.mktemp("hf_bert"))
+
+
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """End the process once pytest is done (reports written, summary printed): the interpreter's
+    own teardown of a long run (thousands of compiled programs, torch and JAX state) takes tens of
+    seconds and checks nothing. pytest-xdist workers are left to their own exit."""
+    if _EXIT_STATUS and not hasattr(config, "workerinput"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])

@@ -239,6 +239,7 @@ def test_sequence_classifier_without_pad_id_needs_batch_one():
         module.apply({"params": params}, ids[:1], cache=cache)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_and_dropout(lm):
     ids = _ids()
     remat = lm.module.clone(gradient_checkpointing=True)

@@ -81,6 +81,7 @@ def check_against_hf(hf, ours, text: str) -> list[str]:
     return problems
 
 
+@pytest.mark.slow
 def test_every_corpus_document_matches_hf(hf, ours, shared_data):
     docs = []
     for file in sorted((shared_data / "pubmed").glob("*.jsonl")):

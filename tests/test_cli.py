@@ -80,6 +80,7 @@ def test_compilation_cache_location(monkeypatch, tmp_path):
     assert cli.compilation_cache_dir() == tmp_path / "ours" / "xla"
 
 
+@pytest.mark.slow
 def test_fill_mask_subprocess_reuses_compilation_cache(hf_bert, tmp_path, cli_env):
     """The second run finds every compiled program in the persistent cache and writes none."""
     args = ("fill-mask", "The patient was [MASK] with aspirin.", "--model", str(hf_bert), "--json")

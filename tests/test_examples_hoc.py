@@ -56,6 +56,7 @@ def test_dev_is_the_tail_and_the_threshold_maximises_dev_f1():
     assert 0.27 <= threshold < 0.31 and f1 == 1.0  # the only band that separates them
 
 
+@pytest.mark.slow
 def test_memorises_a_small_subset(minilm_dir, shared_data, tmp_path):
     from biomed_jax.examples import finetune_hoc
 
@@ -73,6 +74,7 @@ def test_memorises_a_small_subset(minilm_dir, shared_data, tmp_path):
     assert history["eval"][-1]["f1"] > 0.95, history["eval"][-1]
 
 
+@pytest.mark.slow
 def test_short_run_beats_chance_on_test_sentences(minilm_dir, shared_data, tmp_path):
     """3,600 training sentences, the threshold chosen on the 400 held out after them, scored on
     800 test sentences (measured over seeds 0-2: 0.30-0.34 micro-F1, chance 0.060)."""

@@ -28,6 +28,7 @@ def test_processors_match_transformers():
     }
 
 
+@pytest.mark.slow
 def test_greedy_and_beam_search_match_transformers_on_pubmed():
     prompts = suite.pubmed_prompts(24)
     assert len({len(p) for p in prompts}) > 5  # the batch is left-padded

@@ -101,6 +101,7 @@ def test_layouts_give_the_same_outputs(which, hf_bert3, hf_biogpt):
     _assert_trees_close(a, b)
 
 
+@pytest.mark.slow
 def test_layouts_give_the_same_decoding_cache(hf_biogpt):
     unrolled, scanned = _both(hf_biogpt)
     ids, _ = _batch(unrolled.config.vocab_size)

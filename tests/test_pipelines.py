@@ -183,6 +183,7 @@ def test_attention_equals_transformers(ours, reference, tmp_path, monkeypatch):
         plot_attention(got, tmp_path / "again.png")
 
 
+@pytest.mark.slow
 def test_embed_file_resumes_after_kill(ours, hf_bert, tmp_path):
     """Kill a CLI `embed` for real midway; the rerun resumes and equals an uninterrupted run.
 

@@ -263,6 +263,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_embed_cli_on_two_real_processes(hf_bert, ours, tmp_path):
     """`biomed-jax embed --coordinator ... --num-processes 2 --process-id I` in 2 processes of 2
     CPU devices each, joined by jax.distributed (gloo): each embeds its block over its own 2

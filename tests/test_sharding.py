@@ -44,7 +44,17 @@ BERT = BertConfig(
     max_position_embeddings=512,
 )
 MESHES = [((8, 1), "fsdp"), ((4, 2), "fsdp_tp"), ((2, 4), "tp"), ((1, 8), "fsdp_tp")]
-IDS = pytest.mark.parametrize("shape,rules", MESHES, ids=[f"{d}x{m}-{r}" for (d, m), r in MESHES])
+# The fast default runs the (4, 2) mesh, both axes in use; the other layouts are `slow` (CI).
+FAST_MESH = (4, 2)
+
+
+def _layout(shape, *rest):
+    return pytest.param(shape, *rest, marks=() if shape == FAST_MESH else pytest.mark.slow)
+
+
+IDS = pytest.mark.parametrize(
+    "shape,rules", [_layout(*m) for m in MESHES], ids=[f"{d}x{m}-{r}" for (d, m), r in MESHES]
+)
 ATOL = 1e-5
 # Sharded and single-device runs use the same numerics: the default ("fast") policy.
 
@@ -149,7 +159,9 @@ def _spec(spec: P, ndim: int) -> tuple:
     return tuple(spec) + (None,) * (ndim - len(spec))
 
 
-@pytest.mark.parametrize("shape", [(8, 1), (4, 2), (2, 4), (1, 8)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize(
+    "shape", [_layout(shape) for shape, _ in MESHES], ids=lambda s: f"{s[0]}x{s[1]}"
+)
 def test_each_parameter_is_placed_as_the_rules_say(bert, shape):
     module, abstract, params = bert
     mesh = shd.make_mesh(*shape)
