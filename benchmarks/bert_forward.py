@@ -11,7 +11,8 @@ the JSON says which policy ran. The two frameworks
 are timed interleaved (one call of each per round) so machine drift hits both alike. Prints JSON:
 per shape, median ms, tokens/s, the ratio torch_ms / ours_ms (>1: we are faster), our jit compile
 time, and the max abs difference of the last hidden state (a sanity check that both computed the
-same thing). On a GPU, `--dtype bfloat16` reports bf16 throughput and its fraction of `--peak-tflops`.
+same thing). On a GPU, `--dtype bfloat16` reports bf16 throughput and its fraction of `--peak-tflops` (the
+PyTorch reference stays float32).
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ def main() -> None:
                 "benchmark": "bert_forward",
                 "device": jax.devices()[0].device_kind,
                 "torch_device": device,
+                "torch_dtype": "float32",  # the reference runs float32 whatever --dtype says
                 "layers": args.layers,
                 "dtype": args.dtype,
                 **model.module.policy.describe(),
