@@ -122,7 +122,7 @@ def test_layouts_give_the_same_decoding_cache(hf_biogpt):
     np.testing.assert_allclose(cache_a.value, cache_b.value, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("remat", [False, True])
+@pytest.mark.parametrize("remat", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_layouts_give_the_same_gradients(remat, hf_bert3):
     unrolled, scanned = _both(hf_bert3)
     ids, mask = _batch(unrolled.config.vocab_size)
