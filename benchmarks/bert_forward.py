@@ -11,8 +11,8 @@ the JSON says which policy ran. The two frameworks
 are timed interleaved (one call of each per round) so machine drift hits both alike. Prints JSON:
 per shape, median ms, tokens/s, the ratio torch_ms / ours_ms (>1: we are faster), our jit compile
 time, and the max abs difference of the last hidden state (a sanity check that both computed the
-same thing). On a GPU, `--dtype bfloat16` reports bf16 throughput and its fraction of `--peak-tflops` (the
-PyTorch reference stays float32).
+same thing). On a GPU, `--dtype bfloat16` reports bf16 throughput and its fraction of
+`--peak-tflops` (the PyTorch reference stays float32).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def main() -> None:
         intermediate_size=3072,
         max_position_embeddings=512,
     )
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # the reference runs where we run
+    device = "cuda" if jax.default_backend() == "gpu" else "cpu"  # the reference runs where we run
     ref = transformers.BertModel(hf_config, add_pooling_layer=False).eval()
     with tempfile.TemporaryDirectory() as tmp:
         ref.save_pretrained(tmp)
@@ -140,7 +140,7 @@ def main() -> None:
                 "torch_tokens_per_s": round(batch * length / ref_ms * 1e3, 1),
                 "speedup_vs_torch": round(ref_ms / ours, 3),
                 "max_abs_diff": float(
-                    np.abs(np.asarray(ours_out, np.float32) - torch_out.float().cpu().numpy()).max()
+                    np.abs(np.asarray(ours_out, np.float32) - torch_out.cpu().numpy()).max()
                 ),
             }
         if args.peak_tflops:

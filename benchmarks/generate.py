@@ -23,6 +23,7 @@ import functools
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -116,7 +117,9 @@ def main() -> None:
     if args.no_torch:
         hf = None
     else:
-        hf.to("cuda" if torch.cuda.is_available() else "cpu")  # the reference runs where we run
+        hf.to(
+            "cuda" if jax.default_backend() == "gpu" else "cpu"
+        )  # the reference runs where we run
     params = jax.device_put(model.params)
     weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
     bandwidth = measure_bandwidth()
@@ -175,7 +178,7 @@ def main() -> None:
                 "same_tokens": bool(np.array_equal(ours_tokens, ref_tokens)),
             }
         results.append(row)
-        print(json.dumps(row), flush=True)
+        print(json.dumps(row), file=sys.stderr, flush=True)  # progress: the JSON comes at the end
     print(
         json.dumps(
             {

@@ -34,8 +34,8 @@ section bert_forward 150 $PY benchmarks/bert_forward.py --shapes 1x128,8x128,8x5
   --repeats 20
 section generate 200 $PY benchmarks/generate.py --cases greedy:1,greedy:4,beam5:1 --repeats 3
 section train_step 190 $PY benchmarks/train_step.py --repeats 5 --no-memory
-section conformance 150 $PY -c "import sys; from biomed_jax.cli import main; sys.exit(main())" \
-  conformance --fast --dtype float32 --quiet --json "$OUT/conformance-report.json"
+section conformance 150 $PY -m biomed_jax.cli conformance --fast --dtype float32 --quiet \
+  --json "$OUT/conformance-report.json"
 section bert_forward_bf16 60 $PY benchmarks/bert_forward.py --dtype bfloat16 \
   --shapes 8x512,32x512 --repeats 20 --peak-tflops 790
 section sharded 90 $PY benchmarks/sharded.py --gpu-only
