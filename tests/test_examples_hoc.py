@@ -81,7 +81,8 @@ def test_short_run_beats_chance_on_test_sentences(minilm_dir, shared_data, tmp_p
     from biomed_jax.examples import finetune_hoc
 
     model = tiny_model(tmp_path / "m", minilm_dir, dropout=0.1)
-    argv = ["--model", str(model), "--random-init", "--max-train", "4000", "--max-eval", "800"]
+    argv = ["--model", str(model), "--random-init", "--data", str(shared_data / "hoc")]
+    argv += ["--max-train", "4000", "--max-eval", "800"]
     argv += ["--epochs", "5", "--batch-size", "32", "--lr", "3e-3", "--max-length", "48"]
     argv += ["--log-every", "20", "--dev-fraction", "0.1"]
     history = finetune_hoc.main(argv)
@@ -92,3 +93,13 @@ def test_short_run_beats_chance_on_test_sentences(minilm_dir, shared_data, tmp_p
     assert losses[-1] < 0.9 * prior_entropy(rows) < losses[0], losses
     assert 0 < final["dev_threshold"] < 1 and final["dev_f1"] > 3 * final["chance_f1"], final
     assert final["tuned_f1"] > 3 * final["chance_f1"], final
+
+
+def test_the_data_directory_is_required(capsys):
+    """The examples read only the corpus the caller names (no default beside the checkout)."""
+    from biomed_jax.examples import finetune_hoc, finetune_ner
+
+    for example in (finetune_hoc, finetune_ner):
+        with pytest.raises(SystemExit):
+            example.main(["--model", "unused"])
+        assert "the following arguments are required: --data" in capsys.readouterr().err

@@ -121,7 +121,8 @@ def test_finetune_ner_example_runs_and_saves(random_bert, shared_data, tmp_path)
     from biomed_jax import from_pretrained
     from biomed_jax.examples import finetune_ner
 
-    argv = ["--model", str(random_bert), "--max-train", "4", "--max-eval", "2", *COMMON]
+    argv = ["--model", str(random_bert), "--data", str(shared_data / "pubmed")]
+    argv += ["--max-train", "4", "--max-eval", "2", *COMMON]
     argv += ["--output", str(tmp_path / "out"), "--json", str(tmp_path / "h.json")]
     history = finetune_ner.main(argv)
     losses = [h["loss"] for h in history["loss"]]
@@ -135,7 +136,8 @@ def test_finetune_ner_example_runs_and_saves(random_bert, shared_data, tmp_path)
 def test_finetune_hoc_example_runs(random_bert, shared_data, tmp_path):
     from biomed_jax.examples import finetune_hoc
 
-    argv = ["--model", str(random_bert), "--max-train", "48", "--max-eval", "16", *COMMON]
+    argv = ["--model", str(random_bert), "--data", str(shared_data / "hoc")]
+    argv += ["--max-train", "48", "--max-eval", "16", *COMMON]
     history = finetune_hoc.main(argv)
     losses = [h["loss"] for h in history["loss"]]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]

@@ -27,10 +27,8 @@ from biomed_jax.models.common import stack_layers
 from biomed_jax.models.config import BertConfig
 from biomed_jax.weights.formats import save_params
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
-
-def parser(description: str, data: Path) -> argparse.ArgumentParser:
+def parser(description: str, data_help: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", required=True, help="BERT checkpoint directory (HF or converted)")
     p.add_argument(
@@ -38,7 +36,7 @@ def parser(description: str, data: Path) -> argparse.ArgumentParser:
         action="store_true",
         help="ignore weights: initialize from --model's config.json (needs only it and vocab.txt)",
     )
-    p.add_argument("--data", type=Path, default=data, help=f"data directory (default {data})")
+    p.add_argument("--data", type=Path, required=True, help=data_help)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--accumulation-steps", type=int, default=1)

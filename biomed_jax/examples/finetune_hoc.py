@@ -1,6 +1,6 @@
 """Fine-tune a BERT checkpoint on Hallmarks of Cancer (10 labels, multi-label); micro-F1.
 
-    python -m biomed_jax.examples.finetune_hoc --model PATH [--epochs 3] [--dev-fraction 0.1] ...
+    python -m biomed_jax.examples.finetune_hoc --model PATH --data DIR [--epochs 3] [--dev-fraction 0.1] ...
 
 Each sentence may carry 0..n hallmarks (70 % carry none, the commonest label is on 7 %): sigmoid
 BCE on the [CLS] head. The last --dev-fraction of the training sentences is held out; the decision
@@ -73,7 +73,7 @@ def probabilities(state, data: dict[str, np.ndarray], batch_size: int) -> np.nda
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = _common.parser(__doc__.splitlines()[0], _common.DATA / "hoc")
+    p = _common.parser(__doc__.splitlines()[0], "HoC directory with train.jsonl and test.jsonl")
     p.add_argument("--threshold", type=float, default=0.5, help="fixed threshold also reported")
     p.add_argument(
         "--dev-fraction",

@@ -1,6 +1,6 @@
 """Fine-tune a BERT checkpoint for chemical and disease NER on BC5CDR; entity-level P/R/F1.
 
-    python -m biomed_jax.examples.finetune_ner --model PATH [--scheme first|all] [--epochs 3] ...
+    python -m biomed_jax.examples.finetune_ner --model PATH --data DIR [--scheme first|all] [--epochs 3] ...
 
 Documents (title + " " + abstract) are split into sentences; each sentence is tokenized with
 offsets and tagged BIO from the gold character spans. Predicted tags are mapped back to character
@@ -68,7 +68,9 @@ def document_spans(sents, per_sentence, n_docs) -> list[set[ner.Span]]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = _common.parser(__doc__.splitlines()[0], _common.DATA / "pubmed")
+    p = _common.parser(
+        __doc__.splitlines()[0], "BC5CDR directory with bc5cdr_{train,dev,test}.jsonl"
+    )
     p.add_argument("--scheme", choices=ner.SCHEMES, default="first", help="subword labelling")
     p.add_argument("--eval-split", choices=("dev", "test"), default="dev")
     args = p.parse_args(argv)
