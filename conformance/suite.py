@@ -13,6 +13,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import logging
 import math
 import shlex
 import sys
@@ -133,6 +134,10 @@ def run(
 
     out = out or sys.stdout
     _quiet_transformers()
+    # The suite's checkpoints carry no tokenizer files on purpose: no warning per load.
+    loader_log = logging.getLogger("biomed_jax.loading")
+    loader_level = loader_log.level
+    loader_log.setLevel(logging.ERROR)
     bar = progress_bar(
         len(cases),
         enabled=progress,
@@ -178,6 +183,7 @@ def run(
     finally:
         bar.close()
         write_report(json_path, report)
+        loader_log.setLevel(loader_level)
     return report
 
 

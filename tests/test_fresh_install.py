@@ -4,7 +4,9 @@ the conformance summary, JSONL input without --field, task-head seeds, task outp
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -99,6 +101,25 @@ def test_suite_writes_each_group_and_keeps_crashed_cases(tmp_path, capsys):
     assert saved["status"] == "complete" and [r["group"] for r in saved["rows"]] == ["g1", "g2"]
     out = capsys.readouterr().out
     assert "== g1: 2 cases" in out and "ERROR b: RuntimeError: boom" in out
+
+
+def test_suite_loads_its_checkpoints_without_tokenizer_warnings(hf_bert, tmp_path, caplog):
+    path = tmp_path / "no_tokenizer"
+    path.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(hf_bert / name, path / name)
+
+    def load():
+        from_pretrained(path)
+        return []
+
+    loader_log = logging.getLogger("biomed_jax.loading")
+    with caplog.at_level(logging.WARNING, logger="biomed_jax.loading"):
+        suite.run([("g", ("load", load))], {}, None, progress=False)
+        assert "no tokenizer files" not in caplog.text
+        assert loader_log.level == logging.WARNING  # restored after the run
+        from_pretrained(path)  # outside the suite the warning is back
+    assert "no tokenizer files (vocab.txt missing)" in caplog.text
 
 
 def test_embed_jsonl_without_field_is_an_error_naming_the_fields(tmp_path, capsys):
