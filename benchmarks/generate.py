@@ -117,9 +117,7 @@ def main() -> None:
     if args.no_torch:
         hf = None
     else:
-        hf.to(
-            "cuda" if jax.default_backend() == "gpu" else "cpu"
-        )  # the reference runs where we run
+        hf.to("cuda" if jax.default_backend() == "gpu" else "cpu")  # where we run
     params = jax.device_put(model.params)
     weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
     bandwidth = measure_bandwidth()

@@ -6,8 +6,8 @@ layout, ours) or [out, in] (PyTorch `Linear`'s), at the row counts decoding and 
 
 Per layer the decoder's six weight matmuls in sequence (query, key, value, out [D, D]; fc_in
 [D, F]; fc_out [F, D]; D 1024, F 4096), tanh between them, float32, full float32 precision,
-one `jax.jit` per layout and row count, with the compiler options our jitted entry points use
-(`biomed_jax.compilation`). Rows 1: greedy decoding of one prompt; 4-8: batched greedy decoding
+one `jax.jit` per layout and row count, compiled as `generate`'s decoding loop is (plain
+`jax.jit`, XLA's default options). Rows 1: greedy decoding of one prompt; 4-8: batched greedy decoding
 and beam search with 5 beams; 128: a prefill or forward pass. Both layouts are timed interleaved
 (one call of each per round). Prints JSON: per row count the median ms of each layout, the
 weights' GB/s and `in_out_over_out_in` (above 1: [in, out] is slower).
@@ -16,6 +16,7 @@ weights' GB/s and `in_out_over_out_in` (above 1: [in, out] is slower).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -40,8 +41,6 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
 
-    from biomed_jax.compilation import compiler_options
-
     rng = np.random.default_rng(0)
     in_out = [
         rng.standard_normal(s, dtype=np.float32) * 0.03 for _ in range(args.layers) for s in SHAPES
@@ -52,16 +51,14 @@ def main() -> None:
     }
     weight_bytes = sum(w.nbytes for w in in_out)
 
-    def chain(x, weights, contract):  # x [M, D]
+    def chain(x, weights, contract: int):  # x [M, D]; contract: the kernels' input axis
+        dims = (((1,), (contract,)), ((), ()))
         for w in weights:
-            dims = (((1,), (contract,)), ((), ()))
             x = jnp.tanh(jax.lax.dot_general(x, w, dims, precision=jax.lax.Precision.HIGHEST))
         return x
 
     programs = {
-        layout: jax.jit(
-            lambda x, w, c=contract: chain(x, w, c), compiler_options=compiler_options()
-        )
+        layout: jax.jit(functools.partial(chain, contract=contract))
         for layout, contract in (("in_out", 0), ("out_in", 1))
     }
     results = []

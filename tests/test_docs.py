@@ -103,19 +103,24 @@ def runnable_blocks(doc: Path) -> list[dict]:
     ]
 
 
+RUNNABLE = {doc: runnable_blocks(doc) for doc in DOCS}
+
+
 def test_only_the_pages_of_commands_have_nothing_to_run():
     # Their blocks run the test suite and full-size benchmarks; each says why it is not run here.
-    idle = {str(d.relative_to(REPO)) for d in DOCS if not runnable_blocks(d)}
+    idle = {str(doc.relative_to(REPO)) for doc, runnable in RUNNABLE.items() if not runnable}
     assert idle == {"docs/development.md", "docs/performance.md"}
 
 
 @pytest.mark.slow  # 10-60 s per file on a quiet 2-core CPU (a JAX process, CLI calls, compiles)
 @pytest.mark.parametrize(
-    "doc", [d for d in DOCS if runnable_blocks(d)], ids=lambda p: str(p.relative_to(REPO))
+    "doc",
+    [doc for doc, runnable in RUNNABLE.items() if runnable],
+    ids=lambda p: str(p.relative_to(REPO)),
 )
 def test_code_blocks_run(doc, docs_env, tmp_path):
     name = str(doc.relative_to(REPO))
-    runnable = runnable_blocks(doc)
+    runnable = RUNNABLE[doc]
     plan = tmp_path / "blocks.json"
     plan.write_text(json.dumps(runnable))
     work = tmp_path / "work"
