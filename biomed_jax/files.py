@@ -2,9 +2,11 @@
 
 Every output of ours goes through here: it is built under a temporary name beside its target,
 given the usual permissions (0666 / 0777 less the umask, not `mkstemp`'s 0600), fsynced, renamed
-onto the target, and the directory holding it fsynced. A failure removes the temporary; a killed
-process leaves a temporary directory named after its pid, which the next `replace_dir` of the same
-target removes. The bottom of the house: imports nothing of ours.
+onto the target, and the directory holding it fsynced. A failure removes the temporary. A killed
+process leaves its temporary behind, named after its writer (`.<name>.<host>-<pid>-*.tmp`, or
+`.<name>.new-<host>-<pid>-*` for a directory); the first write of a process into that directory
+removes the temporaries of this host's processes that are gone. The bottom of the house: imports
+nothing of ours.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,13 +42,58 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
+def _writer() -> str:
+    """What a temporary's name says of the process writing it: this host and pid."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temporaries(directory: Path) -> None:
+    """Remove the temporaries in `directory` of this host's processes that are gone (killed while
+    writing); another host's, or a live process's, are left alone."""
+    host = re.escape(socket.gethostname())
+    pattern = re.compile(rf"\..+\.(?:new-|old-)?{host}-(\d+)-\w+(?:\.tmp)?")
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            found = pattern.fullmatch(entry.name)
+            if found is None or _pid_alive(int(found.group(1))):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+
+_SWEPT: set[tuple[Path, int]] = set()  # (directory, pid) that atomic_path has swept
+
+
+def _sweep_once(directory: Path) -> None:
+    """Sweep `directory` on this process's first file written there: a writer of many files into a
+    large directory (shards and their manifest) lists it once, not once per file."""
+    key = (directory.resolve(), os.getpid())
+    if key not in _SWEPT:
+        _remove_stale_temporaries(directory)
+        _SWEPT.add(key)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; if the block succeeds, the file written there gets the
     usual permissions, is fsynced and renamed onto `path`. On failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _sweep_once(path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{_writer()}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -69,25 +117,6 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale_temporaries(target: Path) -> None:
-    """Temporary directories of earlier `replace_dir(target)` calls whose process is gone."""
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:new|old)-(\d+)-\w+")
-    for entry in target.parent.iterdir():
-        found = pattern.fullmatch(entry.name)
-        if found and entry.is_dir() and not _pid_alive(int(found.group(1))):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
 @contextlib.contextmanager
 def replace_dir(target: str | Path, replaceable: Callable[[Path], bool]) -> Iterator[Path]:
     """Yield an empty temporary directory beside `target`; if the block succeeds, it replaces
@@ -95,7 +124,7 @@ def replace_dir(target: str | Path, replaceable: Callable[[Path], bool]) -> Iter
     `replaceable(target)`, else FileExistsError (checked before and after the block)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(target)
+    _remove_stale_temporaries(target.parent)
 
     def check() -> None:
         if target.is_dir() and any(target.iterdir()) and not replaceable(target):
@@ -107,7 +136,7 @@ def replace_dir(target: str | Path, replaceable: Callable[[Path], bool]) -> Iter
             raise FileExistsError(f"{target} exists and is not a directory")
 
     check()
-    new = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-{os.getpid()}-", dir=target.parent))
+    new = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-{_writer()}-", dir=target.parent))
     try:
         yield new
         os.chmod(new, 0o777 & ~umask())
@@ -117,7 +146,7 @@ def replace_dir(target: str | Path, replaceable: Callable[[Path], bool]) -> Iter
         check()
         if target.exists():
             old = Path(
-                tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent)
+                tempfile.mkdtemp(prefix=f".{target.name}.old-{_writer()}-", dir=target.parent)
             )
             os.replace(target, old)  # old is an empty directory: rename replaces it
             os.replace(new, target)

@@ -12,8 +12,10 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -453,6 +455,43 @@ def test_killed_convert_leaves_nothing_the_next_convert_does_not_remove(hf_bert,
     convert(hf_bert, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert (out / "model.safetensors").stat().st_size > 4096
+
+
+_KILLED_WRITE = """
+import os, signal, sys
+from biomed_jax.files import atomic_path
+
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_text("half a file")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_writers_temporary_goes_with_the_next_write_beside_it(tmp_path):
+    """A kill inside any atomic write (a manifest, a shard, weights) leaves its temporary; the
+    next process writing into that directory removes it, and only the dead writers' of this host."""
+    run = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITE, str(tmp_path / "manifest.json")],
+        capture_output=True,
+        timeout=120,
+    )
+    assert run.returncode == -signal.SIGKILL, run.stderr.decode()[-2000:]
+    (killed,) = tmp_path.iterdir()
+    assert killed.name.startswith(".manifest.json.") and killed.read_text() == "half a file"
+    host = socket.gethostname()
+    pid = re.fullmatch(rf"\.manifest\.json\.{re.escape(host)}-(\d+)-\w+\.tmp", killed.name)[1]
+    kept = {
+        tmp_path / ".notes.tmp": "not ours",
+        tmp_path / f".other.json.{host}-{os.getpid()}-abc.tmp": "a live writer's",
+        tmp_path / f".other.json.{host}x-{pid}-abc.tmp": "another host's",
+    }
+    for path, text in kept.items():
+        path.write_text(text)
+    script = "import sys; from biomed_jax.files import atomic_write_text as w; w(sys.argv[1], 'x')"
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "a")], check=True, timeout=120)
+    assert not killed.exists()
+    assert {p: p.read_text() for p in kept} == kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a", *(p.name for p in kept)])
 
 
 # ---------------------------------------------------------------------------------------------
