@@ -64,6 +64,29 @@ def test_dropout_masks_come_from_the_rng(params):
     assert float(a) != float(off) and float(c) != float(off)
 
 
+def test_dropout_draws_from_an_rbg_key_of_the_rng(params):
+    """compute_loss's masks are those of `dropout_key(rng)`: an "rbg" key, one per rng whether
+    typed or raw, keeping 1 - rate of the units."""
+    import flax.linen as nn
+
+    state = _state(params)
+    batch = _batches(1)[0]
+    derived = train.dropout_key(jax.random.key(5))
+    assert str(jax.random.key_impl(derived)) == "rbg"
+    raw = train.dropout_key(jax.random.PRNGKey(5))
+    np.testing.assert_array_equal(jax.random.key_data(raw), jax.random.key_data(derived))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    out = state.apply_fn(
+        {"params": state.params}, **inputs, deterministic=False, rngs={"dropout": derived}
+    )
+    want = state.loss_fn(out.logits, batch["labels"])
+    assert float(train.compute_loss(state, state.params, batch, jax.random.key(5))) == float(want)
+    dropped = nn.Dropout(0.1).apply(
+        {}, jnp.ones(200_000), deterministic=False, rngs={"dropout": derived}
+    )
+    assert 0.895 < float((dropped != 0).mean()) < 0.905
+
+
 def test_remat_gives_identical_gradients(params):
     batch = _batches(1)[0]
     grads = []

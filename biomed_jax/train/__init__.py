@@ -29,6 +29,7 @@ from biomed_jax.train.step import (
     TrainState,
     compute_loss,
     create_train_state,
+    dropout_key,
     predict,
     train_step,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "cross_entropy_loss",
     "decay_mask",
     "decode_spans",
+    "dropout_key",
     "encode_for_ner",
     "entity_scores",
     "linear_schedule_with_warmup",
