@@ -272,9 +272,8 @@ def embed_file(
     manifest: dict[str, Any] = {"settings": settings, "sources": sources, "shards": shards}
     with _writing(output_dir, shards):
         output_dir.mkdir(parents=True, exist_ok=True)
+        # the first write here also removes a killed run's temporaries (biomed_jax.files)
         _write_manifest(manifest_file, {**manifest, "shards": recorded})
-        for leftover in output_dir.glob(f".{_prefix(process)}shard-*.tmp"):  # of a killed run
-            leftover.unlink()
         documents = islice(read_documents(input_path, field), start, stop)
         bar = None
         for index in range(num_shards):
