@@ -4,8 +4,9 @@ Every output of ours goes through here: it is built under a temporary name besid
 given the usual permissions (0666 / 0777 less the umask, not `mkstemp`'s 0600), fsynced, renamed
 onto the target, and the directory holding it fsynced. A failure removes the temporary. A killed
 process leaves its temporary behind, named after its writer (`.<name>.<host>-<pid>-*.tmp`, or
-`.<name>.new-<host>-<pid>-*` for a directory); the first write of a process into that directory
-removes the temporaries of this host's processes that are gone. The bottom of the house: imports
+`.<name>.new-<host>-<pid>-*` for a directory); the first file a process writes into that
+directory, and every `replace_dir` there, removes the temporaries of this host's processes that
+are gone. The bottom of the house: imports
 nothing of ours.
 """
 

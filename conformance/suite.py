@@ -134,10 +134,6 @@ def run(
 
     out = out or sys.stdout
     _quiet_transformers()
-    # The suite's checkpoints carry no tokenizer files on purpose: no warning per load.
-    loader_log = logging.getLogger("biomed_jax.loading")
-    loader_level = loader_log.level
-    loader_log.setLevel(logging.ERROR)
     bar = progress_bar(
         len(cases),
         enabled=progress,
@@ -148,6 +144,10 @@ def run(
     pending: dict[str, list[Case]] = {}
     for group, case in cases:
         pending.setdefault(group, []).append(case)
+    # The suite's checkpoints carry no tokenizer files on purpose: no warning per load.
+    loader_log = logging.getLogger("biomed_jax.loading")
+    loader_level = loader_log.level
+    loader_log.setLevel(logging.ERROR)
     try:
         for group, group_cases in pending.items():
             start, rows, errors = time.perf_counter(), [], []

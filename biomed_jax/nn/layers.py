@@ -131,12 +131,14 @@ class Dense(nn.Module):
                 self.param_dtype,
             ).astype(self.dtype)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        rows = _rows(x)
         if self.policy.sums_in_float64(self.dtype):
             zeros = jnp.zeros((self.features,), self.dtype)
-            return dense_float64_sum(x, kernel, zeros if bias is None else bias)
-        y = jnp.dot(_rows(x), kernel, precision=self.policy.precision)
-        y = y.reshape(*x.shape[:-1], self.features)
-        return y if bias is None else y + bias
+            y = dense_float64_sum(rows, kernel, zeros if bias is None else bias)
+        else:
+            y = jnp.dot(rows, kernel, precision=self.policy.precision)
+            y = y if bias is None else y + bias
+        return y.reshape(*x.shape[:-1], self.features)
 
 
 class Embed(nn.Module):
@@ -166,9 +168,12 @@ class Embed(nn.Module):
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits against the table (tied output projection): [..., D] -> [..., V]."""
         x, table = x.astype(self.dtype), self.embedding.astype(self.dtype)  # table [V, D]
+        rows = _rows(x)
         if self.policy.sums_in_float64(self.dtype):
-            return dense_float64_sum(x, table.T, jnp.zeros((self.num_embeddings,), self.dtype))
-        logits = jnp.einsum("nd,vd->nv", _rows(x), table, precision=self.policy.precision)
+            zeros = jnp.zeros((self.num_embeddings,), self.dtype)
+            logits = dense_float64_sum(rows, table.T, zeros)
+        else:
+            logits = jnp.einsum("nd,vd->nv", rows, table, precision=self.policy.precision)
         return logits.reshape(*x.shape[:-1], self.num_embeddings)
 
 
