@@ -7,6 +7,7 @@ tests/test_biogpt_conformance.py.
 from __future__ import annotations
 
 import logging
+import re
 
 import jax
 import jax.numpy as jnp
@@ -186,9 +187,26 @@ def test_decode_steps_reuse_one_compilation_and_write_in_place(lm):
         assert jax.tree.map(jnp.shape, out.cache) == shapes
     assert step._cache_size() == 2
     assert int(out.cache.index) == 9
-    np.testing.assert_array_equal(out.cache.key[:, :, 9:], 0.0)  # unwritten slots untouched
+    np.testing.assert_array_equal(out.cache.key[:, :, :, 9:], 0.0)  # unwritten slots untouched
     full = lm(ids)
     np.testing.assert_allclose(out.logits[:, 0], full.logits[:, -1], atol=1e-5)
+
+
+def test_a_decode_step_attends_over_the_cache_as_stored(lm):
+    """The cache is heads-major [L, B, N, S, H], as the attention matmuls read it: a compiled
+    decode step transposes nothing of cache size (a [B, S, N, H] cache cost one transposed copy
+    of every layer's keys and values per generated token)."""
+    slots = 37  # a size no other axis has
+    cache = lm.config.init_cache(2, slots)
+    heads, head_dim = lm.config.num_attention_heads, lm.config.head_dim
+    assert cache.key.shape == (SMALL["num_hidden_layers"], 2, heads, slots, head_dim)
+    step = jax.jit(lambda p, ids, c: lm.module.apply({"params": p}, ids, cache=c))
+    hlo = step.lower(lm.params, _ids(batch=2, length=1), cache).compile().as_text()
+    # every instruction's (result dims, opcode), e.g. ("2,5,37,6", "transpose")
+    ops = re.findall(r"= \w+\[([\d,]*)\]\{[^}]*\} ([\w-]+)\(", hlo)
+    with_slots = [(dims, op) for dims, op in ops if str(slots) in dims.split(",")]
+    assert with_slots, "found no instruction over the cache slots: the check below proves nothing"
+    assert [op for _, op in with_slots if op == "transpose"] == []
 
 
 def test_cache_overflow_is_an_error_eagerly_and_nan_under_jit(lm):

@@ -168,7 +168,7 @@ def _decode(
 
 
 def _reorder(cache: Any, rows: jax.Array) -> Any:
-    """KVCache rows (batch axis 1 of key/value [L, B, S, N, H]) in a new order."""
+    """KVCache rows (batch axis 1 of key/value [L, B, N, S, H]) in a new order."""
     return cache.replace(key=cache.key[:, rows], value=cache.value[:, rows])
 
 

@@ -42,7 +42,7 @@ def mask_positions(attention_mask: jax.Array) -> jax.Array:
 class BioGptDecoderLayer(ModelBase):
     """One pre-LN block: ((h, kv), mask, layer, index) -> ((h, kv), (h, attention probs)).
 
-    kv: None or every layer's cache (key, value) [L, B, S, N, H], carried through the stack; this
+    kv: None or every layer's cache (key, value) [L, B, N, S, H], carried through the stack; this
     layer writes its slice `layer` in place.
     """
 
@@ -109,7 +109,7 @@ class BioGptDecoder(ModelBase):
             output_attentions=output_attentions,
         )
         layer_ids = jnp.arange(self.config.num_hidden_layers)
-        # (h [B, T, D], ([L, B, S, N, H],) * 2 | None), (L x [B, T, D] | None, L x [B, N, T, S] | None)
+        # (h [B, T, D], ([L, B, N, S, H],) * 2 | None), (L x [B, T, D] | None, L x [B, N, T, S] | None)
         return layers((h, kv_cache), mask, layer_ids, cache_index)
 
 

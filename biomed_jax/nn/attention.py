@@ -19,10 +19,14 @@ from biomed_jax.numerics import PLAIN, Policy
 
 @flax.struct.dataclass
 class KVCache:
-    """Preallocated keys and values of every layer; written in place, never grown."""
+    """Preallocated keys and values of every layer; written in place, never grown.
 
-    key: jax.Array  # [L, B, S, N, H]
-    value: jax.Array  # [L, B, S, N, H]
+    Heads-major ([..., N, S, H]): a layer's slice is the [B, N, S, H] operand of the attention
+    matmuls as it is stored, so no decoding step transposes the cache.
+    """
+
+    key: jax.Array  # [L, B, N, S, H]
+    value: jax.Array  # [L, B, N, S, H]
     index: jax.Array  # [] int32: number of slots already written
 
     @classmethod
@@ -35,12 +39,12 @@ class KVCache:
         head_dim: int,
         dtype: Dtype = jnp.float32,
     ) -> KVCache:
-        shape = (layers, batch, slots, heads, head_dim)
+        shape = (layers, batch, heads, slots, head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
 
     @property
     def max_length(self) -> int:
-        return self.key.shape[2]
+        return self.key.shape[3]
 
 
 def make_attention_mask(key_valid: jax.Array, query_slots: jax.Array | None = None) -> jax.Array:
@@ -109,35 +113,53 @@ def dot_product_attention(
     on all heads at once or one (batch, head) pair at a time (`Policy.attention_per_head`); under
     `jit` unused probs cost nothing in either. Dropout masks come from `dropout_rng` alone.
     """
+    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))  # [B, N, T|S, H]
+    out, probs = heads_major_attention(
+        q, k, v, mask, policy=policy, dropout_rate=dropout_rate, dropout_rng=dropout_rng
+    )
+    return jnp.swapaxes(out, 1, 2), probs
+
+
+def heads_major_attention(
+    query: jax.Array,  # [B, N, T, H]
+    key: jax.Array,  # [B, N, S, H]
+    value: jax.Array,  # [B, N, S, H]
+    mask: jax.Array,  # [B, 1 | N, T, S] bool
+    *,
+    policy: Policy = PLAIN,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """`dot_product_attention` on heads-major operands: (out [B, N, T, H], probs [B, N, T, S])."""
     prec = policy.precision
-    batch, length, heads, head_dim = query.shape
-    slots = key.shape[1]
+    batch, heads, length, _ = query.shape
+    slots = key.shape[2]
     keep = None
     if dropout_rng is not None and dropout_rate > 0.0:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, (batch, heads, length, slots))
-    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))  # [B, N, T|S, H]
     if not policy.attention_per_head((batch, heads, length, slots)):
-        out, probs = _attend(q, k, v, mask, prec, keep, 1.0 - dropout_rate)
-        return jnp.swapaxes(out, 1, 2), probs
+        return _attend(query, key, value, mask, prec, keep, 1.0 - dropout_rate)
 
     def pair(b_n: jax.Array) -> tuple[jax.Array, jax.Array]:
         b, n = b_n // heads, b_n % heads
         head_mask = mask[b, n if mask.shape[1] != 1 else 0]
         head_keep = None if keep is None else keep[b, n]
-        return _attend(q[b, n], k[b, n], v[b, n], head_mask, prec, head_keep, 1.0 - dropout_rate)
+        return _attend(
+            query[b, n], key[b, n], value[b, n], head_mask, prec, head_keep, 1.0 - dropout_rate
+        )
 
     out, probs = jax.lax.map(pair, jnp.arange(batch * heads))  # [B*N, T, H], [B*N, T, S]
-    out = out.reshape(batch, heads, length, head_dim)
-    return jnp.swapaxes(out, 1, 2), probs.reshape(batch, heads, length, slots)
+    return out.reshape(query.shape), probs.reshape(batch, heads, length, slots)
 
 
 class SelfAttention(nn.Module):
     """Projections q, k, v (D -> N*H), attention, output projection (N*H -> D).
 
-    With `kv_cache=(key [L,B,S,N,H], value [L,B,S,N,H])`, every layer's cache, the new keys/values
+    With `kv_cache=(key [L,B,N,S,H], value [L,B,N,S,H])`, every layer's cache, the new keys/values
     are written into layer `cache_layer` at slot `cache_index` with one `lax.dynamic_update_slice`
     on the whole cache (in place under jit: no per-layer copy of the cache) and the queries attend
-    over that layer's S slots; the whole updated cache is returned.
+    over that layer's S slots as stored (heads-major: no transpose of the cache); the whole updated
+    cache is returned.
     """
 
     num_heads: int
@@ -176,31 +198,34 @@ class SelfAttention(nn.Module):
         key = heads(dense(inner, ("embed", "heads"), name="key")(x))
         value = heads(dense(inner, ("embed", "heads"), name="value")(x))
 
-        new_cache = None
-        if kv_cache is not None:
-            if cache_layer is None or cache_index is None:
-                raise ValueError("kv_cache needs cache_layer and cache_index")
-            start = (cache_layer, 0, cache_index, 0, 0)
-            new_cache = tuple(
-                jax.lax.dynamic_update_slice(cache, new[None].astype(cache.dtype), start)
-                for cache, new in zip(kv_cache, (key, value), strict=True)
-            )  # [L, B, S, N, H] each
-            key, value = (
-                jax.lax.dynamic_index_in_dim(cache, cache_layer, 0, keepdims=False).astype(
-                    self.dtype
-                )
-                for cache in new_cache
-            )  # [B, S, N, H]
-
         use_dropout = not deterministic and self.dropout_rate > 0.0
-        out, probs = dot_product_attention(
-            query,
-            key,
-            value,
-            mask,
+        options = dict(
             policy=self.policy,
             dropout_rate=self.dropout_rate,
             dropout_rng=self.make_rng("dropout") if use_dropout else None,
         )
+        new_cache = None
+        if kv_cache is None:
+            out, probs = dot_product_attention(query, key, value, mask, **options)
+        else:
+            if cache_layer is None or cache_index is None:
+                raise ValueError("kv_cache needs cache_layer and cache_index")
+            start = (cache_layer, 0, 0, cache_index, 0)
+            new_cache = tuple(
+                jax.lax.dynamic_update_slice(
+                    cache, jnp.swapaxes(new, 1, 2)[None].astype(cache.dtype), start
+                )
+                for cache, new in zip(kv_cache, (key, value), strict=True)
+            )  # [L, B, N, S, H] each
+            layer_key, layer_value = (
+                jax.lax.dynamic_index_in_dim(cache, cache_layer, 0, keepdims=False).astype(
+                    self.dtype
+                )
+                for cache in new_cache
+            )  # [B, N, S, H]
+            out, probs = heads_major_attention(
+                jnp.swapaxes(query, 1, 2), layer_key, layer_value, mask, **options
+            )
+            out = jnp.swapaxes(out, 1, 2)  # [B, T, N, H]
         out = dense(features, ("heads", "embed"), name="out")(out.reshape(batch, length, inner))
         return out, probs, new_cache
