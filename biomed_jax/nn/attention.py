@@ -157,9 +157,9 @@ class SelfAttention(nn.Module):
 
     With `kv_cache=(key [L,B,N,S,H], value [L,B,N,S,H])`, every layer's cache, the new keys/values
     are written into layer `cache_layer` at slot `cache_index` with one `lax.dynamic_update_slice`
-    on the whole cache (in place under jit: no per-layer copy of the cache) and the queries attend
-    over that layer's S slots as stored (heads-major: no transpose of the cache); the whole updated
-    cache is returned.
+    on the whole cache (in place under jit) and the queries attend over that layer's S slots as
+    stored (heads-major: the layer is read as one contiguous block, never transposed); the whole
+    updated cache is returned.
     """
 
     num_heads: int
