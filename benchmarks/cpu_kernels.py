@@ -46,7 +46,7 @@ def main() -> None:
     import jax.numpy as jnp
     import torch
 
-    from biomed_jax.compilation import compiler_options
+    from biomed_jax import compilation
     from biomed_jax.nn.attention import dot_product_attention
     from biomed_jax.numerics import Policy
 
@@ -61,7 +61,7 @@ def main() -> None:
 
     for m, k, n in gemms:
         x, w = (rng.standard_normal(s, dtype=np.float32) for s in ((m, k), (k, n)))
-        ours = jax.jit(lambda a, b: jnp.dot(a, b, precision=highest), **_opts(compiler_options()))
+        ours = compilation.jit(lambda a, b: jnp.dot(a, b, precision=highest))
         xj, wj = jnp.asarray(x), jnp.asarray(w)
         xt, wt = torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(w.T))
         cases[f"gemm {m}x{k}x{n}"] = (
@@ -106,10 +106,7 @@ def main() -> None:
     )
     mask = np.ones((batch, 1, 1, length), bool)
     policy = Policy.fast()
-    attend = jax.jit(
-        lambda q, k, v, m: dot_product_attention(q, k, v, m, policy=policy)[0],
-        **_opts(compiler_options()),
-    )
+    attend = compilation.jit(lambda q, k, v, m: dot_product_attention(q, k, v, m, policy=policy)[0])
     qj, kj, vj, mj = (jnp.asarray(a) for a in (q, k, v, mask))
     qt, kt, vt = (torch.from_numpy(a).transpose(1, 2) for a in (q, k, v))
     additive = torch.zeros((batch, 1, 1, length))
@@ -155,10 +152,6 @@ def main() -> None:
             indent=2,
         )
     )
-
-
-def _opts(options: dict[str, str]) -> dict:
-    return {"compiler_options": options} if options else {}
 
 
 if __name__ == "__main__":

@@ -6,8 +6,7 @@ onto the target, and the directory holding it fsynced. A failure removes the tem
 process leaves its temporary behind, named after its writer (`.<name>.<host>-<pid>-*.tmp`, or
 `.<name>.new-<host>-<pid>-*` for a directory); the first file a process writes into that
 directory, and every `replace_dir` there, removes the temporaries of this host's processes that
-are gone. The bottom of the house: imports
-nothing of ours.
+are gone. The bottom of the house: imports nothing of ours.
 """
 
 from __future__ import annotations

@@ -191,41 +191,39 @@ class SelfAttention(nn.Module):
             policy=self.policy,
         )
 
-        def heads(y: jax.Array) -> jax.Array:  # [B, T, N*H] -> [B, T, N, H]
-            return y.reshape(batch, length, self.num_heads, self.head_dim)
+        def heads(y: jax.Array) -> jax.Array:  # [B, T, N*H] -> [B, N, T, H]
+            return jnp.swapaxes(y.reshape(batch, length, self.num_heads, self.head_dim), 1, 2)
 
         query = heads(dense(inner, ("embed", "heads"), name="query")(x))
         key = heads(dense(inner, ("embed", "heads"), name="key")(x))
         value = heads(dense(inner, ("embed", "heads"), name="value")(x))
 
-        use_dropout = not deterministic and self.dropout_rate > 0.0
-        options = dict(
-            policy=self.policy,
-            dropout_rate=self.dropout_rate,
-            dropout_rng=self.make_rng("dropout") if use_dropout else None,
-        )
         new_cache = None
-        if kv_cache is None:
-            out, probs = dot_product_attention(query, key, value, mask, **options)
-        else:
+        if kv_cache is not None:
             if cache_layer is None or cache_index is None:
                 raise ValueError("kv_cache needs cache_layer and cache_index")
             start = (cache_layer, 0, 0, cache_index, 0)
             new_cache = tuple(
-                jax.lax.dynamic_update_slice(
-                    cache, jnp.swapaxes(new, 1, 2)[None].astype(cache.dtype), start
-                )
+                jax.lax.dynamic_update_slice(cache, new[None].astype(cache.dtype), start)
                 for cache, new in zip(kv_cache, (key, value), strict=True)
             )  # [L, B, N, S, H] each
-            layer_key, layer_value = (
+            key, value = (
                 jax.lax.dynamic_index_in_dim(cache, cache_layer, 0, keepdims=False).astype(
                     self.dtype
                 )
                 for cache in new_cache
             )  # [B, N, S, H]
-            out, probs = heads_major_attention(
-                jnp.swapaxes(query, 1, 2), layer_key, layer_value, mask, **options
-            )
-            out = jnp.swapaxes(out, 1, 2)  # [B, T, N, H]
-        out = dense(features, ("heads", "embed"), name="out")(out.reshape(batch, length, inner))
+
+        use_dropout = not deterministic and self.dropout_rate > 0.0
+        out, probs = heads_major_attention(
+            query,
+            key,
+            value,
+            mask,
+            policy=self.policy,
+            dropout_rate=self.dropout_rate,
+            dropout_rng=self.make_rng("dropout") if use_dropout else None,
+        )  # out [B, N, T, H]
+        out = jnp.swapaxes(out, 1, 2).reshape(batch, length, inner)
+        out = dense(features, ("heads", "embed"), name="out")(out)
         return out, probs, new_cache

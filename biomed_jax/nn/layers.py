@@ -96,11 +96,32 @@ def partitioned(init: Callable, *axes: str) -> Callable:
     return nn.with_logical_partitioning(init, axes)
 
 
-def _rows(x: jax.Array) -> jax.Array:
-    """[..., D] -> [N, D]: a weight matmul over all leading positions at once. Its weight gradient
-    is then one plain [N, D]^T [N, out] contraction; given [..., D], XLA:CPU recomputes the output
-    gradient in a transposed layout for it (a BERT-base train step 1.14x slower)."""
-    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+def _weight_matmul(
+    x: jax.Array,  # [..., D]
+    weight: jax.Array,  # [D, O] (contract=0) or [O, D] (contract=1), in x's dtype
+    bias: jax.Array | None,  # [O]
+    policy: Policy,
+    *,
+    contract: int,
+) -> jax.Array:
+    """x @ weight (+ bias) -> [..., O], computed as `policy` says: the one path of `Dense` and of the
+    tied LM head (`Embed.attend`, which reads its [V, D] table in place).
+
+    All leading positions go through as [N, D] rows: the weight gradient is then one plain
+    [N, D]^T [N, O] contraction; given [..., D], XLA:CPU recomputes the output gradient in a
+    transposed layout for it (a BERT-base train step 1.14x slower).
+    """
+    rows = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # [N, D]
+    features = weight.shape[1 - contract]
+    if policy.sums_in_float64(x.dtype):
+        kernel = weight if contract == 0 else weight.T
+        zeros = jnp.zeros((features,), x.dtype)
+        y = dense_float64_sum(rows, kernel, zeros if bias is None else bias)
+    else:
+        dims = (((1,), (contract,)), ((), ()))
+        y = jax.lax.dot_general(rows, weight, dims, precision=policy.precision)
+        y = y if bias is None else y + bias
+    return y.reshape(*x.shape[:-1], features)
 
 
 class Dense(nn.Module):
@@ -131,14 +152,7 @@ class Dense(nn.Module):
                 self.param_dtype,
             ).astype(self.dtype)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        rows = _rows(x)
-        if self.policy.sums_in_float64(self.dtype):
-            zeros = jnp.zeros((self.features,), self.dtype)
-            y = dense_float64_sum(rows, kernel, zeros if bias is None else bias)
-        else:
-            y = jnp.dot(rows, kernel, precision=self.policy.precision)
-            y = y if bias is None else y + bias
-        return y.reshape(*x.shape[:-1], self.features)
+        return _weight_matmul(x, kernel, bias, self.policy, contract=0)
 
 
 class Embed(nn.Module):
@@ -168,13 +182,7 @@ class Embed(nn.Module):
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits against the table (tied output projection): [..., D] -> [..., V]."""
         x, table = x.astype(self.dtype), self.embedding.astype(self.dtype)  # table [V, D]
-        rows = _rows(x)
-        if self.policy.sums_in_float64(self.dtype):
-            zeros = jnp.zeros((self.num_embeddings,), self.dtype)
-            logits = dense_float64_sum(rows, table.T, zeros)
-        else:
-            logits = jnp.einsum("nd,vd->nv", rows, table, precision=self.policy.precision)
-        return logits.reshape(*x.shape[:-1], self.num_embeddings)
+        return _weight_matmul(x, table, None, self.policy, contract=1)
 
 
 class LayerNorm(nn.Module):
