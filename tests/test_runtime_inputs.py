@@ -362,7 +362,9 @@ def test_a_smaller_tokenizer_loads_with_a_warning_naming_both_sizes(rows_1000, t
     path = _with_vocab(rows_1000, tmp_path, BERT_VOCAB)
     with caplog.at_level("WARNING", logger="biomed_jax.loading"):
         model = from_pretrained(path)
-    assert f"the tokenizer has {len(BERT_VOCAB)} ids, the model 1000 token embeddings" in caplog.text
+    assert (
+        f"the tokenizer has {len(BERT_VOCAB)} ids, the model 1000 token embeddings" in caplog.text
+    )
     assert np.isfinite(embed(["Aspirin for fever."], model=model)).all()
 
 
@@ -383,7 +385,7 @@ def test_pipelines_refuse_ids_outside_the_vocabulary_naming_the_text(mismatched)
         embed(texts, model=mismatched)
     with pytest.raises(ValueError, match=r"text 0 \('Aspirin for \[MASK\]\.'\): " + said):
         fill_mask("Aspirin for [MASK].", model=mismatched)
-    with pytest.raises(ValueError, match="text 0 .*1000 token embeddings"):
+    with pytest.raises(ValueError, match=r"text 0 .*1000 token embeddings"):
         attention("Aspirin for fever.", model=mismatched)
     np.testing.assert_array_equal(np.isfinite(embed(texts[:1], model=mismatched)), True)
 
