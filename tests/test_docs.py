@@ -8,6 +8,7 @@ directly by `<!-- docs-test: skip (reason) -->` is not run.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -134,3 +135,86 @@ def test_code_blocks_run(doc, docs_env, tmp_path):
         timeout=600,
     )
     assert done.returncode == 0, f"{name}:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+
+
+# The texts the docs give the tiny models: string arguments of these calls (or of the names they
+# were assigned to), and the quoted text of `biomed-jax generate|fill-mask|attention` and of a
+# `printf '...' > docs.txt`. The fairseq and task pages bring models with their own vocabularies.
+TEXT_CALLS = {"attention", "embed", "encode_for_ner", "fill_mask", "generate_text", "tok"}
+TEXT_CALLS |= {"tokenize", "tokenizer"}
+FIRST_ARGUMENT_ONLY = {"createDataFrame"}  # (rows, schema)
+CLI_TEXT = re.compile(r'biomed-jax (?:generate|fill-mask|attention) "([^"]+)"')
+PRINTF_LINES = re.compile(r"printf '([^'{]*)' > \S+\.txt")
+OWN_VOCABULARY = {"docs/biogpt-fairseq.md", "docs/biogpt-tasks.md"}
+
+
+def _strings(node: ast.AST, names: dict[str, list[str]]) -> list[str]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value] if node.value else []
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [s for element in node.elts for s in _strings(element, names)]
+    if isinstance(node, ast.Name):
+        return names.get(node.id, [])
+    if isinstance(node, ast.Subscript):  # texts[0]
+        return _strings(node.value, names)
+    return []
+
+
+def model_texts(text: str) -> set[str]:
+    """The prompts, sentences and documents the runnable blocks of a Markdown text give the
+    models."""
+    found: set[str] = set()
+    names: dict[str, list[str]] = {}
+    for block in (b for b in blocks(text) if b.skip is None):
+        if block.kind == "bash":
+            found.update(CLI_TEXT.findall(block.code))
+            for lines in PRINTF_LINES.findall(block.code):
+                found.update(line for line in lines.split("\\n") if line)
+        if block.kind != "python":
+            continue
+        tree = ast.parse(block.code)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                names[node.targets[0].id] = _strings(node.value, {})
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", getattr(node.func, "attr", None))
+            if name in TEXT_CALLS | FIRST_ARGUMENT_ONLY:
+                args = node.args[:1] if name in FIRST_ARGUMENT_ONLY else node.args
+                found.update(s for arg in args for s in _strings(arg, names))
+    return found
+
+
+def test_model_texts_finds_calls_names_and_commands():
+    text = (
+        '```python\ntexts = ["Lithium toxicity.", "Tumor growth."]\nembed(texts, model=m)\n'
+        'lm.tokenizer(["Aspirin inhibits"], padding=True)\nprint("not a text")\n```\n'
+        '```bash\nbiomed-jax generate "Famotidine is" --max-new-tokens 8\n'
+        "printf 'Aspirin for fever.\\nFever.\\n' > docs.txt\n```\n"
+    )
+    assert model_texts(text) == {
+        "Lithium toxicity.",
+        "Tumor growth.",
+        "Aspirin inhibits",
+        "Famotidine is",
+        "Aspirin for fever.",
+        "Fever.",
+    }
+
+
+def test_every_documented_text_tokenizes_without_unknown_tokens():
+    """The tiny models of the docs (`conformance.tiny`) know every word the docs give them."""
+    from biomed_jax import BertTokenizer, BioGptTokenizer
+    from conformance import corpus, tiny
+
+    texts = set()
+    for doc in DOCS:
+        if str(doc.relative_to(REPO)) not in OWN_VOCABULARY:
+            texts |= model_texts(doc.read_text(encoding="utf-8"))
+    assert {"Aspirin inhibits", "Famotidine is", "Aspirin is used to treat [MASK]."} <= texts
+    bert = BertTokenizer(vocab={token: i for i, token in enumerate(tiny.bert_vocab())})
+    biogpt = BioGptTokenizer(tiny.biogpt_vocab(), corpus.BIOGPT_MERGES)
+    for text in sorted(texts):
+        assert bert.unk_token_id not in bert(text)["input_ids"], text
+        assert biogpt.unk_token_id not in biogpt(text)["input_ids"], text

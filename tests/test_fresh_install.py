@@ -32,7 +32,7 @@ def test_shipped_vocab_subset_tokenizes_like_the_full_vocabulary(shared_data):
     sub = corpus.biogpt_tokenizer()
     texts = [t for a in corpus.pubmed_articles() for t in (a["title"], a["sentence"])]
     assert len(texts) == 2 * corpus.COUNT
-    for text in texts:
+    for text in texts + list(corpus.DOC_TEXTS):
         assert sub(text)["input_ids"] == full(text)["input_ids"], text
     assert len(sub) < len(full) // 20  # a subset, not the whole vocabulary
 
