@@ -218,3 +218,56 @@ def test_every_documented_text_tokenizes_without_unknown_tokens():
     for text in sorted(texts):
         assert bert.unk_token_id not in bert(text)["input_ids"], text
         assert biogpt.unk_token_id not in biogpt(text)["input_ids"], text
+
+
+def test_the_cli_table_lists_every_command_and_option():
+    import argparse
+
+    from biomed_jax.cli import build_parser
+
+    page = (REPO / "docs" / "pipelines-and-cli.md").read_text(encoding="utf-8")
+    table = {
+        row.split("`")[1].split()[0]: row for row in page.splitlines() if row.startswith("| `")
+    }
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(table) == set(commands.choices)
+    multi_host = {"--distributed", "--coordinator", "--num-processes", "--process-id"}
+    sharding = (REPO / "docs" / "sharding.md").read_text(encoding="utf-8")
+    assert all(flag in sharding for flag in multi_host)  # the embed row points there
+    for name, parser in commands.choices.items():
+        options = {s for a in parser._actions for s in a.option_strings if s.startswith("--")}
+        options -= {"--help", *(multi_host if name == "embed" else ())}
+        missing = sorted(o for o in options if not re.search(rf"{o}(?![\w-])", table[name]))
+        assert not missing, f"the {name} row lacks {missing}"
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def heading_anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_relative_links_reach_a_file_and_its_section():
+    """Every relative link of README.md and docs/*.md names an existing file and, after '#', one
+    of its headings (a pointer to a section that moved fails here)."""
+    broken = []
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        fenced = {i for b in blocks(text) for i in range(b.line - 1, b.line + b.code.count("\n"))}
+        for number, line in enumerate(text.splitlines(), 1):
+            for target in LINK.findall(line) if number not in fenced else ():
+                if re.match(r"[a-z]+:", target):
+                    continue
+                path, _, anchor = target.partition("#")
+                file = (doc.parent / path).resolve() if path else doc
+                if not file.exists():
+                    broken.append(f"{doc.name}:{number}: {target} (no such file)")
+                elif anchor:
+                    headings = [
+                        h.lstrip("#") for h in file.read_text().splitlines() if h.startswith("#")
+                    ]
+                    if anchor not in {heading_anchor(h) for h in headings}:
+                        broken.append(f"{doc.name}:{number}: {target} (no such section)")
+    assert not broken, broken
