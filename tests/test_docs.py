@@ -271,3 +271,49 @@ def test_relative_links_reach_a_file_and_its_section():
                     if anchor not in {heading_anchor(h) for h in headings}:
                         broken.append(f"{doc.name}:{number}: {target} (no such section)")
     assert not broken, broken
+
+
+def free_names(code: str) -> set[str]:
+    """Names a Python block reads but neither defines, imports nor finds among the builtins."""
+    import builtins
+    import symtable
+
+    top = symtable.symtable(code, "<block>", "exec")
+    bound = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported()}
+    read: set[str] = set()
+
+    def visit(table: symtable.SymbolTable) -> None:
+        for symbol in table.get_symbols():
+            if symbol.is_referenced() and (table is top or symbol.is_global()):
+                read.add(symbol.get_name())
+        for child in table.get_children():
+            visit(child)
+
+    visit(top)
+    return read - bound - set(dir(builtins))
+
+
+def test_free_names():
+    assert free_names("import numpy as np\nx = np.ones(2)\nprint([y + x for y in z])\n") == {"z"}
+
+
+def test_each_readme_example_runs_alone():
+    """A reader copies one example: it must not lean on names an earlier one defined."""
+    readme = REPO / "README.md"
+    for block in blocks(readme.read_text(encoding="utf-8")):
+        if block.kind == "python":
+            assert not free_names(block.code), f"README.md:{block.line}: {free_names(block.code)}"
+
+
+def test_no_install_line_names_an_index_package_that_is_not_there():
+    """biomed-jax is not on PyPI: every `pip install` of it names a checkout or a git URL."""
+    from_index = re.compile(
+        r"pip install[^#&;|]*?(?<![\w/.@-])['\"]?biomed-jax(?:\[[\w,]+\])?(?![\w\[])['\"]?(?! @)"
+    )
+    found = [
+        f"{doc.relative_to(REPO)}:{number}: {line.strip()}"
+        for doc in DOCS
+        for number, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1)
+        if from_index.search(line)
+    ]
+    assert not found, found

@@ -40,7 +40,7 @@ TEXTS_PER_PARTITION = 7  # rows of 28 over 4 partitions; Arrow batches of 3 rows
 
 @pytest.fixture(scope="module")
 def spark(tmp_path_factory):
-    _require(HAVE_PYSPARK, "pyspark is not installed (pip install 'biomed-jax[spark]')")
+    _require(HAVE_PYSPARK, "pyspark is not installed (pip install '.[spark]')")
     _require(shutil.which("java") is not None, "no Java runtime (java) on PATH for Spark")
     from pyspark.sql import SparkSession
 
