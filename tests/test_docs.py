@@ -317,3 +317,20 @@ def test_no_install_line_names_an_index_package_that_is_not_there():
         if from_index.search(line)
     ]
     assert not found, found
+
+
+def test_a_run_says_why_tests_were_skipped(tmp_path):
+    """pyproject's addopts: the summary gives every skip's reason, one line per reason and place
+    (docs/development.md, "Running the tests")."""
+    (tmp_path / "test_skips.py").write_text(
+        "import pytest\n\n\n@pytest.mark.parametrize('i', range(5))\ndef test_x(i):\n"
+        "    pytest.skip('real data not found')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "-p",
+         "no:cacheprovider", "--rootdir", str(tmp_path), str(tmp_path / "test_skips.py")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    skipped = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert skipped == ["SKIPPED [5] test_skips.py:6: real data not found"], done.stdout

@@ -3,6 +3,7 @@ the conformance summary, JSONL input without --field, task-head seeds, task outp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -187,6 +188,8 @@ hidden = np.asarray(model(**batch).last_hidden_state)
 print(json.dumps({"hidden": hidden.tolist(), "ids": batch["input_ids"].tolist()}))
 from conformance import corpus
 assert corpus.BIOGPT_VOCAB.is_file() and len(corpus.pubmed_articles()) == corpus.COUNT
+from biomed_jax.examples import SAMPLE_DATA
+assert len(list(SAMPLE_DATA.glob("*/*.jsonl"))) == 5  # the fine-tuning samples are installed
 errors = {}
 try:
     biomed_jax.BioGptTokenizer(corpus.BIOGPT_VOCAB, corpus.BIOGPT_MERGES)("Aspirin.")
@@ -205,10 +208,32 @@ print(json.dumps(errors))
 """
 
 
+@contextlib.contextmanager
+def fresh_venv(path: Path, with_pip: bool = True):
+    """A new virtual environment at `path`, removed when the block ends: the base install weighs
+    about 850 MB, and pytest keeps the temporary directories of the last three runs."""
+    flags = [] if with_pip else ["--without-pip"]
+    subprocess.run([sys.executable, "-m", "venv", *flags, str(path)], check=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_fresh_venv_is_removed_after_use(tmp_path):
+    with fresh_venv(tmp_path / "venv", with_pip=False) as venv:
+        assert (venv / "bin" / "python").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def venv(tmp_path):
+    with fresh_venv(tmp_path / "venv") as path:
+        yield path
+
+
 @pytest.mark.slow  # builds a venv from the local package index: about a minute, more under load
-def test_base_install_without_extras(hf_bert, tmp_path):
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+def test_base_install_without_extras(hf_bert, tmp_path, venv):
     python, bin_dir = venv / "bin" / "python", venv / "bin"
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     subprocess.run([*pip, str(REPO)], check=True, timeout=1200)
