@@ -522,7 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", metavar="TEXT")
     p.add_argument("--layers", type=_layers, help="layer index or list (default: all)")
     p.add_argument("--heads", type=_layers, help="head index or list (default: all)")
-    p.add_argument("--png", metavar="FILE", help="draw a heat-map grid (needs biomed-jax[plot])")
+    p.add_argument(
+        "--png", metavar="FILE", help="draw a heat-map grid (needs matplotlib: the plot extra)"
+    )
     p.add_argument("--json", action="store_true", help="print tokens and maps as JSON")
     _model_option(p, enc)
     p.set_defaults(func=cmd_attention)

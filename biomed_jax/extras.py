@@ -1,4 +1,8 @@
-"""Optional dependencies: imported where they are used, with an error naming the extra to install."""
+"""Optional dependencies: imported where they are used, with an error naming what to install.
+
+biomed-jax is not on PyPI, so the error names the package itself (`pip install sacremoses`) and
+the extra of a checkout that brings it (`pip install '.[biogpt]'`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ from types import ModuleType
 # module -> (extra that installs it, what needs it)
 EXTRAS = {
     "sacremoses": ("biogpt", "the BioGPT tokenizer (its Moses step)"),
-    "optax": ("train", "biomed_jax.train"),
     "matplotlib": ("plot", "drawing attention maps"),
 }
 
@@ -22,5 +25,7 @@ def require(module: str) -> ModuleType:
         if e.name != module:  # a broken install of it: report that error as is
             raise
         raise ModuleNotFoundError(
-            f"{user} needs {module}: pip install 'biomed-jax[{extra}]'", name=module
+            f"{user} needs {module}: pip install {module} (in a checkout of biomed_jax: "
+            f"pip install '.[{extra}]')",
+            name=module,
         ) from e

@@ -62,6 +62,7 @@ __all__ = [
     "Architecture",
     "MissingTokenizer",
     "Pretrained",
+    "check_vocabulary",
     "convert",
     "from_pretrained",
     "init_params",
@@ -308,6 +309,7 @@ def load_tokenizer(directory: Path, config: ModelConfig | None = None) -> Tokeni
 def _tokenizer(directory: Path, config: ModelConfig) -> Tokenizer | MissingTokenizer:
     tokenizer = load_tokenizer(directory, config)
     if tokenizer is not None:
+        check_vocabulary(tokenizer, config, directory)
         return tokenizer
     _, files = TOKENIZERS[config.model_type]
     missing = tuple(f for f in files if not (directory / f).is_file())
@@ -317,6 +319,27 @@ def _tokenizer(directory: Path, config: ModelConfig) -> Tokenizer | MissingToken
         ", ".join(missing),
     )
     return MissingTokenizer(directory, missing)
+
+
+def check_vocabulary(tokenizer: Tokenizer, config: ModelConfig, directory: Path) -> None:
+    """The tokenizer's ids must index the model's token embeddings (under jit, an id past them
+    embeds to NaN): ConfigError if they run past `vocab_size`, a warning if they stop short."""
+    ids = max(tokenizer.ids_to_tokens) + 1
+    if ids > config.vocab_size:
+        raise ConfigError(
+            f"{directory}: the tokenizer has ids 0..{ids - 1}, the model {config.vocab_size} "
+            "token embeddings (config.json vocab_size): this tokenizer does not belong to this "
+            "model (use the tokenizer files it was trained with)"
+        )
+    if ids < config.vocab_size:
+        logger.warning(
+            "%s: the tokenizer has %d ids, the model %d token embeddings (config.json "
+            "vocab_size): the last %d are never used",
+            directory,
+            ids,
+            config.vocab_size,
+            config.vocab_size - ids,
+        )
 
 
 def from_pretrained(

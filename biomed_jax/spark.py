@@ -1,5 +1,5 @@
 """Spark: `embed` as a DataFrame column (`embed_column`) or a `pyspark.ml` Transformer
-(`BertEmbeddings`), run in Spark's Python workers (extra `spark`: pip install biomed-jax[spark]).
+(`BertEmbeddings`), run in Spark's Python workers (the `spark` extra: pyspark, pandas, pyarrow).
 
 Rows travel to a worker as Arrow batches (`spark.sql.execution.arrow.maxRecordsPerBatch` rows,
 10,000 by default) through a pandas iterator UDF; each batch is one `embed` call, which sorts
@@ -41,7 +41,8 @@ try:
     from pyspark.sql.functions import pandas_udf
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "biomed_jax.spark needs pyspark with pandas and pyarrow: pip install 'biomed-jax[spark]'"
+        "biomed_jax.spark needs pyspark with pandas and pyarrow: pip install 'pyspark[sql]>=3.5' "
+        "(in a checkout of biomed_jax: pip install '.[spark]')"
     ) from e
 
 from biomed_jax.loading import Pretrained, from_pretrained

@@ -2,8 +2,9 @@
 
 `conformance/data/` holds 24 PubMed articles of the BC5CDR test split (pmid, title, first abstract
 sentence; from the public microsoft/BioGPT repository, MIT) and the part of the real BioGPT
-vocabulary those texts use: every vocab.json entry their tokens need, with its real id, and every
-merges.txt line whose merged string occurs in one of their Moses words, in the original order. BPE
+vocabulary those texts and the docs' examples (`DOC_TEXTS`) use: every vocab.json entry their
+tokens need, with its real id, and every merges.txt line whose merged string occurs in one of
+their Moses words, in the original order. BPE
 on a word only ever applies merges whose result is a substring of that word, so this subset
 tokenizes these texts exactly as the full 42,384-entry vocabulary does (checked against it in
 tests/test_conformance_suite.py when ../shared/data is present).
@@ -23,6 +24,39 @@ BIOGPT_VOCAB = DATA / "biogpt_vocab_subset.json"
 BIOGPT_MERGES = DATA / "biogpt_merges_subset.txt"
 COUNT = 24
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
+# The prompts and sentences README.md and docs/*.md give the tiny models (`conformance.tiny`):
+# their pieces are in the subset too, so they tokenize as with the full vocabulary, no <unk>
+# (tests/test_docs.py finds every such text in the docs and checks).
+DOC_TEXTS = (
+    "A newborn with massive tricuspid regurgitation, atrial flutter and lithium toxicity.",
+    "Anti-TNF & IL-6R's role",
+    "Aspirin for fever.",
+    "Aspirin inhibits",
+    "Aspirin inhibits COX-1.",
+    "Aspirin inhibits tumor growth.",
+    "Aspirin is used to treat [MASK].",
+    "Aspirin reduces",
+    "COVID-19 is",
+    "Chemical",
+    "Disease",
+    "Famotidine is",
+    "Famotidine-associated delirium.",
+    "Indomethacin induced hypotension in rats.",
+    "Lithium carbonate may be a factor in tricuspid valve regurgitation.",
+    "Lithium toxicity in a newborn.",
+    "Lithium toxicity.",
+    "Short one.",
+    "Tumor growth in mice.",
+    "Tumor growth.",
+    "a longer prompt",
+    "a prompt",
+    "aspirin",
+    "aspirin for fever",
+    "aspirin reduces fever",
+    "protein expression",
+    "tumor growth",
+    "tumor growth in mice",
+)
 
 
 def pubmed_articles() -> list[dict[str, str]]:
@@ -53,7 +87,7 @@ def build(shared_data: Path, out: Path = DATA) -> None:
         shared_data / "biogpt" / "merges.txt",
     )
     full = transformers.BioGptTokenizer(str(vocab_file), str(merges_file))
-    texts = [t for a in articles for t in (a["title"], a["sentence"])]
+    texts = [t for a in articles for t in (a["title"], a["sentence"])] + list(DOC_TEXTS)
     words = {w + "</w>" for t in texts for w in full.moses_tokenize(t, full.lang)}
     needed = set(SPECIALS) | {tok for t in texts for tok in full.tokenize(t)}
     vocab = json.loads(vocab_file.read_text(encoding="utf-8"))

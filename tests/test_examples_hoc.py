@@ -57,10 +57,10 @@ def test_dev_is_the_tail_and_the_threshold_maximises_dev_f1():
 
 
 @pytest.mark.slow
-def test_memorises_a_small_subset(minilm_dir, shared_data, tmp_path):
-    from biomed_jax.examples import finetune_hoc
+def test_memorises_a_small_subset(minilm_dir, tmp_path):
+    from biomed_jax.examples import SAMPLE_DATA, finetune_hoc
 
-    rows = finetune_hoc.read_split(shared_data / "hoc" / "train.jsonl", 128)
+    rows = finetune_hoc.read_split(SAMPLE_DATA / "hoc" / "train.jsonl", None)  # 128 sentences
     data = tmp_path / "hoc"
     write_split(data, "train.jsonl", rows)
     write_split(data, "test.jsonl", rows)  # scored on the very sentences it trained on

@@ -179,7 +179,10 @@ def test_attention_equals_transformers(ours, reference, tmp_path, monkeypatch):
     png = plot_attention(got, tmp_path / "maps.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(ModuleNotFoundError, match=r"pip install 'biomed-jax\[plot\]'"):
+    with pytest.raises(
+        ModuleNotFoundError,
+        match=r"pip install matplotlib \(in a checkout of biomed_jax: pip install '\.\[plot\]'\)",
+    ):
         plot_attention(got, tmp_path / "again.png")
 
 
@@ -270,11 +273,11 @@ def test_embed_file_text_lines_and_progress(ours, tmp_path, monkeypatch, capsys)
         embed_file(bad, tmp_path / "bad", field="text", model=ours)
 
 
-def test_generate_text_equals_transformers_generate(shared_data, tmp_path):
+def test_generate_text_equals_transformers_generate(tmp_path):
     """Greedy (batched, left-padded, different lengths) and beam search, decoded as HF does."""
     import transformers
 
-    path = save_tiny_biogpt(tmp_path / "biogpt", shared_data)
+    path = save_tiny_biogpt(tmp_path / "biogpt")
     hf = transformers.BioGptForCausalLM.from_pretrained(path).eval()
     tok = transformers.BioGptTokenizer.from_pretrained(path)
     prompts = ["COVID-19 is", "Aspirin inhibits the growth of tumor cells in", "The"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -288,3 +290,138 @@ def test_cli_prints_one_line_for_bad_arguments(hf_bert, tmp_path, capsys):
     assert not out.exists()  # nothing that would block the corrected rerun
     assert cli_main([*base, "--max-length", "8", "--quiet"]) == 0
     assert "2 documents in 1 shards" in capsys.readouterr().out
+
+
+# -- a tokenizer that does not fit the model ------------------------------------------------------
+
+WIDE = 30_522  # BERT's uncased vocabulary size, beside a model of 1,000 token embeddings
+ROWS = 1_000
+
+
+def _wide_vocab() -> list[str]:
+    """30,522 entries: the specials at BERT's ids 0..4, the tiny vocabulary's pieces at the end
+    (ids past the model's 1,000 rows), [unused] fillers between."""
+    from _tiny_models import BERT_VOCAB
+
+    head, rest = BERT_VOCAB[:5], BERT_VOCAB[5:]
+    return head + [f"[unused{i}]" for i in range(WIDE - len(BERT_VOCAB))] + rest
+
+
+@pytest.fixture(scope="module")
+def rows_1000(tmp_path_factory):
+    """A random BertForMaskedLM with 1,000 token embeddings and no tokenizer files."""
+    import torch
+    import transformers
+
+    path = tmp_path_factory.mktemp("rows_1000")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=ROWS,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=20,
+        max_position_embeddings=32,
+    )
+    transformers.BertForMaskedLM(config).eval().save_pretrained(path)
+    return path
+
+
+def _with_vocab(model_dir, tmp_path, entries: list[str]):
+    path = tmp_path / "model"
+    path.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (path / name).write_bytes((model_dir / name).read_bytes())
+    (path / "vocab.txt").write_text("\n".join(entries) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_tokenizer_past_the_model_vocabulary_is_refused_at_load(rows_1000, tmp_path):
+    from biomed_jax import ConfigError
+
+    path = _with_vocab(rows_1000, tmp_path, _wide_vocab())
+    with pytest.raises(ConfigError, match=r"ids 0\.\.30521, the model 1000 token embeddings"):
+        from_pretrained(path)
+    docs = tmp_path / "docs.txt"
+    docs.write_text("Aspirin for fever.\nTumor growth in mice.\n")
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "biomed_jax.cli", "--no-compilation-cache", "embed", str(docs),
+         str(out), "--model", str(path), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "biomed-jax embed: error:" in done.stderr and "1000 token embeddings" in done.stderr
+    assert not out.exists()  # no shard, no manifest
+
+
+def test_a_smaller_tokenizer_loads_with_a_warning_naming_both_sizes(rows_1000, tmp_path, caplog):
+    from _tiny_models import BERT_VOCAB
+
+    path = _with_vocab(rows_1000, tmp_path, BERT_VOCAB)
+    with caplog.at_level("WARNING", logger="biomed_jax.loading"):
+        model = from_pretrained(path)
+    assert (
+        f"the tokenizer has {len(BERT_VOCAB)} ids, the model 1000 token embeddings" in caplog.text
+    )
+    assert np.isfinite(embed(["Aspirin for fever."], model=model)).all()
+
+
+@pytest.fixture(scope="module")
+def mismatched(rows_1000, tmp_path_factory):
+    """The 1,000-row model with the 30,522-entry tokenizer attached by hand (no load check)."""
+    from biomed_jax import BertTokenizer
+
+    model = from_pretrained(rows_1000)
+    vocab = {token: i for i, token in enumerate(_wide_vocab())}
+    return dataclasses.replace(model, tokenizer=BertTokenizer(vocab=vocab, model_max_length=32))
+
+
+def test_pipelines_refuse_ids_outside_the_vocabulary_naming_the_text(mismatched):
+    texts = ["[UNK] [UNK]", "Aspirin for fever."]  # ids 1, 1 fit; aspirin's is past 1,000
+    said = r"token '\w+' has id \d{5}, but the model .* has 1000 token embeddings"
+    with pytest.raises(ValueError, match=r"text 1 \('Aspirin for fever\.'\): " + said):
+        embed(texts, model=mismatched)
+    with pytest.raises(ValueError, match=r"text 0 \('Aspirin for \[MASK\]\.'\): " + said):
+        fill_mask("Aspirin for [MASK].", model=mismatched)
+    with pytest.raises(ValueError, match=r"text 0 .*1000 token embeddings"):
+        attention("Aspirin for fever.", model=mismatched)
+    np.testing.assert_array_equal(np.isfinite(embed(texts[:1], model=mismatched)), True)
+
+
+def test_embed_file_writes_no_shard_for_ids_outside_the_vocabulary(mismatched, tmp_path):
+    docs = tmp_path / "docs.txt"
+    docs.write_text("[UNK]\n[UNK] [UNK]\nAspirin for fever.\n")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"text 0 \('Aspirin for fever\.'\)"):
+        embed_file(docs, out, model=mismatched, shard_size=2, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-00000.npy"]
+    assert np.isfinite(np.load(out / "shard-00000.npy")).all()  # the first shard's two documents
+
+
+def test_generate_text_refuses_prompt_ids_outside_the_vocabulary(biogpt):
+    shifted = {t: i if i < 4 else i + VOCAB for t, i in biogpt.tokenizer.vocab.items()}
+    tok = BioGptTokenizer(shifted, biogpt.path / "merges.txt")
+    with pytest.raises(ValueError, match=r"prompt 0 \('a b'\): token 'a</w>' has id \d+, but"):
+        generate_text("a b", model=dataclasses.replace(biogpt, tokenizer=tok), max_new_tokens=2)
+
+
+def test_embed_file_never_writes_a_nan_row(bert, tmp_path):
+    """Whatever makes a vector NaN (here a weight), its shard is not written: the error names the
+    document's line."""
+    from biomed_jax.trees import flatten, unflatten
+
+    params = flatten(bert.params)
+    key = next(k for k in params if k.endswith("word_embeddings/embedding"))
+    table = np.array(params[key])
+    fever = bert.tokenizer.convert_tokens_to_ids("fever")
+    table[fever] = np.nan
+    broken = dataclasses.replace(bert, params=unflatten({**params, key: table}))
+    docs = tmp_path / "docs.txt"
+    docs.write_text("aspirin\nmice\ntumor growth\nfever\n")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"docs\.txt:4: the document embeds to NaN .*shard-00001"):
+        embed_file(docs, out, model=broken, shard_size=2, progress=False)
+    assert not (out / "shard-00001.npy").exists()
+    assert np.isfinite(np.load(out / "shard-00000.npy")).all()

@@ -40,7 +40,7 @@ TEXTS_PER_PARTITION = 7  # rows of 28 over 4 partitions; Arrow batches of 3 rows
 
 @pytest.fixture(scope="module")
 def spark(tmp_path_factory):
-    _require(HAVE_PYSPARK, "pyspark is not installed (pip install 'biomed-jax[spark]')")
+    _require(HAVE_PYSPARK, "pyspark is not installed (pip install '.[spark]')")
     _require(shutil.which("java") is not None, "no Java runtime (java) on PATH for Spark")
     from pyspark.sql import SparkSession
 
@@ -72,12 +72,18 @@ def bert_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def texts(shared_data) -> list[str | None]:
-    """24 real PubMed titles (one over 128 tokens), a null, "", a whole article (557 tokens)."""
-    with open(shared_data / "pubmed" / "bc5cdr_dev.jsonl", encoding="utf-8") as f:
-        records = [json.loads(line) for line in f][:25]
-    titles = [r["title"] for r in records[:24]]
-    article = records[24]["title"] + " " + records[24]["abstract"]
+def texts() -> list[str | None]:
+    """24 real PubMed titles (the conformance suite's; three over 128 tokens), a null, "", a
+    whole article (the fine-tuning sample's first dev article: 557 tokens)."""
+    from biomed_jax.examples import SAMPLE_DATA
+    from conformance import corpus
+
+    titles = [a["title"] for a in corpus.pubmed_articles()]
+    first = (
+        (SAMPLE_DATA / "bc5cdr" / "bc5cdr_dev.jsonl").read_text(encoding="utf-8").splitlines()[0]
+    )
+    record = json.loads(first)
+    article = record["title"] + " " + record["abstract"]
     return [*titles[:5], None, *titles[5:12], "", *titles[12:], article, titles[0]]
 
 

@@ -117,11 +117,11 @@ COMMON = ["--random-init", "--epochs", "2", "--batch-size", "8", "--lr", "3e-3"]
 COMMON += ["--max-length", "48", "--log-every", "1", "--warmup-ratio", "0"]
 
 
-def test_finetune_ner_example_runs_and_saves(random_bert, shared_data, tmp_path):
+def test_finetune_ner_example_runs_and_saves(random_bert, tmp_path):
     from biomed_jax import from_pretrained
-    from biomed_jax.examples import finetune_ner
+    from biomed_jax.examples import SAMPLE_DATA, finetune_ner
 
-    argv = ["--model", str(random_bert), "--data", str(shared_data / "pubmed")]
+    argv = ["--model", str(random_bert), "--data", str(SAMPLE_DATA / "bc5cdr")]
     argv += ["--max-train", "4", "--max-eval", "2", *COMMON]
     argv += ["--output", str(tmp_path / "out"), "--json", str(tmp_path / "h.json")]
     history = finetune_ner.main(argv)
@@ -133,12 +133,71 @@ def test_finetune_ner_example_runs_and_saves(random_bert, shared_data, tmp_path)
     assert model.tokenizer is not None and model.config.id2label == ner.bio_tags(TYPES)
 
 
-def test_finetune_hoc_example_runs(random_bert, shared_data, tmp_path):
-    from biomed_jax.examples import finetune_hoc
+def test_finetune_hoc_example_runs(random_bert, tmp_path):
+    from biomed_jax.examples import SAMPLE_DATA, finetune_hoc
 
-    argv = ["--model", str(random_bert), "--data", str(shared_data / "hoc")]
+    argv = ["--model", str(random_bert), "--data", str(SAMPLE_DATA / "hoc")]
     argv += ["--max-train", "48", "--max-eval", "16", *COMMON]
     history = finetune_hoc.main(argv)
     losses = [h["loss"] for h in history["loss"]]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
     assert 0.0 <= history["eval"][-1]["f1"] <= 1.0 and history["eval"][-1]["chance_f1"] > 0
+
+
+@pytest.mark.parametrize("example", ["finetune_ner", "finetune_hoc"])
+def test_a_missing_data_file_is_one_line_and_exit_status_2(example, tmp_path):
+    """Named by the command line (python -m), as a user runs it: no traceback."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", f"biomed_jax.examples.{example}", "--model", str(tmp_path / "m"),
+         "--data", str(tmp_path / "nothing")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    first = "bc5cdr_train.jsonl" if example == "finetune_ner" else "train.jsonl"
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"{example}: error: {tmp_path / 'nothing' / first}: no such file (--data names the "
+        "directory holding it)\n"
+    )
+
+
+def test_a_malformed_record_names_the_file_line_and_field(tmp_path, capsys):
+    from biomed_jax.examples import SAMPLE_DATA, finetune_hoc, finetune_ner
+
+    data = tmp_path / "bc5cdr"
+    data.mkdir()
+    lines = (SAMPLE_DATA / "bc5cdr" / "bc5cdr_train.jsonl").read_text().splitlines()
+    record = json.loads(lines[1])
+    record["entities"][0]["end"] = 10**6
+    (data / "bc5cdr_train.jsonl").write_text(lines[0] + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(SystemExit) as info:
+        finetune_ner.main(["--model", "unused", "--data", str(data)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert f"{data / 'bc5cdr_train.jsonl'}:2: entity" in err and "<= start < end <=" in err
+    hoc = tmp_path / "hoc"
+    hoc.mkdir()
+    (hoc / "train.jsonl").write_text('{"text": "Tumor growth .", "labels": ["growth"]}\n')
+    with pytest.raises(SystemExit):
+        finetune_hoc.main(["--model", "unused", "--data", str(hoc)])
+    assert f"{hoc / 'train.jsonl'}:1: unknown labels ['growth']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("corpus", ["bc5cdr", "hoc"])
+def test_the_sample_data_is_what_the_examples_read(corpus):
+    """biomed_jax.examples.SAMPLE_DATA: real records in the documented layout, every split."""
+    from biomed_jax.examples import SAMPLE_DATA, finetune_hoc, finetune_ner
+
+    if corpus == "bc5cdr":
+        splits = {s: finetune_ner.read_documents(SAMPLE_DATA / corpus / f"bc5cdr_{s}.jsonl", None)
+                  for s in ("train", "dev", "test")}  # fmt: skip
+        assert [len(v) for v in splits.values()] == [8, 8, 4]
+        text, spans = splits["train"][0]
+        assert text.startswith("Naloxone") and (0, 8, "Chemical") in spans
+    else:
+        splits = {s: finetune_hoc.read_split(SAMPLE_DATA / corpus / f"{s}.jsonl", None)
+                  for s in ("train", "test")}  # fmt: skip
+        assert [len(v) for v in splits.values()] == [128, 32]
+        assert any(labels for _, labels in splits["train"])

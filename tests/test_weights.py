@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import zipfile
@@ -164,6 +165,21 @@ def test_task_head_absent_from_checkpoint_is_initialized(hf_mlm):
     model = from_pretrained(path, architecture="BertForSequenceClassification", num_labels=4)
     assert model.params["classifier"]["kernel"].shape == (24, 4)
     assert model.config.num_labels == 4
+
+
+def test_fresh_weights_warning_names_the_model_and_a_random_pooler(hf_mlm, caplog):
+    _, path = hf_mlm  # a BertForMaskedLM checkpoint: no pooler
+    with caplog.at_level(logging.WARNING, logger="biomed_jax.weights.reader"):
+        from_pretrained(path, architecture="BertModel")
+    (record,) = [r for r in caplog.records if r.name == "biomed_jax.weights.reader"]
+    assert record.getMessage().startswith(f"{path}: newly initialized (not in the checkpoint): ")
+    assert "pooler/kernel" in record.getMessage()
+    assert "pooler_output is random until the model is trained" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="biomed_jax.weights.reader"):
+        from_pretrained(path, architecture="BertForTokenClassification", num_labels=3)
+    (record,) = [r for r in caplog.records if r.name == "biomed_jax.weights.reader"]
+    assert "classifier/kernel" in record.getMessage() and "pooler" not in record.getMessage()
 
 
 def test_interrupted_conversion_leaves_no_complete_looking_file(hf_mlm, tmp_path, monkeypatch):

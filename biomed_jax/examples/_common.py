@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,6 +57,40 @@ def parser(description: str, data_help: str) -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, help="a train_state.safetensors to continue from")
     p.add_argument("--json", type=Path, help="write the loss curve and metrics as JSON")
     return p
+
+
+@contextlib.contextmanager
+def user_errors(prog: str) -> Iterator[None]:
+    """A missing --data file, a malformed record or a bad --model ends the example as one line,
+    `prog: error: ...`, with exit status 2 (as `biomed-jax`'s errors do), not a traceback."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def read_jsonl(
+    file: Path, check: Callable[[dict[str, Any]], str | None], limit: int | None
+) -> list[dict[str, Any]]:
+    """The first `limit` (None: all) records of a JSONL file, one JSON object a line; `check`
+    returns what is wrong with a record (None: nothing). Errors name the file and line."""
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no such file (--data names the directory holding it)")
+    records = []
+    with open(file, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{file}:{number}: not a JSON object ({e})") from None
+            problem = "not a JSON object" if not isinstance(record, dict) else check(record)
+            if problem:
+                raise ValueError(f"{file}:{number}: {problem}")
+            records.append(record)
+            if limit is not None and len(records) >= limit:
+                break
+    return records
 
 
 def load_model(args: argparse.Namespace, architecture: str, labels: tuple[str, ...], **config):

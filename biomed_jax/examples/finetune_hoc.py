@@ -10,7 +10,6 @@ fixed --threshold. Chance is predicting every label for every sentence.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +18,34 @@ from biomed_jax.examples import _common
 from biomed_jax.train import metrics
 
 THRESHOLDS = np.round(np.arange(0.02, 0.99, 0.02), 2)  # candidates for the dev-chosen threshold
+HALLMARKS = (  # the labels, in the order of the classifier's outputs
+    "activating invasion and metastasis",
+    "avoiding immune destruction",
+    "cellular energetics",
+    "enabling replicative immortality",
+    "evading growth suppressors",
+    "genomic instability and mutation",
+    "inducing angiogenesis",
+    "resisting cell death",
+    "sustaining proliferative signaling",
+    "tumor promoting inflammation",
+)
+
+
+def _problem(record: dict) -> str | None:
+    """What is wrong with a HoC record (docs/fine-tuning.md, "Data"), or None."""
+    labels = record.get("labels")
+    if not isinstance(record.get("text"), str) or not isinstance(labels, list):
+        return 'needs "text", a string, and "labels", a list of hallmark names'
+    unknown = [label for label in labels if label not in HALLMARKS]
+    if unknown:
+        return f"unknown labels {unknown}; the hallmarks: {', '.join(HALLMARKS)}"
+    return None
 
 
 def read_split(file: Path, limit: int | None) -> list[tuple[str, list[str]]]:
-    rows = []
-    with open(file, encoding="utf-8") as f:
-        for line in f:
-            doc = json.loads(line)
-            rows.append((doc["text"], doc["labels"]))
-            if limit is not None and len(rows) >= limit:
-                break
-    return rows
+    """(text, labels) of the first `limit` records."""
+    return [(r["text"], r["labels"]) for r in _common.read_jsonl(file, _problem, limit)]
 
 
 def encode(tokenizer, rows, labels: tuple[str, ...], max_length: int) -> dict[str, np.ndarray]:
@@ -83,16 +99,18 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = p.parse_args(argv)
 
-    all_train = read_split(args.data / "train.jsonl", None)
-    labels = tuple(sorted({n for _, names in all_train for n in names}))  # the 10 hallmarks
-    train_rows, dev_rows = hold_out(all_train[: args.max_train], args.dev_fraction)
-    eval_rows = read_split(args.data / "test.jsonl", args.max_eval)
-    module, params, tokenizer = _common.load_model(
-        args,
-        "BertForSequenceClassification",
-        labels,
-        problem_type="multi_label_classification",
-    )
+    labels = HALLMARKS
+    with _common.user_errors("finetune_hoc"):
+        train_rows, dev_rows = hold_out(
+            read_split(args.data / "train.jsonl", args.max_train), args.dev_fraction
+        )
+        eval_rows = read_split(args.data / "test.jsonl", args.max_eval)
+        module, params, tokenizer = _common.load_model(
+            args,
+            "BertForSequenceClassification",
+            labels,
+            problem_type="multi_label_classification",
+        )
     train_data = encode(tokenizer, train_rows, labels, args.max_length)
     dev_data = encode(tokenizer, dev_rows, labels, args.max_length) if dev_rows else None
     eval_data = encode(tokenizer, eval_rows, labels, args.max_length)

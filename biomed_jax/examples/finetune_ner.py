@@ -10,7 +10,6 @@ spans in the document and scored by exact (start, end, type) match against every
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from pathlib import Path
 
@@ -23,16 +22,33 @@ TYPES = ("Chemical", "Disease")
 _SENTENCE_END = re.compile(r"(?<=[.?!])\s+(?=[A-Z0-9(\[])")
 
 
+def _problem(record: dict) -> str | None:
+    """What is wrong with a BC5CDR record (docs/fine-tuning.md, "Data"), or None."""
+    if not isinstance(record.get("title"), str) or not isinstance(record.get("abstract"), str):
+        return 'needs "title" and "abstract" strings'
+    if not isinstance(record.get("entities"), list):
+        return 'needs "entities": a list of {"start", "end", "type"}'
+    length = len(record["title"]) + 1 + len(record["abstract"])
+    for e in record["entities"]:
+        if not isinstance(e, dict) or e.get("type") not in TYPES:
+            return f"entity {e!r}: its type must be one of {', '.join(TYPES)}"
+        start, end = e.get("start"), e.get("end")
+        if not (type(start) is int and type(end) is int and 0 <= start < end <= length):
+            return (
+                f"entity {e!r}: needs offsets 0 <= start < end <= {length} (title + ' ' + abstract)"
+            )
+    return None
+
+
 def read_documents(file: Path, limit: int | None) -> list[tuple[str, list[ner.Span]]]:
-    docs = []
-    with open(file, encoding="utf-8") as f:
-        for line in f:
-            doc = json.loads(line)
-            spans = [(e["start"], e["end"], e["type"]) for e in doc["entities"]]
-            docs.append((doc["title"] + " " + doc["abstract"], spans))
-            if limit is not None and len(docs) >= limit:
-                break
-    return docs
+    """(title + " " + abstract, [(start, end, type), ...]) of the first `limit` records."""
+    return [
+        (
+            doc["title"] + " " + doc["abstract"],
+            [(e["start"], e["end"], e["type"]) for e in doc["entities"]],
+        )
+        for doc in _common.read_jsonl(file, _problem, limit)
+    ]
 
 
 def sentences(docs):
@@ -76,9 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     labels = ner.bio_tags(TYPES)
-    module, params, tokenizer = _common.load_model(args, "BertForTokenClassification", labels)
-    train_docs = read_documents(args.data / "bc5cdr_train.jsonl", args.max_train)
-    eval_docs = read_documents(args.data / f"bc5cdr_{args.eval_split}.jsonl", args.max_eval)
+    with _common.user_errors("finetune_ner"):
+        train_docs = read_documents(args.data / "bc5cdr_train.jsonl", args.max_train)
+        eval_docs = read_documents(args.data / f"bc5cdr_{args.eval_split}.jsonl", args.max_eval)
+        module, params, tokenizer = _common.load_model(args, "BertForTokenClassification", labels)
     _, train_enc = encode(tokenizer, train_docs, args)
     eval_sents, eval_enc = encode(tokenizer, eval_docs, args)
     gold = [set(spans) for _, spans in eval_docs]

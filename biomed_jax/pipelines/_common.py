@@ -103,6 +103,28 @@ def as_list(texts: str | Sequence[str], name: str = "texts") -> tuple[list[str],
     return items, single
 
 
+def check_token_ids(
+    pretrained: Pretrained, rows: Sequence[Sequence[int]], texts: Sequence[str], name: str = "text"
+) -> None:
+    """Refuse token ids past the model's embeddings before they reach it (under jit they would
+    embed to NaN): an error naming the first text that has one, or the special token (padding
+    fills every batch). Costs nothing when every id of the tokenizer fits, as it should."""
+    size, tok = pretrained.config.vocab_size, pretrained.tokenizer
+    if max(tok.ids_to_tokens) < size:
+        return
+    where = f"the model ({pretrained.path or 'in memory'}) has {size} token embeddings (vocab_size)"
+    for token, i in zip(tok.all_special_tokens, tok.all_special_ids):
+        if i >= size:
+            raise ValueError(f"the tokenizer's {token!r} has id {i}, but {where}")
+    for k, (ids, text) in enumerate(zip(rows, texts)):
+        bad = next((i for i in ids if not 0 <= i < size), None)
+        if bad is not None:
+            raise ValueError(
+                f"{name} {k} ({text[:60]!r}): token {tok.convert_ids_to_tokens(bad)!r} has id "
+                f"{bad}, but {where}: the tokenizer does not belong to this model"
+            )
+
+
 def check_max_length(max_length: int | None, config: Any) -> int:
     """`max_length`, checked against the model's positions; None: 512 or the model's limit if less."""
     limit = getattr(config, "max_position_embeddings", None) or 512

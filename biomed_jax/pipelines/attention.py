@@ -21,6 +21,7 @@ from biomed_jax.pipelines._common import (
     Model,
     as_list,
     check_max_length,
+    check_token_ids,
     pad_batch,
     resolve_model,
 )
@@ -75,6 +76,7 @@ def attention(
             f"text truncated from {len(ids)} to max_length={max_length} tokens", stacklevel=2
         )
         ids = tok(text, truncation=True, max_length=max_length)["input_ids"]
+    check_token_ids(pretrained, [ids], [text])
     batch, mask = pad_batch([ids], max_length, 1, tok.pad_token_id)
     maps = np.asarray(_attentions(pretrained.module, pretrained.params, batch, mask))
     n = len(ids)

@@ -31,6 +31,7 @@ from biomed_jax.pipelines._common import (
     Model,
     as_list,
     check_max_length,
+    check_token_ids,
     data_mesh,
     length_sorted_batches,
     pad_batch,
@@ -184,6 +185,7 @@ def embed(
 
     encoded = tok(items, add_special_tokens=False, return_offsets_mapping=True)
     content, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    check_token_ids(pretrained, content, items)
     windows = [_windows(len(ids), capacity, stride) for ids in content]
     truncated = sum(len(ids) > capacity for ids in content) if stride is None else 0
     if truncated:

@@ -22,6 +22,7 @@ from biomed_jax.pipelines._common import (
     Devices,
     Model,
     as_list,
+    check_token_ids,
     data_mesh,
     length_sorted_batches,
     pad_batch,
@@ -67,6 +68,7 @@ def fill_mask(
     tok = pretrained.tokenizer
     limit = pretrained.config.max_position_embeddings
     encoded = [tok(text)["input_ids"] for text in texts]
+    check_token_ids(pretrained, encoded, texts)
     for i, ids in enumerate(encoded):
         if tok.mask_token_id not in ids:
             raise ValueError(f"no mask token ({tok.mask_token}) in text {i}: {texts[i]!r}")

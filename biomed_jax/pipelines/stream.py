@@ -134,6 +134,18 @@ def _write_shard(path: Path, array: np.ndarray, fmt: str) -> None:
         atomic_write_bytes(path, data)
 
 
+def _check_finite(vectors: np.ndarray, input_path: Path, first: int, path: Path) -> None:
+    """No NaN or infinite vector is ever written: an error naming the first such document
+    (`first`: the shard's first document, 0-based; one document a line)."""
+    finite = np.isfinite(vectors).reshape(len(vectors), -1).all(axis=1)
+    if not finite.all():
+        line = first + int(np.argmin(finite)) + 1
+        raise ValueError(
+            f"{input_path}:{line}: the document embeds to NaN or infinite values; "
+            f"{path.name} is not written"
+        )
+
+
 def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     with _naming(path):
         atomic_write_text(path, json.dumps(manifest, indent=2))
@@ -298,6 +310,7 @@ def embed_file(
                     devices=mesh,
                     rules=rules,
                 )
+                _check_finite(vectors, input_path, start + index * shard_size, path)
                 _write_shard(path, vectors, fmt)
             shards.append(record)
             # recorded: the shards done in this run, then the old records not revisited yet

@@ -16,6 +16,7 @@ from biomed_jax.pipelines._common import (
     DEFAULT_DECODER,
     Model,
     as_list,
+    check_token_ids,
     length_sorted_batches,
     resolve_model,
 )
@@ -53,6 +54,7 @@ def generate_text(
     num_return_sequences = v.integer("num_return_sequences", num_return_sequences, low=1)
     tok = pretrained.tokenizer
     encoded = [tok(p)["input_ids"] for p in prompts]
+    check_token_ids(pretrained, encoded, prompts, "prompt")
     rng = jax.random.key(seed) if do_sample else None
     results: list[Any] = [None] * len(prompts)
     for index in length_sorted_batches([len(e) for e in encoded], batch_size):

@@ -1,11 +1,7 @@
 """Fine-tuning: losses, the HF Trainer's optimizer in optax, a jitted train step, checkpoints, NER.
 
-Needs optax (extra `train`); importing this package without it names the extra.
+`import biomed_jax` does not import this package, so inference never imports optax.
 """
-
-from biomed_jax.extras import require
-
-require("optax")
 
 from biomed_jax.train.checkpoint import restore_train_state, save_train_state
 from biomed_jax.train.losses import (

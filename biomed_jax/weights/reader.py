@@ -77,7 +77,15 @@ def read_params(
             raise CheckpointError(
                 f"{checkpoint.name} lacks {list(plan.fresh)}, nothing to init them"
             )
-        logger.warning("newly initialized (not in the checkpoint): %s", ", ".join(plan.fresh))
+        pooler = any("pooler" in path.split("/") for path in plan.fresh)
+        logger.warning(
+            "%s: newly initialized (not in the checkpoint): %s%s",
+            checkpoint.name,
+            ", ".join(plan.fresh),
+            "; pooler_output is random until the model is trained (last_hidden_state is not)"
+            if pooler
+            else "",
+        )
         initial = flatten(init_fresh(shardings))
         for path in plan.fresh:
             value = initial[path]
