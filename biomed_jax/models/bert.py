@@ -18,7 +18,7 @@ from biomed_jax.models.outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from biomed_jax.nn.attention import SelfAttention, make_attention_mask
+from biomed_jax.nn.attention import SelfAttention, make_attention_mask, packed_sequence_ids
 from biomed_jax.nn.layers import MLP, Dense, Embed, LayerNorm, activation
 
 
@@ -54,7 +54,7 @@ class BertLayer(ModelBase):
     output_attentions: bool = False
 
     @nn.compact
-    def __call__(self, h: jax.Array, mask: jax.Array):  # h [B, T, D], mask [B, 1, T, T]
+    def __call__(self, h: jax.Array, mask: jax.Array):  # h [B, T, D], mask [B, 1|N, 1|T, T]
         c = self.config
         kw = {"init_std": c.initializer_range, **self.numerics}
         attn, probs, _ = SelfAttention(
@@ -119,7 +119,7 @@ class BertModel(ModelBase):
     def __call__(
         self,
         input_ids: jax.Array,  # [B, T] int
-        attention_mask: jax.Array | None = None,  # [B, T] 1 = token, 0 = padding
+        attention_mask: jax.Array | None = None,  # [B, T] 1 = token; or [B, T, T], [B, N, T, T]
         token_type_ids: jax.Array | None = None,  # [B, T]
         position_ids: jax.Array | None = None,  # [B, T]
         *,
@@ -127,18 +127,24 @@ class BertModel(ModelBase):
         output_attentions: bool = False,
         deterministic: bool = True,
     ) -> BaseModelOutput:
+        """Masks as `nn.attention.make_attention_mask` takes them. As transformers: without
+        `attention_mask`, `position_ids` that restart (0, 1, 2, 0, 1) mark packed sequences, each
+        attending only to itself."""
         c = self.config
         check_inputs(c, input_ids, attention_mask, token_type_ids, position_ids)
         batch, length = input_ids.shape
-        if attention_mask is None:
-            attention_mask = jnp.ones((batch, length), jnp.int32)
         if token_type_ids is None:
             token_type_ids = jnp.zeros((batch, length), jnp.int32)
+        segments = None
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(length), (batch, length))
+        elif attention_mask is None:
+            segments = packed_sequence_ids(position_ids)
+        if attention_mask is None:
+            attention_mask = jnp.ones((batch, length), jnp.int32)
 
         embedded = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
-        mask = make_attention_mask(attention_mask)  # [B, 1, 1, T]
+        mask = make_attention_mask(attention_mask, segment_ids=segments)  # [B, 1|N, 1|T, T]
         h, (all_hidden, all_attentions) = self.encoder(
             embedded, mask, deterministic, output_hidden_states, output_attentions
         )

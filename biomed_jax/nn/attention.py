@@ -47,11 +47,25 @@ class KVCache:
         return self.key.shape[3]
 
 
-def make_attention_mask(key_valid: jax.Array, query_slots: jax.Array | None = None) -> jax.Array:
-    """Boolean mask [B, 1, T, S]: True where query t may attend to key s.
+def make_attention_mask(
+    attention_mask: jax.Array,
+    query_slots: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+) -> jax.Array:
+    """Boolean mask [B, 1 | N, T | 1, S]: True where query t may attend to key s.
 
-    key_valid [B, S]: 1 for real tokens, 0 for padding (or unwritten cache slots).
-    query_slots [T] (causal): the slot of each query; it sees keys s <= slot. None: bidirectional.
+    The one place a mask is built; attention applies it with `jnp.where` (masked scores take
+    float32's most negative finite value, as transformers' eager attention). `attention_mask`:
+
+    - [B, S], integers or booleans (1 = real token or written cache slot, 0 = padding): combined
+      with causality and packing below.
+    - [B, T | 1, S] or [B, N | 1, T | 1, S] (transformers' 4-D form): the whole mask, used as
+      given (causality and packing are the caller's): booleans or integers (nonzero = attend), or
+      an additive float mask (0 = attend; finfo(dtype).min, -inf or any value <= -1e4 = masked),
+      converted here once.
+
+    query_slots [T]: causal; the slot of each query, which sees keys s <= slot. None: bidirectional.
+    segment_ids [B, S] (T == S): packed sequences; a query sees only keys of its own segment.
 
     Causal, one left-padded row (key 0 is padding)::
 
@@ -59,13 +73,38 @@ def make_attention_mask(key_valid: jax.Array, query_slots: jax.Array | None = No
         q@1     0 1 0 0
         q@2     0 1 1 0
         q@3     0 1 1 1
+
+    Causal and packed: segments [0, 0, 1, 1, 1] (two sequences in one row)::
+
+        keys:   0 1 2 3 4
+        q@0     1 0 0 0 0
+        q@1     1 1 0 0 0
+        q@2     0 0 1 0 0
+        q@3     0 0 1 1 0
+        q@4     0 0 1 1 1
     """
-    mask = key_valid.astype(bool)[:, None, None, :]  # [B, 1, 1, S]
+    if attention_mask.ndim in (3, 4):
+        mask = attention_mask if attention_mask.ndim == 4 else attention_mask[:, None]
+        if jnp.issubdtype(mask.dtype, jnp.floating):
+            return mask == 0  # additive: 0 attends, large negative values are masked
+        return mask.astype(bool)
+    mask = attention_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, S]
     if query_slots is not None:
-        key_slots = jnp.arange(key_valid.shape[-1])
+        key_slots = jnp.arange(attention_mask.shape[-1])
         causal = key_slots[None, :] <= query_slots[:, None]  # [T, S]
         mask = mask & causal[None, None]
+    if segment_ids is not None:
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, T, S]
+        mask = mask & same[:, None]
     return mask
+
+
+def packed_sequence_ids(position_ids: jax.Array) -> jax.Array:
+    """Segment ids [B, T] of sequences packed in a row, read from `position_ids` [B, T]: a new
+    sequence starts wherever the position does not follow the previous one by 1 (transformers'
+    `find_packed_sequence_indices`). Positions [0, 1, 0, 1, 2] give [0, 0, 1, 1, 1]."""
+    step = jnp.diff(position_ids, axis=1, prepend=position_ids[:, :1] - 1)
+    return jnp.cumsum(step != 1, axis=1)
 
 
 def _attend(
