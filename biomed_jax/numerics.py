@@ -92,9 +92,13 @@ class Policy:
         return self.float64_sums and jnp.dtype(dtype) == jnp.float32
 
     def attention_per_head(self, scores_shape: tuple[int, ...]) -> bool:
-        """Whether attention over float32 scores [B, N, T, S] loops over (batch, head) pairs."""
+        """Whether attention over float32 scores [B, N, T, S] loops over (batch, head) pairs.
+
+        A symbolic shape (`jax.export`: one program for every size) runs batched."""
         limit = self.per_head_score_bytes
-        return limit is not None and 4 * math.prod(scores_shape) > limit
+        if limit is None or not all(isinstance(d, int) for d in scores_shape):
+            return False
+        return 4 * math.prod(scores_shape) > limit
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary (the benchmarks print it)."""
