@@ -19,6 +19,7 @@ from biomed_jax.models.outputs import (
     TokenClassifierOutput,
 )
 from biomed_jax.nn.attention import SelfAttention, make_attention_mask, packed_sequence_ids
+from biomed_jax.nn.kernels import SegmentMask, segment_mask
 from biomed_jax.nn.layers import MLP, Dense, Embed, LayerNorm, activation
 
 
@@ -54,8 +55,8 @@ class BertLayer(ModelBase):
     output_attentions: bool = False
 
     @nn.compact
-    def __call__(self, h: jax.Array, mask: jax.Array):  # h [B, T, D], mask [B, 1|N, 1|T, T]
-        c = self.config
+    def __call__(self, h: jax.Array, mask: jax.Array, segments: SegmentMask | None):
+        c = self.config  # h [B, T, D], mask [B, 1|N, 1|T, T]
         kw = {"init_std": c.initializer_range, **self.numerics}
         attn, probs, _ = SelfAttention(
             c.num_attention_heads,
@@ -63,7 +64,13 @@ class BertLayer(ModelBase):
             c.attention_probs_dropout_prob,
             **kw,
             name="attention",
-        )(h, mask, deterministic=self.deterministic)
+        )(
+            h,
+            mask,
+            segments=segments,
+            deterministic=self.deterministic,
+            need_probs=self.output_attentions,
+        )
         attn = nn.Dropout(c.hidden_dropout_prob)(attn, deterministic=self.deterministic)
         h = LayerNorm(c.layer_norm_eps, self.dtype, self.param_dtype, name="attention_norm")(
             h + attn
@@ -83,21 +90,29 @@ class BertEncoder(ModelBase):
 
     @nn.compact
     def __call__(
-        self, h, mask, deterministic: bool, output_hidden_states: bool, output_attentions: bool
+        self,
+        h,
+        mask,
+        segments,
+        deterministic: bool,
+        output_hidden_states: bool,
+        output_attentions: bool,
     ):
         layers = layer_stack(
             BertLayer,
             self.config.num_hidden_layers,
             scan=self.scan_layers,
             remat=self.gradient_checkpointing,
-            in_axes=nn.broadcast,
+            in_axes=(nn.broadcast, nn.broadcast),
             config=self.config,
             **self.numerics,
             deterministic=deterministic,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
         )
-        return layers(h, mask)  # h [B, T, D], (L x [B, T, D] | None, L x [B, N, T, T] | None)
+        return layers(
+            h, mask, segments
+        )  # h [B, T, D], (L x [B, T, D] | None, L x [B, N, T, T] | None)
 
 
 class BertModel(ModelBase):
@@ -145,8 +160,11 @@ class BertModel(ModelBase):
 
         embedded = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
         mask = make_attention_mask(attention_mask, segment_ids=segments)  # [B, 1|N, 1|T, T]
+        fused = None  # the same mask as segment ids, for a splash policy
+        if self.numerics["policy"].attention == "splash" and attention_mask.ndim == 2:
+            fused = segment_mask(attention_mask, segments)
         h, (all_hidden, all_attentions) = self.encoder(
-            embedded, mask, deterministic, output_hidden_states, output_attentions
+            embedded, mask, fused, deterministic, output_hidden_states, output_attentions
         )
         pooled = jnp.tanh(self.pooler(h[:, 0])) if self.add_pooling_layer else None
         return BaseModelOutput(

@@ -32,6 +32,7 @@ from biomed_jax.models.outputs import (
     TokenClassifierOutput,
 )
 from biomed_jax.nn.attention import KVCache, SelfAttention, make_attention_mask
+from biomed_jax.nn.kernels import segment_mask
 from biomed_jax.nn.layers import MLP, Dense, Embed, LayerNorm
 
 
@@ -53,7 +54,7 @@ class BioGptDecoderLayer(ModelBase):
     output_attentions: bool = False
 
     @nn.compact
-    def __call__(self, carry, mask, layer, cache_index):  # mask [B, 1|N, T|1, S]
+    def __call__(self, carry, mask, layer, cache_index, segments):  # mask [B, 1|N, T|1, S]
         h, kv_cache = carry  # h [B, T, D]
         c = self.config
         kw = {"init_std": c.initializer_range, **self.numerics}
@@ -69,10 +70,12 @@ class BioGptDecoderLayer(ModelBase):
         )(
             LayerNorm(**norm, name="self_attn_layer_norm")(h),
             mask,
+            segments=segments,
             kv_cache=kv_cache,
             cache_layer=layer,
             cache_index=cache_index,
             deterministic=self.deterministic,
+            need_probs=self.output_attentions,
         )
         h = h + nn.Dropout(c.hidden_dropout_prob)(attn, deterministic=self.deterministic)
         mlp = MLP(
@@ -96,14 +99,22 @@ class BioGptDecoder(ModelBase):
 
     @nn.compact
     def __call__(
-        self, h, mask, kv_cache, cache_index, deterministic, output_hidden_states, output_attentions
+        self,
+        h,
+        mask,
+        segments,
+        kv_cache,
+        cache_index,
+        deterministic,
+        output_hidden_states,
+        output_attentions,
     ):
         layers = layer_stack(
             BioGptDecoderLayer,
             self.config.num_hidden_layers,
             scan=self.scan_layers,
             remat=self.gradient_checkpointing,
-            in_axes=(nn.broadcast, 0, nn.broadcast),
+            in_axes=(nn.broadcast, 0, nn.broadcast, nn.broadcast),
             config=self.config,
             **self.numerics,
             deterministic=deterministic,
@@ -112,7 +123,7 @@ class BioGptDecoder(ModelBase):
         )
         layer_ids = jnp.arange(self.config.num_hidden_layers)
         # (h [B, T, D], ([L, B, N, S, H],) * 2 | None), (L x [B, T, D] | None, L x [B, N, T, S] | None)
-        return layers((h, kv_cache), mask, layer_ids, cache_index)
+        return layers((h, kv_cache), mask, layer_ids, cache_index, segments)
 
 
 class BioGptModel(ModelBase):
@@ -163,13 +174,16 @@ class BioGptModel(ModelBase):
         elif position_ids is None:
             position_ids = jnp.broadcast_to(query_slots, (batch, length))
         mask = make_attention_mask(attention_mask, query_slots)  # [B, 1|N, T|1, S]
+        fused = None  # the same mask as segment ids, for a splash policy (no cache: slots 0..T-1)
+        if self.numerics["policy"].attention == "splash" and padding_mask and cache is None:
+            fused = segment_mask(attention_mask, causal=True)
 
         h = self.embed_tokens(input_ids) * jnp.asarray(c.embed_scale, self.dtype)
         h = h + self.embed_positions(position_ids + c.POSITION_OFFSET)
         h = self.dropout(h, deterministic=deterministic)  # [B, T, D]
         kv = None if cache is None else (cache.key, cache.value)
         (last, new_kv), (all_hidden, all_attentions) = self.layers(
-            h, mask, kv, index, deterministic, output_hidden_states, output_attentions
+            h, mask, fused, kv, index, deterministic, output_hidden_states, output_attentions
         )
         last = self.layer_norm(last)
         new_cache = None
