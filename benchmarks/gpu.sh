@@ -3,7 +3,7 @@
 # unless a line says otherwise; PyTorch runs on the same GPU. Run from the repository root on a
 # machine whose python3 has jax[cuda], flax, torch (CUDA) and transformers:
 #     OUT=/tmp/gpu bash benchmarks/gpu.sh [SECTION...]    # default: all, in this order:
-#     bert_forward generate train_step conformance bert_forward_bf16 sharded
+#     bert_forward generate train_step conformance bert_forward_bf16 conformance_bf16 sharded
 # Each section has its own time limit and writes $OUT/<name>.json (stdout) and .err (stderr).
 set -uo pipefail
 OUT=${OUT:-/tmp/biomed-jax-gpu}
@@ -13,7 +13,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 PY=${PY:-python3}
 
-SECTIONS=${*:-bert_forward generate train_step conformance bert_forward_bf16 sharded}
+SECTIONS=${*:-bert_forward generate train_step conformance bert_forward_bf16 conformance_bf16 sharded}
 
 section() {  # name seconds command...
   local name=$1 limit=$2
@@ -38,4 +38,7 @@ section conformance 150 $PY -m biomed_jax.cli conformance --fast --dtype float32
   --json "$OUT/conformance-report.json"
 section bert_forward_bf16 60 $PY benchmarks/bert_forward.py --dtype bfloat16 \
   --shapes 8x512,32x512 --repeats 20 --peak-tflops 790
+# bfloat16 at the fast policy: DEFAULT matmuls and cuDNN attention ("fused attention: " rows)
+section conformance_bf16 150 $PY -m biomed_jax.cli conformance --fast --dtype bfloat16 --quiet \
+  --only bert --only biogpt --json "$OUT/conformance-bf16-report.json"
 section sharded 90 $PY benchmarks/sharded.py --gpu-only

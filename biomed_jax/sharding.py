@@ -1,8 +1,11 @@
 """Models and data over device meshes with JAX's own GSPMD sharding.
 
-Parameters carry logical axis names (`nn.with_logical_partitioning` in the model code); a rule set,
-a short table of (logical name, mesh axis) pairs tried in order, maps them onto a 2-D mesh with
-axes "data" and "model". A rule applies only if its mesh axis is still unused in that array and
+Parameters carry logical axis names (`nn.with_logical_partitioning` in the model code), and so do
+the activations the model constrains (`nn.with_logical_constraint`: the residual stream
+("batch", "length", "act_embed"), q / k / v / attention outputs `nn.attention.HEADS_AXES`, the KV
+cache `CACHE_AXES`, the MLP hidden `nn.layers.MLP_AXES`); a rule set, a short table of
+(logical name, mesh axis) pairs tried in order, maps them onto a 2-D mesh with axes "data" and
+"model". A rule applies only if its mesh axis is still unused in that array and
 divides the dimension; otherwise the next rule for that name is tried and, failing all, the
 dimension is replicated (e.g. BERT's vocabulary of 30522 rows on a mesh axis of 8).
 
@@ -48,16 +51,19 @@ FSDP: Rules = (
 )
 # Tensor parallel (Megatron): attention heads, MLP hidden and vocabulary split over "model"
 # (tables whose vocabulary does not divide it, such as BERT's 30522, on their model dim instead);
-# the batch over "data" (a mesh (d, m) is DP x TP).
+# the batch over "data" (a mesh (d, m) is DP x TP). The activations between the split matmuls
+# follow: q, k, v, attention outputs and the KV cache by head, the MLP hidden by its units.
 TP: Rules = (
     ("batch", DATA),
     ("heads", MODEL),
     ("mlp", MODEL),
     ("vocab", MODEL),
     ("embed", MODEL),
+    ("act_heads", MODEL),
+    ("act_mlp", MODEL),
 )
 # FSDP over "data" combined with TP over "model": works on any mesh, scales both ways.
-FSDP_TP: Rules = (*TP[:4], *FSDP[1:], TP[4])
+FSDP_TP: Rules = (*TP[:4], *FSDP[1:], *TP[4:])
 DEFAULT_RULES = FSDP_TP
 RULE_SETS: dict[str, Rules] = {"dp": DP, "fsdp": FSDP, "tp": TP, "fsdp_tp": FSDP_TP}
 

@@ -3,8 +3,9 @@
 One mechanism for every entry point (models' `__call__`, `generate`, pipelines, CLI): each
 function takes the argument's name and value and returns the value or raises an error naming it.
 A wrong type raises `TypeError`, a value outside its range `ValueError`. Inside `jit` values are
-traced and cannot be checked; shapes and dtypes still are (they are static). What happens to an
-out-of-range id there is documented in docs/runtime-inputs.md: its row comes out NaN.
+traced and cannot be checked; shapes and dtypes still are (they are static), except symbolic
+dimensions (`jax.export` with shapes such as "(b, t)"), which are only compared for equality. What
+happens to an out-of-range id there is documented in docs/runtime-inputs.md: its row comes out NaN.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import jax
 import numpy as np
 
 INT32_MAX = 2**31 - 1  # ids, lengths and counts become int32 arrays on the device
+# An additive float mask's masked entries are at most this (finfo(dtype).min, -inf, -1e9, -10000):
+# exp of it underflows to 0 in every float dtype, so adding it and dropping the key are the same.
+ADDITIVE_MASKED_MAX = -1e4
 
 
 def integer(name: str, value: Any, *, low: int | None = None, high: int = INT32_MAX) -> int:
@@ -81,6 +85,16 @@ def is_traced(value: Any) -> bool:
     return isinstance(value, jax.core.Tracer)
 
 
+def is_static(dim: Any) -> bool:
+    """Whether a shape entry is a known int (not a `jax.export` symbolic dimension)."""
+    return isinstance(dim, (int, np.integer))
+
+
+def exceeds(dim: Any, limit: int) -> bool:
+    """`dim > limit`, False for a symbolic dimension (its value is not known until it is called)."""
+    return is_static(dim) and dim > limit
+
+
 def int_array(name: str, value: Any, shape: tuple[int, ...] | None = None, what: str = "") -> Any:
     """An integer array (NumPy or JAX, concrete or traced), of `shape` when given.
 
@@ -118,3 +132,57 @@ def binary_mask(name: str, value: Any) -> None:
     mask = np.asarray(value)
     if mask.size and not np.isin(mask, (0, 1)).all():
         raise ValueError(f"{name} must hold only 0 (padding) and 1 (token), got {np.unique(mask)}")
+
+
+def attention_mask(
+    name: str, value: Any, batch: Any, length: Any, slots: Any, heads: int, cached: bool = False
+) -> None:
+    """An attention mask in one of the forms of `nn.attention.make_attention_mask`.
+
+    [batch, slots]: integers or booleans, 0 / 1 when concrete. [batch, length | 1, slots] and
+    [batch, heads | 1, length | 1, slots]: booleans, integers (0 / 1) or additive floats (0, or
+    at most `ADDITIVE_MASKED_MAX`). `slots` is the length, or a KV cache's slots when `cached`.
+    """
+    keys = "cache slots" if cached else "length"
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise TypeError(
+            f"{name} must be an array (np.ndarray or jax.Array), got {type(value).__name__}"
+        )
+    floating = jax.numpy.issubdtype(value.dtype, jax.numpy.floating)
+    if value.ndim not in (3, 4):
+        if floating:
+            raise TypeError(
+                f"{name} of shape [batch, {keys}] must hold integers or booleans (1 = token, "
+                f"0 = padding), got dtype {value.dtype}; additive float masks are [batch, length, "
+                f"{keys}] or [batch, heads, length, {keys}]"
+            )
+        what = f"[batch, {keys}]" if cached else "[batch, length] like input_ids"
+        int_array(name, value, (batch, slots), what)
+        binary_mask(name, value)
+        return
+    if not (floating or np.issubdtype(value.dtype, np.integer) or value.dtype == np.bool_):
+        raise TypeError(f"{name} must hold booleans, integers or floats, got dtype {value.dtype}")
+    wanted = [(batch,), (length, 1), (slots,)]
+    words = ["batch", "length | 1", keys]
+    if value.ndim == 4:
+        wanted.insert(1, (heads, 1))
+        words.insert(1, "heads | 1")
+    if any(all(d != w for w in ws) for d, ws in zip(value.shape, wanted, strict=True)):
+        raise ValueError(
+            f"{name} must be [{', '.join(words)}] with batch {batch}, length {length}, "
+            f"heads {heads}, {keys} {slots}; got shape {tuple(value.shape)}"
+        )
+    if is_traced(value):
+        return
+    mask = np.asarray(value)
+    if floating:
+        mask = mask.astype(np.float32)
+        bad = mask[(mask != 0) & ~(mask <= ADDITIVE_MASKED_MAX)]
+        if bad.size:
+            raise ValueError(
+                f"{name} is an additive float mask: 0 where attention is allowed, a large negative "
+                f"value (<= {ADDITIVE_MASKED_MAX:g}: finfo(dtype).min, -inf) where it is not; got "
+                f"{np.unique(bad)[:5].tolist()} (a bias is not a mask)"
+            )
+    elif value.dtype != np.bool_ and mask.size and not np.isin(mask, (0, 1)).all():
+        raise ValueError(f"{name} must hold only 0 (masked) and 1 (attend), got {np.unique(mask)}")

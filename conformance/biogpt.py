@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from conformance.bert import compare_outputs, run_references
+from conformance.bert import compare_outputs, fused_rows, run_references
 from conformance.report import Row, compare
 
 # Absolute bounds (never relaxed to make a run pass): on our error against float64 where
@@ -255,13 +255,21 @@ def check_architecture(
                 {"params": p}, ids, mask, output_hidden_states=True, output_attentions=True
             )
         )
+        without_maps = jax.jit(
+            lambda p, ids, mask, module=module: module.apply(
+                {"params": p}, ids, mask, output_hidden_states=True
+            )
+        )
         tol = FP32_TOL if dtype == "float32" else BF16_TOL
         for side, batch in batches.items():
             suite = f"{case_name}/{arch}/{side}-pad/{dtype}"
-            ours = forward(
-                params, jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"])
-            )
+            inputs = (jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"]))
+            ours = forward(params, *inputs)
             rows += compare_outputs(suite, ours, refs[side], batch, dtype, tol)
+            if module.policy.attention != "xla":
+                rows += fused_rows(
+                    suite, without_maps(params, *inputs), refs[side], batch, dtype, tol
+                )
             if cached and arch == "BioGptForCausalLM":
                 full_logits = np.asarray(ours.logits)
                 rows += check_cached(suite, model, batch, refs[side], full_logits, dtype, tol)

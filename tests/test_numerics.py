@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,14 +15,65 @@ from biomed_jax.numerics import PLAIN, Policy
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-@pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
-def test_presets_use_full_float32_matmuls_on_every_backend(backend):
+DEFAULT = jax.lax.Precision.DEFAULT
+# backend -> (bfloat16 / float16 matmul precision, attention implementation)
+BACKENDS = {
+    "cpu": (HIGHEST, "xla"),
+    "gpu": (DEFAULT, "cudnn"),
+    "cuda": (DEFAULT, "cudnn"),
+    "rocm": (DEFAULT, "xla"),
+    "tpu": (DEFAULT, "splash"),
+}
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_presets_per_backend(backend):
     fast, exact = Policy.fast(backend), Policy.exact(backend)
-    assert fast.precision == exact.precision == HIGHEST  # no TF32 / bfloat16 passes
+    assert fast.precision == exact.precision == HIGHEST  # float32: no TF32 / bfloat16 passes
+    half, kernel = BACKENDS[backend]
+    assert fast.half_precision == exact.half_precision == half
+    assert fast.attention == exact.attention == kernel
+    assert fast.matmul_precision(jnp.float32) == HIGHEST
+    assert fast.matmul_precision(jnp.bfloat16) == fast.matmul_precision(jnp.float16) == half
     assert not fast.float64_sums and exact.float64_sums
     per_head = numerics.CPU_PER_HEAD_SCORE_BYTES if backend == "cpu" else None
     assert fast.per_head_score_bytes == exact.per_head_score_bytes == per_head
     assert (fast.name, exact.name) == ("fast", "exact")
+    assert fast.describe()["attention"] == kernel
+    assert fast.describe()["half_precision"] == half.name.lower()
+
+
+def test_tpu_without_splash_keeps_the_reference(monkeypatch):
+    monkeypatch.setattr(numerics, "splash_available", lambda: False)
+    assert Policy.fast("tpu").attention == "xla"
+
+
+def _compiled(module, params, ids) -> str:
+    """The optimized program's instructions, without the precision attributes (the names that
+    differ) and the source locations."""
+    text = jax.jit(lambda p: module.apply({"params": p}, ids).logits).lower(params).compile()
+    text = re.sub(r",? ?(operand_precision|metadata)=\{[^}]*\}", "", text.as_text())
+    code = ("HloModule", "%", "ENTRY", " ", "}")  # not the file / stack frame tables
+    return "\n".join(line for line in text.splitlines() if line.startswith(code))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_highest_costs_nothing_on_cpu(hf_bert, dtype):
+    """XLA:CPU compiles the same program for every matmul precision: HIGHEST is free there."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("a CPU property")
+    model = from_pretrained(hf_bert)
+    ids = jnp.asarray(np.random.RandomState(0).randint(5, 60, (2, 9)), jnp.int32)
+    highest = model.module.clone(dtype=dtype, policy=Policy.fast("cpu"))
+    default = highest.clone(
+        policy=Policy.fast("cpu").replace(precision=DEFAULT, half_precision=DEFAULT)
+    )
+    assert "DEFAULT" not in str(
+        jax.make_jaxpr(lambda p: highest.apply({"params": p}, ids))(model.params)
+    )
+    program = _compiled(highest, model.params, ids)
+    assert program.count(" dot(") >= 12  # q, k, v, out, MLP per layer, the LM head
+    assert program == _compiled(default, model.params, ids)
 
 
 def test_resolve_names_policies_and_precision():
@@ -29,7 +82,7 @@ def test_resolve_names_policies_and_precision():
     custom = PLAIN.replace(per_head_score_bytes=0)
     assert numerics.resolve(custom) is custom and custom.name == "custom"
     lowered = numerics.resolve("fast", precision="default")
-    assert lowered.precision == jax.lax.Precision.DEFAULT and lowered.name == "custom"
+    assert lowered.precision == lowered.half_precision == DEFAULT and lowered.name == "custom"
     assert numerics.resolve("fast", precision="highest") == Policy.fast()  # nothing replaced
     with pytest.raises(ValueError, match="policy must be"):
         numerics.resolve("fastest")
@@ -39,6 +92,8 @@ def test_resolve_names_policies_and_precision():
         numerics.resolve("fast", precision="fastest")
     with pytest.raises(ValueError, match="per_head_score_bytes"):
         Policy(per_head_score_bytes=-1)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        Policy(attention="flash")
     hash(Policy.exact())  # a static value for flax modules and jit
 
 

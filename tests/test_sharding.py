@@ -26,7 +26,8 @@ from biomed_jax import (
 )
 from biomed_jax import sharding as shd
 from biomed_jax.generation import generate
-from biomed_jax.models.common import unstack_layers
+from biomed_jax.models.common import init_params, unstack_layers
+from biomed_jax.numerics import PLAIN
 from biomed_jax.train import (
     IGNORE_INDEX,
     create_train_state,
@@ -311,6 +312,94 @@ def test_biogpt_forward_and_greedy_generation_match_single_device(biogpt, shape,
         tokens = generate(module, placed, ids, mask, max_new_tokens=GENERATED)
     assert tokens.shape == (8, ids.shape[1] + GENERATED)
     np.testing.assert_array_equal(np.asarray(tokens), want_tokens)
+
+
+def _constraints(fn, *args) -> dict[tuple[int, ...], set[str]]:
+    """Shape -> the PartitionSpecs of every sharding constraint traced in `fn(*args)`."""
+    from jax.extend.core import jaxprs_in_params
+
+    found: dict[tuple[int, ...], set[str]] = {}
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "sharding_constraint":
+                shape = tuple(eqn.invars[0].aval.shape)
+                found.setdefault(shape, set()).add(str(eqn.params["sharding"].spec))
+            for sub in jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+SMALL_LM = BioGptConfig(
+    vocab_size=64,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=64,
+)
+
+
+@pytest.mark.parametrize(
+    ("rules", "heads", "mlp"),
+    [("fsdp_tp", "'model'", "'model'"), ("tp", "'model'", "'model'"), ("fsdp", "None", "None")],
+)
+def test_kv_cache_and_activations_are_constrained_by_the_rules(rules, heads, mlp):
+    """A cached decoding step under (4, 2): the KV cache [L, B, N, S, H], q / k / v and attention
+    outputs [B, N, T, H], the MLP hidden [B, T, F] and the residual [B, T, D] each carry the
+    constraint the rules give their logical names; the step's cache comes out placed so."""
+    module = BioGptForCausalLM(SMALL_LM)
+    params = init_params(module)
+    ids = np.ones((8, 5), np.int32)
+    mask = np.ones((8, 16), np.int32)
+    cache = SMALL_LM.init_cache(8, 16)
+    mesh = shd.make_mesh(4, 2)
+    with shd.use(mesh, rules):
+        found = _constraints(
+            lambda p, i, m, c: module.apply({"params": p}, i, m, cache=c), params, ids, mask, cache
+        )
+    assert found == {
+        (2, 8, 4, 16, 8): {f"P(None, 'data', {heads}, None, None)"},  # the KV cache
+        (8, 4, 5, 8): {f"P('data', {heads}, None, None)"},  # q, k, v, attention outputs
+        (8, 5, 48): {f"P('data', None, {mlp})"},  # the MLP hidden
+        (8, 5, 32): {"P('data', None, None)"},  # the residual stream
+    }
+    assert "sharding_constraint" not in str(
+        jax.make_jaxpr(lambda p: module.apply({"params": p}, ids, mask, cache=cache))(params)
+    )  # no rules in force: no constraint
+    with shd.use(mesh, rules):
+        step = jax.jit(lambda p, i, m, c: module.apply({"params": p}, i, m, cache=c))
+        out = step(params, shd.shard_batch(ids, mesh), mask, cache)
+    spec = tuple(out.cache.key.sharding.spec) + (None,) * 5
+    assert spec[:5] == (None, "data", None if heads == "None" else "model", None, None)
+
+
+@pytest.mark.parametrize(
+    ("shape", "rules", "cudnn", "splash"),
+    [((8, 1), "fsdp", True, False), ((4, 2), "fsdp_tp", False, False), ((8, 1), "tp", True, False)],
+)
+def test_fused_attention_only_where_the_mesh_allows(monkeypatch, shape, rules, cudnn, splash):
+    """cuDNN's partitioning takes a batch split but no head or length split; splash has none:
+    under such a mesh the XLA reference runs (GSPMD partitions it)."""
+    from biomed_jax.nn import attention, kernels
+
+    monkeypatch.setitem(kernels.JAX_NN_IMPLEMENTATION, "cudnn", "xla")
+    calls = []
+    for name in ("cudnn_attention", "splash_attention"):
+        monkeypatch.setattr(attention, name, lambda *a, name=name: calls.append(name))
+    q = jax.numpy.zeros((8, 4, 128, 8), jax.numpy.bfloat16)
+    mask = jax.numpy.ones((8, 1, 1, 128), bool)
+    segments = kernels.segment_mask(jax.numpy.ones((8, 128), np.int32))
+    with shd.use(shd.make_mesh(*shape), rules):
+        for kind in ("cudnn", "splash"):
+            policy = PLAIN.replace(attention=kind)
+            attention.heads_major_attention(
+                q, q, q, mask, policy=policy, segments=segments, need_probs=False
+            )
+    assert calls == ["cudnn_attention"] * cudnn + ["splash_attention"] * splash
+    assert not kernels.mesh_splits(("act_heads",))  # outside the mesh: nothing is split
 
 
 # -- input checks ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`generate`: Hugging Face `generate` for our causal LMs, the whole decoding loop in one jit.
+"""`generate` and `decode`: Hugging Face `generate` for our causal LMs, the whole loop in one jit.
 
 Axis legend: B batch, R rows (B x beams or B x return sequences), P prompt bucket, S cache slots.
 
@@ -7,6 +7,12 @@ config, `max_new_tokens` over `max_length`, `min_new_tokens` over `min_length`, 
 inferred from pad tokens); prompts are left-padded to a length bucket; then one jitted function
 runs prefill and the `lax.while_loop`. It compiles once per (module, batch, bucket, room for new
 tokens, strategy); lengths, penalties, temperature, top-k/top-p values and EOS/PAD ids are arrays.
+
+`decode` is the same computation as a pure function of fixed output shape: the prompt and
+parameters may be traced (a caller's `jax.jit`, `jax.vmap`), the options are Python values. Host
+checks of array values run only where the values are concrete; shapes are always checked.
+`generate` is `decode` with the columns after the longest row dropped, which needs concrete values;
+traced, it returns `decode`'s fixed-width sequences.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,7 +37,35 @@ DEFAULT_NEW_TOKENS = 20  # HF GenerationConfig.max_length default, counted after
 EARLY_STOPPING = (True, False, "never")
 
 
+@flax.struct.dataclass
+class DecodeOutput:
+    """What `decode` returns: fixed shapes, whatever the tokens."""
+
+    sequences: jax.Array  # [R, max_length] int32: prompt + new tokens, pad_token_id after each end
+    length: jax.Array  # [] int32: the columns HF's `generate` returns (up to the longest row)
+
+
 def generate(
+    module: nn.Module,
+    params: Any,
+    input_ids: Any,
+    attention_mask: Any = None,
+    **options: Any,
+) -> jax.Array:
+    """Prompt + generated tokens [B * num_return_sequences, L], as `transformers` `generate`.
+
+    The options are `decode`'s (HF's names and meanings). L is HF's length: up to the longest
+    row. Inside a caller's `jax.jit` or `jax.vmap` (a traced prompt or params), the length cannot
+    depend on the tokens: the result is then `decode`'s [R, max_length], HF's tokens followed by
+    `pad_token_id` columns.
+    """
+    out = decode(module, params, input_ids, attention_mask, **options)
+    if v.is_traced(out.length):
+        return out.sequences
+    return out.sequences[:, : int(out.length)]
+
+
+def decode(
     module: nn.Module,
     params: Any,
     input_ids: Any,
@@ -54,14 +89,17 @@ def generate(
     eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int | None = None,
     rng: jax.Array | None = None,
-) -> jax.Array:
-    """Prompt + generated tokens [B * num_return_sequences, L], as `transformers` `generate`.
+) -> DecodeOutput:
+    """`generate` as a pure, fixed-shape function: jittable and vmappable.
 
     `module` is a causal LM (e.g. `BioGptForCausalLM`) whose call takes `(input_ids,
     attention_mask, cache=KVCache)` and returns `.logits` and `.cache`; `params` its parameters
-    (without the {"params": ...} wrapper). Rows finished early are padded with `pad_token_id`.
-    `top_k=0` disables top-k (HF's GenerationConfig defaults to 50). Sampling needs `rng`.
-    `suppress_tokens`: ids never generated (HF's `suppress_tokens`; fairseq never picks <pad>).
+    (without the {"params": ...} wrapper). `input_ids` / `attention_mask` [B, T] and `params` may
+    be traced; every option is a Python value. Rows finished early are padded with
+    `pad_token_id`. `top_k=0` disables top-k (HF's GenerationConfig defaults to 50). Sampling
+    needs `rng`. `suppress_tokens`: ids never generated (HF's; fairseq never picks <pad>).
+    Returns `DecodeOutput(sequences [R, max_length], length [])`: `sequences[:, :length]` is
+    `generate`'s result.
     """
     config = module.config
     ids = _as_ids(input_ids, config.vocab_size)
@@ -104,8 +142,9 @@ def generate(
     start = bucket - prompt_length
     fill = _fill_token(pad, eos, num_beams)
     prompt, prompt_mask = left_pad(ids, mask, bucket, fill if fill >= 0 else 0)
+    xp = _array_module(prompt, prompt_mask)
     expand = num_beams if num_beams > 1 else num_return_sequences
-    prompt, prompt_mask = np.repeat(prompt, expand, 0), np.repeat(prompt_mask, expand, 0)
+    prompt, prompt_mask = xp.repeat(prompt, expand, 0), xp.repeat(prompt_mask, expand, 0)
     keep = (eos.size + 1 if eos.size else 2) if num_beams > 1 else 1
     denominators = _length_denominators(
         room, total - prompt_length, length_penalty, early_stopping, num_beams
@@ -128,7 +167,7 @@ def generate(
         ),
         start=np.int32(start),
         # HF's repetition penalty skips left padding: argmax(mask != 0) per row.
-        penalty_start=(start + np.argmax(prompt_mask[:, start:] != 0, axis=1)).astype(np.int32),
+        penalty_start=(start + xp.argmax(prompt_mask[:, start:] != 0, axis=1)).astype(np.int32),
         max_length=np.int32(total),
         pad_token_id=np.int32(fill),
         finish_denominator=denominators[0],
@@ -140,7 +179,7 @@ def generate(
     )
     key = jax.random.key(0) if rng is None else rng
     tokens, used = _decode(module, params, prompt, prompt_mask, settings, key, bucket + room)
-    return tokens[:, start : int(used)]
+    return DecodeOutput(tokens[:, start : start + total], used - start)
 
 
 @functools.partial(jax.jit, static_argnames=("module", "slots"))
@@ -172,13 +211,19 @@ def _reorder(cache: Any, rows: jax.Array) -> Any:
     return cache.replace(key=cache.key[:, rows], value=cache.value[:, rows])
 
 
-def _as_ids(input_ids: Any, vocab_size: int) -> np.ndarray:
-    ids = np.asarray(input_ids)
+def _array_module(*arrays: Any) -> Any:
+    """jax.numpy for traced arrays, NumPy for concrete ones (host work stays off the device)."""
+    return jnp if any(v.is_traced(a) for a in arrays) else np
+
+
+def _as_ids(input_ids: Any, vocab_size: int) -> Any:
+    """[B, T] int32 ids: a traced array's shape and dtype are checked, a concrete one's values too."""
+    ids = input_ids if v.is_traced(input_ids) else np.asarray(input_ids)
     if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
         raise ValueError(f"input_ids must be [batch, length] with both > 0, got shape {ids.shape}")
     if not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"input_ids must be integers, got {ids.dtype}")
-    if ids.min() < 0 or ids.max() >= vocab_size:
+    if not v.is_traced(ids) and (ids.min() < 0 or ids.max() >= vocab_size):
         raise ValueError(f"input_ids must lie in [0, {vocab_size}), got {ids.min()}..{ids.max()}")
     return ids.astype(np.int32)
 
@@ -214,18 +259,19 @@ def _is_key(rng: Any) -> bool:
     return rng.dtype == jnp.uint32 and rng.shape == (2,)
 
 
-def _attention_mask(ids: np.ndarray, mask: Any, pad: int | None, eos: np.ndarray) -> np.ndarray:
+def _attention_mask(ids: Any, mask: Any, pad: int | None, eos: np.ndarray) -> Any:
     """The caller's mask, or HF's inference: ids != pad when pad occurs and is not an EOS id."""
     if mask is not None:
-        mask = np.asarray(mask)
+        mask = mask if v.is_traced(mask) else np.asarray(mask)
         if mask.shape != ids.shape:
             raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
-        if not np.isin(mask, (0, 1)).all():
+        if not v.is_traced(mask) and not np.isin(mask, (0, 1)).all():
             raise ValueError("attention_mask must hold only 0 and 1")
         return mask.astype(np.int32)
-    if pad is not None and (ids == pad).any() and pad not in eos:
-        return (ids != pad).astype(np.int32)
-    return np.ones_like(ids)
+    xp = _array_module(ids)
+    if pad is None or pad in eos:
+        return xp.ones_like(ids)
+    return xp.where((ids == pad).any(), (ids != pad).astype(np.int32), xp.ones_like(ids))
 
 
 def _suppressed(token_ids: Sequence[int], vocab_size: int) -> np.ndarray | None:

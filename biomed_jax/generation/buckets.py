@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 MIN_BUCKET = 16  # shortest prompt bucket; buckets are powers of two from here
@@ -21,15 +25,18 @@ def room_for(new_tokens: int) -> int:
 
 
 def left_pad(
-    input_ids: np.ndarray,  # [B, T]
-    attention_mask: np.ndarray,  # [B, T]
+    input_ids: Any,  # [B, T]
+    attention_mask: Any,  # [B, T]
     length: int,
     pad_token_id: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pad ids with `pad_token_id` and the mask with 0 to `length` columns."""
+) -> tuple[Any, Any]:
+    """Left-pad ids with `pad_token_id` and the mask with 0 to `length` columns (NumPy arrays, or
+    jax.numpy ones where either is traced)."""
     extra = length - input_ids.shape[1]
     if extra < 0:
         raise ValueError(f"cannot pad {input_ids.shape[1]} tokens to {length}")
-    ids = np.pad(input_ids, ((0, 0), (extra, 0)), constant_values=pad_token_id)
-    mask = np.pad(attention_mask, ((0, 0), (extra, 0)), constant_values=0)
+    traced = any(isinstance(a, jax.core.Tracer) for a in (input_ids, attention_mask))
+    xp = jnp if traced else np
+    ids = xp.pad(input_ids, ((0, 0), (extra, 0)), constant_values=pad_token_id)
+    mask = xp.pad(attention_mask, ((0, 0), (extra, 0)), constant_values=0)
     return ids.astype(np.int32), mask.astype(np.int32)

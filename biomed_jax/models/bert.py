@@ -18,7 +18,8 @@ from biomed_jax.models.outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from biomed_jax.nn.attention import SelfAttention, make_attention_mask
+from biomed_jax.nn.attention import SelfAttention, make_attention_mask, packed_sequence_ids
+from biomed_jax.nn.kernels import SegmentMask, segment_mask
 from biomed_jax.nn.layers import MLP, Dense, Embed, LayerNorm, activation
 
 
@@ -54,8 +55,8 @@ class BertLayer(ModelBase):
     output_attentions: bool = False
 
     @nn.compact
-    def __call__(self, h: jax.Array, mask: jax.Array):  # h [B, T, D], mask [B, 1, T, T]
-        c = self.config
+    def __call__(self, h: jax.Array, mask: jax.Array, segments: SegmentMask | None):
+        c = self.config  # h [B, T, D], mask [B, 1|N, 1|T, T]
         kw = {"init_std": c.initializer_range, **self.numerics}
         attn, probs, _ = SelfAttention(
             c.num_attention_heads,
@@ -63,7 +64,13 @@ class BertLayer(ModelBase):
             c.attention_probs_dropout_prob,
             **kw,
             name="attention",
-        )(h, mask, deterministic=self.deterministic)
+        )(
+            h,
+            mask,
+            segments=segments,
+            deterministic=self.deterministic,
+            need_probs=self.output_attentions,
+        )
         attn = nn.Dropout(c.hidden_dropout_prob)(attn, deterministic=self.deterministic)
         h = LayerNorm(c.layer_norm_eps, self.dtype, self.param_dtype, name="attention_norm")(
             h + attn
@@ -83,21 +90,29 @@ class BertEncoder(ModelBase):
 
     @nn.compact
     def __call__(
-        self, h, mask, deterministic: bool, output_hidden_states: bool, output_attentions: bool
+        self,
+        h,
+        mask,
+        segments,
+        deterministic: bool,
+        output_hidden_states: bool,
+        output_attentions: bool,
     ):
         layers = layer_stack(
             BertLayer,
             self.config.num_hidden_layers,
             scan=self.scan_layers,
             remat=self.gradient_checkpointing,
-            in_axes=nn.broadcast,
+            in_axes=(nn.broadcast, nn.broadcast),
             config=self.config,
             **self.numerics,
             deterministic=deterministic,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
         )
-        return layers(h, mask)  # h [B, T, D], (L x [B, T, D] | None, L x [B, N, T, T] | None)
+        return layers(
+            h, mask, segments
+        )  # h [B, T, D], (L x [B, T, D] | None, L x [B, N, T, T] | None)
 
 
 class BertModel(ModelBase):
@@ -119,7 +134,7 @@ class BertModel(ModelBase):
     def __call__(
         self,
         input_ids: jax.Array,  # [B, T] int
-        attention_mask: jax.Array | None = None,  # [B, T] 1 = token, 0 = padding
+        attention_mask: jax.Array | None = None,  # [B, T] 1 = token; or [B, T, T], [B, N, T, T]
         token_type_ids: jax.Array | None = None,  # [B, T]
         position_ids: jax.Array | None = None,  # [B, T]
         *,
@@ -127,20 +142,29 @@ class BertModel(ModelBase):
         output_attentions: bool = False,
         deterministic: bool = True,
     ) -> BaseModelOutput:
+        """Masks as `nn.attention.make_attention_mask` takes them. As transformers: without
+        `attention_mask`, `position_ids` that restart (0, 1, 2, 0, 1) mark packed sequences, each
+        attending only to itself."""
         c = self.config
         check_inputs(c, input_ids, attention_mask, token_type_ids, position_ids)
         batch, length = input_ids.shape
-        if attention_mask is None:
-            attention_mask = jnp.ones((batch, length), jnp.int32)
         if token_type_ids is None:
             token_type_ids = jnp.zeros((batch, length), jnp.int32)
+        segments = None
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(length), (batch, length))
+        elif attention_mask is None:
+            segments = packed_sequence_ids(position_ids)
+        if attention_mask is None:
+            attention_mask = jnp.ones((batch, length), jnp.int32)
 
         embedded = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
-        mask = make_attention_mask(attention_mask)  # [B, 1, 1, T]
+        mask = make_attention_mask(attention_mask, segment_ids=segments)  # [B, 1|N, 1|T, T]
+        fused = None  # the same mask as segment ids, for a splash policy
+        if self.numerics["policy"].attention == "splash" and attention_mask.ndim == 2:
+            fused = segment_mask(attention_mask, segments)
         h, (all_hidden, all_attentions) = self.encoder(
-            embedded, mask, deterministic, output_hidden_states, output_attentions
+            embedded, mask, fused, deterministic, output_hidden_states, output_attentions
         )
         pooled = jnp.tanh(self.pooler(h[:, 0])) if self.add_pooling_layer else None
         return BaseModelOutput(

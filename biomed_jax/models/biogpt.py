@@ -6,8 +6,9 @@ D hidden, N heads, H head dim, F intermediate, V vocab, L layers.
 Pre-LayerNorm blocks: x = x + Attn(LN(x)); x = x + MLP(LN(x)); a final LayerNorm after the stack.
 Every LayerNorm uses epsilon 1e-5 (torch's default, which HF uses whatever `layer_norm_eps` says).
 Word embeddings are scaled by sqrt(D) when `scale_embedding`; learned positions are offset by 2 and
-derived from the attention mask (`cumsum(mask) * mask - 1`), so left padding gets positions 0, 1, ...
-from its first real token and padding reads table row 1.
+derived from a [B, T] attention mask (`cumsum(mask) * mask - 1`), so left padding gets positions
+0, 1, ... from its first real token and padding reads table row 1; with a [B, T, S] or [B, N, T, S]
+mask (used as given, as transformers) they are the tokens' slots unless `position_ids` are passed.
 
 Decoding state is explicit: pass `cache=config.init_cache(B, S)` (a `KVCache`), get `out.cache`
 back with `index` advanced by T. The cache never changes shape, so a jitted step never recompiles.
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from biomed_jax import validation as v
 from biomed_jax.models.common import ModelBase, check_inputs, layer_stack
 from biomed_jax.models.outputs import (
     BaseModelOutput,
@@ -30,6 +32,7 @@ from biomed_jax.models.outputs import (
     TokenClassifierOutput,
 )
 from biomed_jax.nn.attention import KVCache, SelfAttention, make_attention_mask
+from biomed_jax.nn.kernels import segment_mask
 from biomed_jax.nn.layers import MLP, Dense, Embed, LayerNorm
 
 
@@ -51,7 +54,7 @@ class BioGptDecoderLayer(ModelBase):
     output_attentions: bool = False
 
     @nn.compact
-    def __call__(self, carry, mask, layer, cache_index):  # mask [B, 1, T, S]
+    def __call__(self, carry, mask, layer, cache_index, segments):  # mask [B, 1|N, T|1, S]
         h, kv_cache = carry  # h [B, T, D]
         c = self.config
         kw = {"init_std": c.initializer_range, **self.numerics}
@@ -67,10 +70,12 @@ class BioGptDecoderLayer(ModelBase):
         )(
             LayerNorm(**norm, name="self_attn_layer_norm")(h),
             mask,
+            segments=segments,
             kv_cache=kv_cache,
             cache_layer=layer,
             cache_index=cache_index,
             deterministic=self.deterministic,
+            need_probs=self.output_attentions,
         )
         h = h + nn.Dropout(c.hidden_dropout_prob)(attn, deterministic=self.deterministic)
         mlp = MLP(
@@ -94,14 +99,22 @@ class BioGptDecoder(ModelBase):
 
     @nn.compact
     def __call__(
-        self, h, mask, kv_cache, cache_index, deterministic, output_hidden_states, output_attentions
+        self,
+        h,
+        mask,
+        segments,
+        kv_cache,
+        cache_index,
+        deterministic,
+        output_hidden_states,
+        output_attentions,
     ):
         layers = layer_stack(
             BioGptDecoderLayer,
             self.config.num_hidden_layers,
             scan=self.scan_layers,
             remat=self.gradient_checkpointing,
-            in_axes=(nn.broadcast, 0, nn.broadcast),
+            in_axes=(nn.broadcast, 0, nn.broadcast, nn.broadcast),
             config=self.config,
             **self.numerics,
             deterministic=deterministic,
@@ -110,7 +123,7 @@ class BioGptDecoder(ModelBase):
         )
         layer_ids = jnp.arange(self.config.num_hidden_layers)
         # (h [B, T, D], ([L, B, N, S, H],) * 2 | None), (L x [B, T, D] | None, L x [B, N, T, S] | None)
-        return layers((h, kv_cache), mask, layer_ids, cache_index)
+        return layers((h, kv_cache), mask, layer_ids, cache_index, segments)
 
 
 class BioGptModel(ModelBase):
@@ -140,28 +153,37 @@ class BioGptModel(ModelBase):
         output_attentions: bool = False,
         deterministic: bool = True,
     ) -> BaseModelOutput:
+        """Masks as `nn.attention.make_attention_mask` takes them: a [B, S] padding mask (made
+        causal here; positions derived from it), or a whole [B, T, S] / [B, N, T, S] mask used
+        as given (as transformers; positions then default to the slots, 0..T-1 without a cache)."""
         c = self.config
         slots = None if cache is None else cache.max_length
         check_inputs(c, input_ids, attention_mask, None, position_ids, mask_slots=slots)
         batch, length = input_ids.shape
         slots = length if cache is None else slots
         index = jnp.zeros((), jnp.int32) if cache is None else cache.index
+        query_slots = index + jnp.arange(length)  # [T]
         if attention_mask is None:
-            attention_mask = (jnp.arange(slots) < index + length)[None].repeat(batch, 0)
+            attention_mask = jnp.broadcast_to(jnp.arange(slots) < index + length, (batch, slots))
+        padding_mask = attention_mask.ndim == 2
         _check_cache_inputs(c, input_ids, attention_mask, cache, position_ids is None)
-        if position_ids is None:
+        if position_ids is None and padding_mask:
             position_ids = jax.lax.dynamic_slice_in_dim(
                 mask_positions(attention_mask), index, length, axis=1
             )
-        query_slots = index + jnp.arange(length)  # [T]
-        mask = make_attention_mask(attention_mask, query_slots)  # [B, 1, T, S]
+        elif position_ids is None:
+            position_ids = jnp.broadcast_to(query_slots, (batch, length))
+        mask = make_attention_mask(attention_mask, query_slots)  # [B, 1|N, T|1, S]
+        fused = None  # the same mask as segment ids, for a splash policy (no cache: slots 0..T-1)
+        if self.numerics["policy"].attention == "splash" and padding_mask and cache is None:
+            fused = segment_mask(attention_mask, causal=True)
 
         h = self.embed_tokens(input_ids) * jnp.asarray(c.embed_scale, self.dtype)
         h = h + self.embed_positions(position_ids + c.POSITION_OFFSET)
         h = self.dropout(h, deterministic=deterministic)  # [B, T, D]
         kv = None if cache is None else (cache.key, cache.value)
         (last, new_kv), (all_hidden, all_attentions) = self.layers(
-            h, mask, kv, index, deterministic, output_hidden_states, output_attentions
+            h, mask, fused, kv, index, deterministic, output_hidden_states, output_attentions
         )
         last = self.layer_norm(last)
         new_cache = None
@@ -181,25 +203,30 @@ class BioGptModel(ModelBase):
         )
 
 
-def _check_cache_inputs(config, input_ids, attention_mask, cache, derive_positions) -> None:
+def _check_cache_inputs(config, input_ids, attention_mask, cache, default_positions) -> None:
     """Errors for a cache that does not fit; with concrete values, positions past the table."""
     batch, length = input_ids.shape
     slots = length if cache is None else cache.max_length
     if cache is not None:
         if cache.key.shape[1] != batch:
             raise ValueError(f"cache batch {cache.key.shape[1]} != input batch {batch}")
-        if length > slots:
+        if v.exceeds(length, slots):
             raise ValueError(f"{length} new tokens do not fit a cache of {slots} slots")
-        if not isinstance(cache.index, jax.core.Tracer) and int(cache.index) + length > slots:
+        if not v.is_traced(cache.index) and v.exceeds(int(cache.index) + length, slots):
             raise ValueError(
                 f"cache is full: index {int(cache.index)} + {length} tokens > {slots} slots"
             )
-    if derive_positions and not isinstance(attention_mask, jax.core.Tracer):
+    if not default_positions or v.is_traced(attention_mask):
+        return
+    limit = config.max_position_embeddings
+    if attention_mask.ndim == 2:  # positions derived from the mask: one per token
         count = int(np.asarray(attention_mask).astype(bool).sum(axis=1).max(initial=0))
-        if count > config.max_position_embeddings:
-            raise ValueError(
-                f"{count} tokens exceed max_position_embeddings {config.max_position_embeddings}"
-            )
+    elif cache is None or not v.is_traced(cache.index):  # positions are the slots
+        count = (0 if cache is None else int(cache.index)) + length
+    else:
+        return
+    if v.exceeds(count, limit):
+        raise ValueError(f"{count} tokens exceed max_position_embeddings {limit}")
 
 
 class _BioGptWithHead(ModelBase):

@@ -69,9 +69,10 @@ def check_inputs(
 ) -> None:
     """A model call's arrays, checked once where every model's `__call__` begins.
 
-    Shapes and dtypes always (they are static under `jit`); values (ids inside their tables,
-    mask of 0/1, positions inside the position table) when concrete. `mask_slots`: the length of
-    the attention mask when it is not the input's (a KV cache's slots).
+    Shapes and dtypes always (they are static under `jit`; symbolic `jax.export` dimensions are
+    compared for equality only); values (ids inside their tables, mask entries, positions inside
+    the position table) when concrete. `mask_slots`: the key length of the attention mask when it
+    is not the input's (a KV cache's slots). Masks: `nn.attention.make_attention_mask`.
     """
     v.int_array("input_ids", input_ids)
     if input_ids.ndim != 2 or 0 in input_ids.shape:
@@ -82,16 +83,16 @@ def check_inputs(
     batch, length = input_ids.shape
     if attention_mask is not None:
         slots = length if mask_slots is None else mask_slots
-        what = "[batch, length] like input_ids" if mask_slots is None else "[batch, cache slots]"
-        v.int_array("attention_mask", attention_mask, (batch, slots), what)
-        v.binary_mask("attention_mask", attention_mask)
+        heads = config.num_attention_heads
+        cached = mask_slots is not None
+        v.attention_mask("attention_mask", attention_mask, batch, length, slots, heads, cached)
     like_ids = "[batch, length] like input_ids"
     if token_type_ids is not None:
         v.int_array("token_type_ids", token_type_ids, (batch, length), like_ids)
         v.ids_in_range("token_type_ids", token_type_ids, 0, config.type_vocab_size)
     limit = config.max_position_embeddings
     if position_ids is None:
-        if length > limit:
+        if v.exceeds(length, limit):
             raise ValueError(f"sequence length {length} exceeds max_position_embeddings {limit}")
         return
     v.int_array("position_ids", position_ids, (batch, length), like_ids)

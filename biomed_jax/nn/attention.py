@@ -1,7 +1,8 @@
 """Multi-head attention, its boolean mask and the fixed-size KV cache (shared by BERT and BioGPT).
 
 Axis legend: B batch, T query length, S key length (cache slots), N heads, H head dim, D model dim,
-L layers.
+L layers. Logical names of the activations (`sharding` maps them to mesh axes): `HEADS_AXES`,
+`CACHE_AXES`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from biomed_jax.nn.kernels import SegmentMask, cudnn_attention, mesh_splits, splash_attention
 from biomed_jax.nn.layers import Dense, Dtype
 from biomed_jax.numerics import PLAIN, Policy
+
+HEADS_AXES = ("batch", "act_heads", "length", "head_dim")  # q, k, v, attention out [B, N, T, H]
+CACHE_AXES = ("cache_layers", "batch", "act_heads", "kv_length", "head_dim")  # [L, B, N, S, H]
 
 
 @flax.struct.dataclass
@@ -47,11 +52,25 @@ class KVCache:
         return self.key.shape[3]
 
 
-def make_attention_mask(key_valid: jax.Array, query_slots: jax.Array | None = None) -> jax.Array:
-    """Boolean mask [B, 1, T, S]: True where query t may attend to key s.
+def make_attention_mask(
+    attention_mask: jax.Array,
+    query_slots: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+) -> jax.Array:
+    """Boolean mask [B, 1 | N, T | 1, S]: True where query t may attend to key s.
 
-    key_valid [B, S]: 1 for real tokens, 0 for padding (or unwritten cache slots).
-    query_slots [T] (causal): the slot of each query; it sees keys s <= slot. None: bidirectional.
+    The one place a mask is built; attention applies it with `jnp.where` (masked scores take
+    float32's most negative finite value, as transformers' eager attention). `attention_mask`:
+
+    - [B, S], integers or booleans (1 = real token or written cache slot, 0 = padding): combined
+      with causality and packing below.
+    - [B, T | 1, S] or [B, N | 1, T | 1, S] (transformers' 4-D form): the whole mask, used as
+      given (causality and packing are the caller's): booleans or integers (nonzero = attend), or
+      an additive float mask (0 = attend; finfo(dtype).min, -inf or any value <= -1e4 = masked),
+      converted here once.
+
+    query_slots [T]: causal; the slot of each query, which sees keys s <= slot. None: bidirectional.
+    segment_ids [B, S] (T == S): packed sequences; a query sees only keys of its own segment.
 
     Causal, one left-padded row (key 0 is padding)::
 
@@ -59,13 +78,38 @@ def make_attention_mask(key_valid: jax.Array, query_slots: jax.Array | None = No
         q@1     0 1 0 0
         q@2     0 1 1 0
         q@3     0 1 1 1
+
+    Causal and packed: segments [0, 0, 1, 1, 1] (two sequences in one row)::
+
+        keys:   0 1 2 3 4
+        q@0     1 0 0 0 0
+        q@1     1 1 0 0 0
+        q@2     0 0 1 0 0
+        q@3     0 0 1 1 0
+        q@4     0 0 1 1 1
     """
-    mask = key_valid.astype(bool)[:, None, None, :]  # [B, 1, 1, S]
+    if attention_mask.ndim in (3, 4):
+        mask = attention_mask if attention_mask.ndim == 4 else attention_mask[:, None]
+        if jnp.issubdtype(mask.dtype, jnp.floating):
+            return mask == 0  # additive: 0 attends, large negative values are masked
+        return mask.astype(bool)
+    mask = attention_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, S]
     if query_slots is not None:
-        key_slots = jnp.arange(key_valid.shape[-1])
+        key_slots = jnp.arange(attention_mask.shape[-1])
         causal = key_slots[None, :] <= query_slots[:, None]  # [T, S]
         mask = mask & causal[None, None]
+    if segment_ids is not None:
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, T, S]
+        mask = mask & same[:, None]
     return mask
+
+
+def packed_sequence_ids(position_ids: jax.Array) -> jax.Array:
+    """Segment ids [B, T] of sequences packed in a row, read from `position_ids` [B, T]: a new
+    sequence starts wherever the position does not follow the previous one by 1 (transformers'
+    `find_packed_sequence_indices`). Positions [0, 1, 0, 1, 2] give [0, 0, 1, 1, 1]."""
+    step = jnp.diff(position_ids, axis=1, prepend=position_ids[:, :1] - 1)
+    return jnp.cumsum(step != 1, axis=1)
 
 
 def _attend(
@@ -124,18 +168,42 @@ def heads_major_attention(
     query: jax.Array,  # [B, N, T, H]
     key: jax.Array,  # [B, N, S, H]
     value: jax.Array,  # [B, N, S, H]
-    mask: jax.Array,  # [B, 1 | N, T, S] bool
+    mask: jax.Array,  # [B, 1 | N, T | 1, S] bool
     *,
     policy: Policy = PLAIN,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """`dot_product_attention` on heads-major operands: (out [B, N, T, H], probs [B, N, T, S])."""
-    prec = policy.precision
-    batch, heads, length, _ = query.shape
+    segments: SegmentMask | None = None,
+    need_probs: bool = True,
+) -> tuple[jax.Array, jax.Array | None]:
+    """`dot_product_attention` on heads-major operands: (out [B, N, T, H], probs [B, N, T, S]).
+
+    Runs `Policy.attention_for`'s choice: the XLA reference below, or a fused kernel
+    (`nn.kernels`; probs None) where the policy names one and it applies. `segments`: the same
+    mask as segment ids, where the caller has it (splash needs it); `need_probs`: whether the
+    caller returns the attention maps (fused kernels have none).
+    """
+    batch, heads, length, head_dim = query.shape
     slots = key.shape[2]
+    use_dropout = dropout_rng is not None and dropout_rate > 0.0
+    splits = ("act_heads", "length", "kv_length") if policy.attention == "cudnn" else ()
+    kernel = policy.attention_for(
+        query.dtype,
+        head_dim,
+        length,
+        slots,
+        dropout=use_dropout,
+        probs=need_probs,
+        segments=segments is not None,
+        sharded=policy.attention != "xla" and mesh_splits(splits),
+    )
+    if kernel == "cudnn":
+        return cudnn_attention(query, key, value, mask), None
+    if kernel == "splash":
+        return splash_attention(query, key, value, segments), None
+    prec = policy.matmul_precision(query.dtype)
     keep = None
-    if dropout_rng is not None and dropout_rate > 0.0:
+    if use_dropout:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, (batch, heads, length, slots))
     if not policy.attention_per_head((batch, heads, length, slots)):
         return _attend(query, key, value, mask, prec, keep, 1.0 - dropout_rate)
@@ -159,7 +227,8 @@ class SelfAttention(nn.Module):
     are written into layer `cache_layer` at slot `cache_index` with one `lax.dynamic_update_slice`
     on the whole cache (in place under jit) and the queries attend over that layer's S slots as
     stored (heads-major: the layer is read as one contiguous block, never transposed); the whole
-    updated cache is returned.
+    updated cache is returned. Under logical sharding rules (`sharding.use`), q, k, v, the
+    attention output and the cache are constrained to `HEADS_AXES` / `CACHE_AXES`.
     """
 
     num_heads: int
@@ -174,13 +243,15 @@ class SelfAttention(nn.Module):
     def __call__(
         self,
         x: jax.Array,  # [B, T, D]
-        mask: jax.Array,  # [B, 1, T, S] bool
+        mask: jax.Array,  # [B, 1 | N, T | 1, S] bool
         *,
+        segments: SegmentMask | None = None,
         kv_cache: tuple[jax.Array, jax.Array] | None = None,
         cache_layer: jax.Array | None = None,
         cache_index: jax.Array | None = None,
         deterministic: bool = True,
-    ) -> tuple[jax.Array, jax.Array, tuple[jax.Array, jax.Array] | None]:
+        need_probs: bool = True,
+    ) -> tuple[jax.Array, jax.Array | None, tuple[jax.Array, jax.Array] | None]:
         batch, length, features = x.shape
         inner = self.num_heads * self.head_dim
         dense = functools.partial(
@@ -192,7 +263,8 @@ class SelfAttention(nn.Module):
         )
 
         def heads(y: jax.Array) -> jax.Array:  # [B, T, N*H] -> [B, N, T, H]
-            return jnp.swapaxes(y.reshape(batch, length, self.num_heads, self.head_dim), 1, 2)
+            y = jnp.swapaxes(y.reshape(batch, length, self.num_heads, self.head_dim), 1, 2)
+            return nn.with_logical_constraint(y, HEADS_AXES)
 
         query = heads(dense(inner, ("embed", "heads"), name="query")(x))
         key = heads(dense(inner, ("embed", "heads"), name="key")(x))
@@ -204,7 +276,10 @@ class SelfAttention(nn.Module):
                 raise ValueError("kv_cache needs cache_layer and cache_index")
             start = (cache_layer, 0, 0, cache_index, 0)
             new_cache = tuple(
-                jax.lax.dynamic_update_slice(cache, new[None].astype(cache.dtype), start)
+                nn.with_logical_constraint(
+                    jax.lax.dynamic_update_slice(cache, new[None].astype(cache.dtype), start),
+                    CACHE_AXES,
+                )
                 for cache, new in zip(kv_cache, (key, value), strict=True)
             )  # [L, B, N, S, H] each
             key, value = (
@@ -223,7 +298,10 @@ class SelfAttention(nn.Module):
             policy=self.policy,
             dropout_rate=self.dropout_rate,
             dropout_rng=self.make_rng("dropout") if use_dropout else None,
+            segments=segments if kv_cache is None else None,
+            need_probs=need_probs,
         )  # out [B, N, T, H]
+        out = nn.with_logical_constraint(out, HEADS_AXES)
         out = jnp.swapaxes(out, 1, 2).reshape(batch, length, inner)
         out = dense(features, ("heads", "embed"), name="out")(out)
         return out, probs, new_cache

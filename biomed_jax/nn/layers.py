@@ -1,8 +1,8 @@
 """Building blocks shared by BERT and BioGPT: Dense, Embed, LayerNorm, MLP, activations.
 
 Axis legend: B batch, T length, D model dim, F MLP hidden, V vocab.
-Every parameter carries logical axis names (`nn.with_logical_partitioning`); `biomed_jax.sharding`
-maps them to mesh axes. Applying a module to plain (unboxed) arrays works as usual.
+Every parameter carries logical axis names (`nn.with_logical_partitioning`), the MLP's hidden
+activation too (`MLP_AXES`); `biomed_jax.sharding` maps them to mesh axes. Applying a module to plain (unboxed) arrays works as usual.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 from biomed_jax.numerics import PLAIN, Policy
 
 Dtype = Any
+MLP_AXES = ("batch", "length", "act_mlp")  # the MLP's hidden activation [B, T, F]
 
 
 def dense_float64_sum(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
@@ -119,7 +120,7 @@ def _weight_matmul(
         y = dense_float64_sum(rows, kernel, zeros if bias is None else bias)
     else:
         dims = (((1,), (contract,)), ((), ()))
-        y = jax.lax.dot_general(rows, weight, dims, precision=policy.precision)
+        y = jax.lax.dot_general(rows, weight, dims, precision=policy.matmul_precision(x.dtype))
         y = y if bias is None else y + bias
     return y.reshape(*x.shape[:-1], features)
 
@@ -210,7 +211,8 @@ class LayerNorm(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: D -> F (activation) -> D."""
+    """Position-wise feed-forward: D -> F (activation) -> D; the hidden activation constrained to
+    `MLP_AXES` under logical sharding rules."""
 
     hidden_size: int
     intermediate_size: int
@@ -231,6 +233,6 @@ class MLP(nn.Module):
             policy=self.policy,
         )
         h = dense(self.intermediate_size, ("embed", "mlp"), name="fc_in")(x)  # [B, T, F]
-        h = activation(self.hidden_act)(h)
+        h = nn.with_logical_constraint(activation(self.hidden_act)(h), MLP_AXES)
         h = nn.Dropout(self.activation_dropout)(h, deterministic=deterministic)
         return dense(self.hidden_size, ("mlp", "embed"), name="fc_out")(h)
