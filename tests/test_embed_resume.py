@@ -153,9 +153,9 @@ def tmpfs(path, size: str):
 def test_disk_full_keeps_finished_shards_and_resumes(ours, tmp_path, capsys):
     many = DOCS * 4  # 12 shards of 4 vectors [4, 32] float32: 640 bytes each as .npy
     docs = write_docs(tmp_path / "docs.txt", many)
-    with tmpfs(tmp_path / "disk", "64k") as disk:
+    with tmpfs(tmp_path / "disk", "128k") as disk:  # a 4 KiB page per file, lock files included
         filler = disk / "filler"
-        filler.write_bytes(b"\0" * (64 * 1024 - 4 * 4096))  # leave room for about 2 shards
+        filler.write_bytes(b"\0" * (128 * 1024 - 4 * 4096))  # leave room for about 2 shards
         out = disk / "out"
         with pytest.raises(OutputError) as info:
             embed_file(docs, out, model=ours, **OPTS)
