@@ -1,7 +1,8 @@
 """The errors biomed_jax raises for bad files and settings (the bottom of the house: imports nothing).
 
 `shown(value)` is how a value from a file or an argument appears in a message: its repr, capped,
-so no file can make an error message itself huge (a 1 MB string listed 100,000 times).
+so no file can make an error message itself huge (a 1 MB string listed 100,000 times); `cut`
+caps a name the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ _SHOWN = reprlib.Repr()
 _SHOWN.maxstring = _SHOWN.maxother = 100
 _SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 6
 _SHOWN.maxlevel = 3
+
+
+def cut(text: str, limit: int = 200) -> str:
+    """`text` for a message, its middle elided past `limit` characters."""
+    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-limit // 2 :]}"
 
 
 def shown(value: object) -> str:
