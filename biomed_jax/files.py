@@ -149,6 +149,11 @@ def _acquire(target: Path, lock: Path, wait_s: float) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             record = _read_record(fd)
+            for _ in range(20):  # the holder records itself right after taking the lock
+                if record is not None:
+                    break
+                time.sleep(0.05)
+                record = _read_record(fd)
             os.close(fd)
             if time.monotonic() >= deadline:
                 raise OutputBusyError(
