@@ -103,6 +103,8 @@ def find_files(path: str | Path) -> FairseqFiles | None:
         return None
     files = FairseqFiles(checkpoint, directory / DICT_FILE, directory / BPE_CODES)
     for name, file in ((DICT_FILE, files.dict_file), (BPE_CODES, files.bpecodes)):
+        if file.exists() and not file.is_file():
+            raise FileNotFoundError(f"{file} is not a regular file (a FIFO or device?)")
         if not file.is_file():
             raise FileNotFoundError(
                 f"{directory} has no {name}: a fairseq BioGPT checkpoint needs the {name} it was "

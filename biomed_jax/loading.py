@@ -180,7 +180,7 @@ class Pretrained:
 def read_config_json(directory: Path) -> dict[str, Any]:
     """config.json of a checkpoint directory as a dict; errors name the file."""
     file = directory / "config.json"
-    if not file.is_file():
+    if not file.is_file() and not file.exists():
         raise FileNotFoundError(f"{directory} has no config.json: not a model checkpoint directory")
     return read_json_object(file)
 
