@@ -78,14 +78,7 @@ class Claim:
         return sibling(self.target, kind)
 
 
-@dataclasses.dataclass
-class _Held:
-    claim: Claim
-    thread: int
-    depth: int = 1
-
-
-_HELD: dict[Path, _Held] = {}  # this process's claims, by lock file
+_HELD: dict[Path, tuple[Claim, int]] = {}  # this process's claims by lock file: (claim, thread)
 _HELD_GUARD = threading.Lock()
 
 
@@ -103,15 +96,9 @@ def owned(target: str | Path, *, wait_s: float = 0.0) -> Iterator[Claim]:
     target = Path(os.path.realpath(target.parent)) / target.name
     lock = sibling(target, "lock")
     with _HELD_GUARD:
-        held = _HELD.get(lock)
-        if held is not None and held.thread == threading.get_ident():
-            held.depth += 1
-    if held is not None and held.thread == threading.get_ident():
-        try:
-            yield held.claim
-        finally:
-            with _HELD_GUARD:
-                held.depth -= 1
+        claim, thread = _HELD.get(lock, (None, None))
+    if claim is not None and thread == threading.get_ident():
+        yield claim  # re-entered: the outermost block releases it
         return
     fd = _acquire(target, lock, wait_s)
     claim = Claim(target, lock)
@@ -124,7 +111,7 @@ def owned(target: str | Path, *, wait_s: float = 0.0) -> Iterator[Claim]:
         os.close(fd)
         raise
     with _HELD_GUARD:
-        _HELD[lock] = _Held(claim, threading.get_ident())
+        _HELD[lock] = (claim, threading.get_ident())
     try:
         yield claim
     finally:

@@ -206,10 +206,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-_OUR_NAMES = re.compile(
-    rf"(process-\d+-)?(manifest\.json|shard-\d+\.({'|'.join(FORMATS)}))"
-    rf"|\..+\.{MARK}-(lock|tmp|new|old)"
-)
+_OUR_FILES = re.compile(r"(process-\d+-)?(manifest\.json|shard-\d+\.(npy|safetensors))")
+_OUR_TEMPORARIES = re.compile(rf"\..+\.{MARK}-(lock|tmp|new|old)")  # biomed_jax.files'
 
 
 def _manifests(directory: Path) -> dict[int | None, dict[str, Any]]:
@@ -231,8 +229,16 @@ def _check_ownership(output_dir: Path, manifests: dict[int | None, Any], process
     if process in manifests:
         return
     entries = sorted(p.name for p in output_dir.iterdir())
-    foreign = [n for n in entries if not (manifests and _OUR_NAMES.fullmatch(n))]
-    foreign = [n for n in foreign if not re.fullmatch(rf"\..+\.{MARK}-lock", n)]
+    mine = _prefix(process) or None  # this process's files never predate its manifest
+
+    def others(name: str) -> bool:  # another process's file of this multi-process run
+        return (
+            bool(manifests)
+            and bool(_OUR_FILES.fullmatch(name))
+            and not (mine and name.startswith(mine))
+        )
+
+    foreign = [n for n in entries if not (_OUR_TEMPORARIES.fullmatch(n) or others(n))]
     if foreign:
         listed = ", ".join(shown(n) for n in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         raise OutputError(
