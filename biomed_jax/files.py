@@ -153,6 +153,17 @@ def _acquire(target: Path, lock: Path, wait_s: float) -> int:
             time.sleep(pause)
             pause = min(pause * 2, 1.0)
             continue
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise OutputError(
+                    e.errno,
+                    f"cannot lock {lock}: the file system does not support file locks "
+                    f"({os.strerror(e.errno)}), so concurrent writers of {target.name} could "
+                    "not be told apart; write to a local or lock-capable file system",
+                    str(lock),
+                ) from e
+            raise
         except BaseException:
             os.close(fd)
             raise
