@@ -7,7 +7,8 @@ with `OutputBusyError` naming the owner, or waits for it (`wait_s`). A claim's t
 named after its output with the same fixed infix: `.<name>.biomed_jax-tmp` (a file being written),
 `.<name>.biomed_jax-new` and `-old` (a directory being built, the one it replaces). A killed writer
 leaves them and its lock file behind; the next claim of the same output, whose lock is then free
-and whose lock file records a biomed_jax writer, removes exactly those temporaries. Nothing else
+and whose lock file records a biomed_jax writer, removes exactly those temporaries (or, for a
+writer killed between a directory's two renames, puts `-old` back in its place). Nothing else
 is ever removed, and no directory is ever listed to look for leftovers.
 
 Atomic: a file is written under its temporary name, given the usual permissions (0666 / 0777 less
@@ -117,7 +118,7 @@ def owned(target: str | Path, *, wait_s: float = 0.0) -> Iterator[Claim]:
     finally:
         with _HELD_GUARD:
             _HELD.pop(lock, None)
-        for kind in TEMPORARIES:  # ours: a writer that failed to remove its own
+        for kind in ("tmp", "new"):  # ours: partial outputs a failed writer left
             _remove(claim.temporary(kind))
         with contextlib.suppress(OSError):
             os.unlink(lock)
@@ -212,6 +213,10 @@ def _take_over(fd: int, claim: Claim) -> None:
             "refusing to remove it (remove it yourself, or choose another output)",
             str(left[0]),
         )
+    old = claim.temporary("old")
+    if old in left and not os.path.lexists(claim.target):  # killed between replace_dir's renames
+        os.replace(old, claim.target)  # the output it was replacing comes back whole
+        left.remove(old)
     for path in left:
         _remove(path)
     mine = {

@@ -399,3 +399,19 @@ def test_convert_into_a_symlink_replaces_where_it_points(hf_bert, tmp_path):
     with pytest.raises(FileExistsError, match="exists and is not a directory"):
         convert(hf_bert, to_file)
     assert (tmp_path / "file.txt").read_text() == "x"
+
+
+def test_a_writer_killed_between_the_two_renames_gets_its_old_output_back(tmp_path):
+    """replace_dir renames the old output aside, then the new one in: a kill between the two
+    leaves `-old` (complete) and `-new`; the next claim puts `-old` back and removes `-new`."""
+    out = tmp_path / "out"
+    (tmp_path / ".out.biomed_jax-old").mkdir()
+    (tmp_path / ".out.biomed_jax-old" / "model.safetensors").write_text("the previous model")
+    (tmp_path / ".out.biomed_jax-new").mkdir()
+    (tmp_path / ".out.biomed_jax-new" / "model.safetensors").write_text("the new one, unsure")
+    record = {"library": "biomed_jax", "host": HOST, "pid": 4_000_000, "target": "out"}
+    (tmp_path / ".out.biomed_jax-lock").write_text(json.dumps(record))  # its flock died with it
+    with owned(out):
+        assert (out / "model.safetensors").read_text() == "the previous model"
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".out.biomed_jax-lock", "out"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
