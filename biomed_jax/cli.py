@@ -132,11 +132,21 @@ def _fairseq_info(files) -> dict:
             p.name: p.stat().st_size for p in (files.checkpoint, files.dict_file, files.bpecodes)
         },
         "fairseq_task": {
-            "name": task.get("_name") or task.get("task"),
+            "name": _stored(task.get("_name") or task.get("task")),
             "prompt_tokens": list(model.args.prompt_words),
-            "max_source_positions": task.get("max_source_positions"),
+            "max_source_positions": _stored(task.get("max_source_positions")),
         },
     }
+
+
+def _stored(value: object) -> object:
+    """A stored fairseq argument for display: numbers as they are, anything else cut short (a
+    file may store a huge value where a name is expected)."""
+    from biomed_jax.errors import cut, shown
+
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return cut(value) if isinstance(value, str) else shown(value)
 
 
 def _size(n: int) -> str:
@@ -235,12 +245,12 @@ def check_embed_input(path: Path, field: str | None) -> None:
     """JSONL input needs --field: refuse to embed raw JSON lines, naming the fields found."""
     if field is not None or not path.is_file():
         return  # a missing file: the pipeline says so
-    with open(path, encoding="utf-8") as f:
-        first = f.readline()
+    with open(path, "rb") as f:
+        first = f.readline(1 << 20)
     try:
-        record = json.loads(first)
-    except json.JSONDecodeError:
-        record = None
+        record = json.loads(first.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        record = None  # not UTF-8: the pipeline names the line
     if not isinstance(record, dict) and path.suffix.lower() not in JSONL_SUFFIXES:
         return  # a text file: one document per line
     found = (

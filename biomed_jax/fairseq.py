@@ -18,15 +18,19 @@ from typing import Any
 
 import numpy as np
 
-from biomed_jax.errors import CheckpointError, ConfigError
+from biomed_jax.errors import CheckpointError, ConfigError, shown
 from biomed_jax.files import atomic_path, atomic_write_text
 from biomed_jax.models.config import BioGptConfig
 from biomed_jax.tokenizers.biogpt import BioGptTokenizer
 from biomed_jax.tokenizers.fairseq_dict import read_dict_txt
+from biomed_jax.validation import INT32_MAX
 from biomed_jax.weights.fairseq import read_fairseq_checkpoint
 
 DICT_FILE = "dict.txt"
 BPE_CODES = "bpecodes"
+# `--learned-prompt N` adds N tokens to every prompt, so N is below any position table (BioGPT:
+# 9 of 1024); the cap keeps a hostile N from building a billion words.
+MAX_LEARNED_PROMPT = 1 << 16
 _ACTIVATIONS = {"gelu": "gelu", "gelu_accurate": "gelu_new", "relu": "relu", "tanh": "tanh"}
 
 # fairseq model arguments read into the config: config field <- argument.
@@ -81,11 +85,12 @@ def find_files(path: str | Path) -> FairseqFiles | None:
     config.json), or None when `path` is not a fairseq checkpoint."""
     path = Path(path).expanduser()
     if path.suffix == ".pt" and not path.is_file():
-        raise FileNotFoundError(f"no fairseq checkpoint at {path}")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"no fairseq checkpoint at {path}: it {what}")
     if path.suffix == ".pt":
         checkpoint, directory = path, path.parent
     elif path.is_dir() and not (path / "config.json").exists():
-        found = sorted(path.glob("*.pt"))
+        found = sorted(p for p in path.glob("*.pt") if p.is_file())  # no FIFO: it would block
         if not found:
             return None
         if len(found) > 1:
@@ -98,6 +103,8 @@ def find_files(path: str | Path) -> FairseqFiles | None:
         return None
     files = FairseqFiles(checkpoint, directory / DICT_FILE, directory / BPE_CODES)
     for name, file in ((DICT_FILE, files.dict_file), (BPE_CODES, files.bpecodes)):
+        if file.exists() and not file.is_file():
+            raise FileNotFoundError(f"{file} is not a regular file (a FIFO or device?)")
         if not file.is_file():
             raise FileNotFoundError(
                 f"{directory} has no {name}: a fairseq BioGPT checkpoint needs the {name} it was "
@@ -106,61 +113,126 @@ def find_files(path: str | Path) -> FairseqFiles | None:
     return files
 
 
-def _check_required(args: Mapping[str, Any], required: Mapping[str, tuple[Any, Any]], what: str):
+_SCALARS = (type(None), bool, int, float, str)
+
+
+def _required_problems(args: Mapping[str, Any], required: Mapping[str, tuple[Any, Any]]):
+    """Each argument that changes the architecture at a value other than the one implemented
+    (a boolean one must be a real bool: the string "False" is not False)."""
     wrong = []
     for key, (implemented, default) in required.items():
         value = args.get(key, default)
-        value = None if value == "" else value
-        if value != implemented:
-            wrong.append(f"{key}={value!r} (only {implemented!r} is implemented)")
+        value = None if isinstance(value, str) and value == "" else value
+        if isinstance(implemented, bool) and not isinstance(value, bool):
+            wrong.append(
+                f"{key}={shown(value)} (must be True or False; {implemented} is implemented)"
+            )
+        elif type(value) not in _SCALARS or value != implemented:
+            wrong.append(f"{key}={shown(value)} (only {implemented!r} is implemented)")
+    return wrong
+
+
+def _check_required(args: Mapping[str, Any], required: Mapping[str, tuple[Any, Any]], what: str):
+    wrong = _required_problems(args, required)
     if wrong:
         raise ConfigError(f"unsupported fairseq {what} arguments: " + "; ".join(wrong))
 
 
 def prompt_words(task_args: Mapping[str, Any]) -> tuple[str, ...]:
     """The words BioGPT's prompt task adds to the dictionary and appends after each source:
-    `learned1`..`learnedN` for `--learned-prompt N` (none for other tasks)."""
+    `learned1`..`learnedN` for `--learned-prompt N` (none for other tasks); N is checked before
+    any word is built."""
     _check_required(task_args, _TASK_REQUIRED, "task")
     n = task_args.get("learned_prompt") or 0
-    if not isinstance(n, int) or n < 0:
-        raise ConfigError(f"learned_prompt must be a non-negative int, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_LEARNED_PROMPT:
+        raise ConfigError(
+            f"fairseq task argument learned_prompt={shown(n)} must be an int in "
+            f"[0, {MAX_LEARNED_PROMPT}]"
+        )
     pattern = task_args.get("learned_prompt_pattern") or "learned"
+    if not isinstance(pattern, str) or len(pattern) > 100 or pattern.split() != [pattern]:
+        raise ConfigError(
+            f"fairseq task argument learned_prompt_pattern={shown(pattern)} must be a word"
+        )
     return tuple(f"{pattern}{i + 1}" for i in range(n))
 
 
+def _int(args: Mapping[str, Any], name: str, problems: list[str], low: int = 1) -> int | None:
+    value = args.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= INT32_MAX:
+        problems.append(f"{name}={shown(value)} (must be an int >= {low})")
+        return None
+    return value
+
+
+def _probability(args: Mapping[str, Any], name: str, problems: list[str]) -> float:
+    value = args.get(name) or 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        problems.append(f"{name}={shown(value)} (must be a number in [0, 1])")
+        return 0.0
+    return float(value)
+
+
 def biogpt_config(model_args: Mapping[str, Any], vocab_size: int) -> BioGptConfig:
-    """The BioGptConfig of fairseq transformer_lm arguments (cfg["model"] or args)."""
+    """The BioGptConfig of fairseq transformer_lm arguments (cfg["model"] or args). Every problem
+    is listed in one ConfigError by the fairseq argument's name."""
     missing = [a for a in _FIELDS.values() if a not in model_args]
     if missing:
         raise ConfigError(f"fairseq model arguments lack {missing}")
-    _check_required(model_args, _REQUIRED, "model")
-    width = model_args["decoder_embed_dim"]
+    problems = _required_problems(model_args, _REQUIRED)
+    sizes = {
+        field: _int(model_args, arg, problems)
+        for field, arg in _FIELDS.items()
+        if not arg.endswith("dropout")
+    }
+    dropouts = {
+        field: _probability(model_args, arg, problems)
+        for field, arg in (*_FIELDS.items(), ("activation_dropout", "activation_dropout"))
+        if arg.endswith("dropout")
+    }
+    width = sizes["hidden_size"]
     for name in ("decoder_input_dim", "decoder_output_dim"):
-        if model_args.get(name, width) != width:
-            raise ConfigError(
-                f"{name}={model_args[name]} differs from decoder_embed_dim={width} "
-                "(projections in and out of the decoder are not implemented)"
+        value = model_args.get(name, width)
+        if width is not None and (type(value) is not int or value != width):
+            problems.append(
+                f"{name}={shown(value)} differs from decoder_embed_dim={width} (projections in "
+                "and out of the decoder are not implemented)"
             )
     activation = model_args.get("activation_fn", "relu")
-    if activation not in _ACTIVATIONS:
-        raise ConfigError(
-            f"activation_fn={activation!r} is not implemented: {sorted(_ACTIVATIONS)}"
+    if not isinstance(activation, str) or activation not in _ACTIVATIONS:
+        problems.append(
+            f"activation_fn={shown(activation)} (implemented: {', '.join(sorted(_ACTIVATIONS))})"
         )
-    positions = model_args.get("max_target_positions") or model_args.get("tokens_per_sample")
-    if not positions:
-        raise ConfigError(
-            "fairseq model arguments give neither max_target_positions nor "
-            "tokens_per_sample: the position table size is unknown"
+    source = "max_target_positions" if model_args.get("max_target_positions") else None
+    source = source or ("tokens_per_sample" if model_args.get("tokens_per_sample") else None)
+    if source is None:
+        problems.append(
+            "neither max_target_positions nor tokens_per_sample is given: the position table "
+            "size is unknown"
         )
-    return BioGptConfig(
-        **{field: model_args[arg] for field, arg in _FIELDS.items()},
-        hidden_act=_ACTIVATIONS[activation],
-        activation_dropout=model_args.get("activation_dropout") or 0.0,
-        max_position_embeddings=positions,
-        scale_embedding=not model_args.get("no_scale_embedding", False),
-        vocab_size=vocab_size,
-        architectures=("BioGptForCausalLM",),
-    )
+    positions = _int(model_args, source, problems) if source else None
+    no_scale = model_args.get("no_scale_embedding", False)
+    if not isinstance(no_scale, bool):
+        problems.append(f"no_scale_embedding={shown(no_scale)} (must be True or False)")
+    if problems:
+        raise ConfigError("unsupported fairseq model arguments: " + "; ".join(problems))
+    try:
+        return BioGptConfig(
+            **sizes,
+            **dropouts,
+            hidden_act=_ACTIVATIONS[activation],
+            max_position_embeddings=positions,
+            scale_embedding=not no_scale,
+            vocab_size=vocab_size,
+            architectures=("BioGptForCausalLM",),
+        )
+    except ConfigError as e:  # e.g. heads not dividing the width: say it in fairseq's names
+        named = [f"{field} = {arg}" for field, arg in _FIELDS.items() if field in str(e)]
+        if source is not None and "max_position_embeddings" in str(e):
+            named.append(f"max_position_embeddings = {source}")
+        raise ConfigError(
+            f"{e} (the config's fields from fairseq arguments: {', '.join(named)})"
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,11 +269,21 @@ def read_model(files: FairseqFiles) -> FairseqModel:
     """Read the checkpoint, dictionary and BPE codes; check the vocabulary, the position table and
     the tied output projection against the tensors."""
     checkpoint = read_fairseq_checkpoint(files.checkpoint)
-    words = prompt_words(checkpoint.task_args)
-    dictionary = read_dict_txt(files.dict_file).add_symbols(words)
-    config = biogpt_config(checkpoint.model_args, len(dictionary))
-    state = dict(checkpoint.model)
     source = files.checkpoint
+    try:
+        words = prompt_words(checkpoint.task_args)
+        dictionary = read_dict_txt(files.dict_file).add_symbols(words)
+        config = biogpt_config(checkpoint.model_args, len(dictionary))
+    except ConfigError as e:
+        if str(e).startswith(str(files.dict_file)):
+            raise
+        raise ConfigError(f"{source}: {e}") from None
+    state = dict(checkpoint.model)
+    for name in ("decoder.embed_tokens.weight", "decoder.embed_positions.weight"):
+        if name in state and state[name].ndim != 2:
+            raise CheckpointError(
+                f"{source}: {name} has shape {state[name].shape}, not [rows, width]"
+            )
     embed = state.get("decoder.embed_tokens.weight")
     if embed is None:
         raise CheckpointError(f"{source} has no decoder.embed_tokens.weight")

@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from biomed_jax import fairseq, hub
 from biomed_jax import sharding as shd
 from biomed_jax.errors import CheckpointError, ConfigError
-from biomed_jax.files import replace_dir
+from biomed_jax.files import owned, real_target, replace_dir
 from biomed_jax.hub import TOKENIZER_FILES
 from biomed_jax.models import bert, biogpt
 from biomed_jax.models.common import init_params, param_template, to_layout
@@ -54,6 +54,8 @@ from biomed_jax.weights.plan import make_plan
 from biomed_jax.weights.reader import read_params
 
 logger = logging.getLogger(__name__)
+# How long `from_pretrained` waits for another process converting the same hub model.
+HUB_CONVERSION_WAIT_S = 3600.0
 
 __all__ = [
     "ARCHITECTURES",
@@ -179,7 +181,7 @@ class Pretrained:
 def read_config_json(directory: Path) -> dict[str, Any]:
     """config.json of a checkpoint directory as a dict; errors name the file."""
     file = directory / "config.json"
-    if not file.is_file():
+    if not file.is_file() and not file.exists():
         raise FileNotFoundError(f"{directory} has no config.json: not a model checkpoint directory")
     return read_json_object(file)
 
@@ -414,8 +416,10 @@ def from_pretrained(
     ):
         target = hub.conversion_dir(source, name)
         if not is_converted(target):
-            logger.info("converting %s once into %s", source.repo_id, target)
-            convert(directory, target, architecture=name)
+            with owned(target, wait_s=HUB_CONVERSION_WAIT_S):  # another process may convert it
+                if not is_converted(target):
+                    logger.info("converting %s once into %s", source.repo_id, target)
+                    convert(directory, target, architecture=name)
         directory = target
     shardings = None if mesh is None else shd.param_shardings(module, mesh, rules)
     params = read_checkpoint(directory, module, shardings, seed)
@@ -477,11 +481,14 @@ def convert(
 
     `dst_dir` must be new, empty, or an earlier output of `convert`; it is built beside itself and
     replaces the old one whole (see `biomed_jax.files.replace_dir`), so a directory that exists is
-    complete, and no file of another model survives in it.
+    complete, and no file of another model survives in it. A symlink at `dst_dir` is followed (the
+    link keeps pointing at the new directory). Another `convert` into the same destination at the
+    same time is refused (`OutputBusyError`); nothing beside `dst_dir` but its own lock file and
+    temporaries (`.<name>.biomed_jax-*`) is ever created or removed.
     """
     if to not in LAYOUTS:
         raise ValueError(f"convert: to={to!r}; expected one of {LAYOUTS}")
-    src, dst = Path(src_dir), Path(dst_dir)
+    src, dst = Path(src_dir), real_target(dst_dir)
     if src.resolve() == dst.resolve():
         raise ValueError("convert: source and destination must differ")
     fairseq_files = fairseq.find_files(src)
@@ -508,4 +515,4 @@ def convert(
             save_params(tensors, tmp / SINGLE, {"format": "pt", "written_by": FORMAT})
         else:
             save_params(params, tmp / SINGLE, {"architecture": name})
-    return dst
+    return Path(dst_dir)

@@ -18,6 +18,8 @@ MAX_TEXT_BYTES = 64 << 20  # far above any real config or vocabulary (BioGPT's v
 def read_text(file: str | Path) -> str:
     """The UTF-8 text of `file`, at most MAX_TEXT_BYTES."""
     file = Path(file)
+    if file.exists() and not file.is_file():  # a FIFO or device would block or never end
+        raise ConfigError(f"{file}: not a regular file")
     if file.stat().st_size > MAX_TEXT_BYTES:
         raise ConfigError(
             f"{file}: larger than {MAX_TEXT_BYTES} bytes; not a tokenizer or config file"

@@ -153,9 +153,9 @@ def tmpfs(path, size: str):
 def test_disk_full_keeps_finished_shards_and_resumes(ours, tmp_path, capsys):
     many = DOCS * 4  # 12 shards of 4 vectors [4, 32] float32: 640 bytes each as .npy
     docs = write_docs(tmp_path / "docs.txt", many)
-    with tmpfs(tmp_path / "disk", "64k") as disk:
+    with tmpfs(tmp_path / "disk", "128k") as disk:  # a 4 KiB page per file, lock files included
         filler = disk / "filler"
-        filler.write_bytes(b"\0" * (64 * 1024 - 4 * 4096))  # leave room for about 2 shards
+        filler.write_bytes(b"\0" * (128 * 1024 - 4 * 4096))  # leave room for about 2 shards
         out = disk / "out"
         with pytest.raises(OutputError) as info:
             embed_file(docs, out, model=ours, **OPTS)
@@ -201,3 +201,114 @@ def test_permission_error_is_one_clear_error(ours, tmp_path, monkeypatch):
     monkeypatch.setattr(STREAM, "atomic_write_text", refuse)
     with pytest.raises(OutputError, match=r"manifest.json: Permission denied \(EACCES\); no perm"):
         embed_file(docs, tmp_path / "out", model=ours, **OPTS)
+
+
+def test_another_compute_dtype_or_policy_is_refused(ours, hf_bert, tmp_path):
+    """Issue 30: a bfloat16 run, an edited input, a float32 rerun: rows 0-7 bf16, 8-11 f32.
+    The fingerprint covers the compute dtype and the numerics policy, so the rerun is refused
+    and names them."""
+    import jax.numpy as jnp
+
+    docs = write_docs(tmp_path / "docs.txt", DOCS)
+    out = tmp_path / "out"
+    half = from_pretrained(hf_bert, dtype=jnp.bfloat16)
+    manifest = embed_file(docs, out, model=half, **OPTS)
+    assert manifest["settings"]["numerics"]["dtype"] == "bfloat16"
+    edited = list(DOCS)
+    edited[9] = "protein"
+    write_docs(docs, edited)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for other in (ours, from_pretrained(hf_bert, dtype=jnp.bfloat16, policy="exact")):
+        with pytest.raises(ValueError, match=r"other settings \(model_fingerprint, numerics"):
+            embed_file(docs, out, model=other, **OPTS)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    with pytest.warns(UserWarning, match="shard-00002"):
+        embed_file(docs, out, model=half, **OPTS)  # the same numerics resume
+    np.testing.assert_array_equal(read_shards(out), fresh(half, edited, tmp_path, "half"))
+
+
+def test_a_shard_file_swapped_under_its_manifest_is_recomputed(ours, tmp_path):
+    """Each shard records its settings hash and its file's hash: a file replaced by another
+    run's (same documents, other pooling) is never kept by a resume."""
+    docs = write_docs(tmp_path / "docs.txt", DOCS)
+    out, other = tmp_path / "out", tmp_path / "other"
+    manifest = embed_file(docs, out, model=ours, **OPTS)
+    record = manifest["shards"][1]
+    assert record.keys() == {"documents", "sha256", "computed_with", "file_sha256"}
+    embed_file(docs, other, model=ours, **{**OPTS, "pooling": "mean"})
+    (out / "shard-00001.npy").write_bytes((other / "shard-00001.npy").read_bytes())
+    with pytest.warns(UserWarning, match=r"the files changed of 1 finished shard\(s\).*00001"):
+        embed_file(docs, out, model=ours, **OPTS)
+    np.testing.assert_array_equal(read_shards(out), fresh(ours, DOCS, tmp_path, "cls"))
+
+
+def test_user_files_without_a_manifest_are_never_overwritten(ours, tmp_path, capsys):
+    docs = write_docs(tmp_path / "docs.txt", DOCS)
+    out = tmp_path / "mine"
+    out.mkdir()
+    np.save(out / "shard-00000.npy", np.arange(3))
+    mine = (out / "shard-00000.npy").read_bytes()
+    with pytest.raises(OutputError, match=r"holds no embed_file manifest.*'shard-00000\.npy'"):
+        embed_file(docs, out, model=ours, **OPTS)
+    assert (out / "shard-00000.npy").read_bytes() == mine
+    assert sorted(p.name for p in out.iterdir()) == ["shard-00000.npy"]
+    args = ["--no-compilation-cache", "embed", str(docs), str(out), "--model", str(ours.path)]
+    assert cli_main([*args, "--quiet", "--max-length", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "shard-00000.npy" in err and "Traceback" not in err
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(OutputError, match=r"todo\.txt"):
+        embed_file(docs, tmp_path / "notes", model=ours, **OPTS)
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b'{"settings": {}}', 'no "format"'),
+        (b"[1, 2]", 'no "format"'),
+        (b"\xff\xfe", "not UTF-8 JSON"),
+        (b'{"format": "biomed_jax.embed_file", "settings": {"format": "npy"}}', "no list of shard"),
+    ],
+)
+def test_a_foreign_manifest_is_a_clear_error(ours, tmp_path, capsys, content, problem):
+    docs = write_docs(tmp_path / "docs.txt", DOCS)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_bytes(content)
+    message = f"manifest.json is not an embed_file manifest of this biomed_jax \\({problem}"
+    for call in (lambda: embed_file(docs, out, model=ours, **OPTS), lambda: read_shards(out)):
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert (out / "manifest.json").read_bytes() == content
+    args = ["--no-compilation-cache", "embed", str(docs), str(out), "--model", str(ours.path)]
+    assert cli_main([*args, "--quiet", "--max-length", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "manifest.json" in err and "Traceback" not in err
+
+
+def test_one_line_rule_documents_are_lines_as_wc_counts_them(ours, tmp_path):
+    r"""A bare \r is text; \r\n ends a line like \n: as many rows as `wc -l` counts, and the rule
+    is recorded in the manifest."""
+    from biomed_jax.pipelines import embed
+    from biomed_jax.pipelines.stream import LINE_RULE
+
+    docs = tmp_path / "docs.txt"
+    docs.write_bytes(b"aspirin\rfever\ntumor growth\r\nmice\n")
+    assert docs.read_bytes().count(b"\n") == 3  # wc -l
+    manifest = embed_file(docs, tmp_path / "out", model=ours, **OPTS)
+    assert manifest["num_documents"] == 3 and manifest["settings"]["line_rule"] == LINE_RULE
+    want = embed(["aspirin\rfever", "tumor growth", "mice"], model=ours, max_length=16)
+    np.testing.assert_array_equal(read_shards(tmp_path / "out"), want)
+
+
+def test_non_utf8_input_names_the_file_and_line(ours, tmp_path, capsys):
+    docs = tmp_path / "docs.txt"
+    docs.write_bytes(b"aspirin\nfever\ntum\xffor\n")
+    with pytest.raises(ValueError, match=r"docs\.txt:3: not UTF-8 text \(byte 4 of the line"):
+        embed_file(docs, tmp_path / "out", model=ours, **OPTS)
+    assert not (tmp_path / "out").exists()
+    args = ["--no-compilation-cache", "embed", str(docs), str(tmp_path / "out")]
+    assert cli_main([*args, "--model", str(ours.path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "docs.txt:3: not UTF-8" in err

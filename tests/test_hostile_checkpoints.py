@@ -116,6 +116,24 @@ def _many_transposed_views(path: Path, count: int = 3000, n: int = 512) -> None:
     _zip(path, b"\x80\x02}(" + _str("k0") + first + rest + b"u.", {"0": bytes(4 * n * n)})
 
 
+def _many_members(count: int) -> Callable[[Path], None]:
+    """A torch zip with `count` empty storage members, the last name written twice (22 MB for
+    200,000: the old duplicate check was quadratic, 9 s at 20,000 members, hours at 200,000)."""
+
+    def build(path: Path) -> None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zipfile warns of the duplicate name
+            with zipfile.ZipFile(path, "w") as z:
+                z.writestr("archive/data.pkl", _state(w=_tensor()))
+                for i in range(count - 1):
+                    z.writestr(f"archive/data/{i}", b"")
+                z.writestr(f"archive/data/{count - 2}", b"")
+
+    return build
+
+
 def _big_endian(path: Path) -> None:
     _zip(path, _state(w=_tensor()), {"0": F32x6}, byteorder=b"big")
 
@@ -209,6 +227,13 @@ READER_CASES = [
     Hostile("deflate_bomb_2_2gb", lambda p: _deflate_bomb(p, 2200 << 20), match=("compressed",)),
     Hostile("compressed_members", _compressed, match=("compressed",)),
     Hostile("big_endian", _big_endian, match=("little-endian",)),
+    # Many members: counted before anything else, duplicates found in linear time.
+    Hostile("zip_200k_members_one_twice", _many_members(200_000), match=("200001 zip members",)),
+    Hostile(
+        "zip_60k_members_one_twice",
+        _many_members(60_000),
+        match=("appear twice", "archive/data/59998"),
+    ),
     Hostile("transposed_views_3gib", _many_transposed_views, match=("'k1'", "views copied")),
     # Broken zips and pickles.
     Hostile("truncated_zip", _truncated, match=("{path}", "corrupt")),
@@ -381,6 +406,7 @@ def _check(case: Case, run, workdir: Path) -> None:
     for text in case.match:
         assert text in outcome.message, outcome.message
     assert outcome.seconds < 20, f"took {outcome.seconds:.1f} s"
+    assert len(outcome.message) < 5000, f"a message of {len(outcome.message)} characters"
     assert outcome.good == "exact", outcome.good
     assert not (workdir / "pwned").exists(), "the pickle ran code"
 
@@ -600,6 +626,18 @@ def _write(name: str, content: bytes) -> Callable[[Path], None]:
     return lambda d: (d / name).write_bytes(content)
 
 
+def _fifo(name: str) -> Callable[[Path], None]:
+    """`name` replaced by a FIFO: reading it would block forever."""
+
+    def build(d: Path) -> None:
+        import os
+
+        (d / name).unlink(missing_ok=True)
+        os.mkfifo(d / name)
+
+    return build
+
+
 def _load(name, edit, *match, call="from_pretrained", error="ConfigError") -> Hostile:
     """A copy of the good checkpoint directory changed by `edit(directory)`."""
     return Hostile(name, edit, call, error, match, suffix="")
@@ -744,6 +782,14 @@ LOAD_CASES = [
         WORD_EMBEDDINGS,
         "stride",
         call="model_info",
+        error="CheckpointError",
+    ),
+    # Files that are not regular files: a FIFO would block the reader forever.
+    _load("config_json_fifo", _fifo("config.json"), "config.json", "not a regular file"),
+    _load(
+        "pytorch_model_bin_fifo",
+        lambda d: (d / "model.safetensors").unlink() or _fifo("pytorch_model.bin")(d),
+        "pytorch_model.bin",
         error="CheckpointError",
     ),
     # Tokenizer files (read after the weights, by from_pretrained).
@@ -909,6 +955,158 @@ def test_broken_config_or_tokenizer_file_is_refused_cleanly(load_run, name):
 @pytest.mark.parametrize("name", [h.name for h in TOKENIZER_CASES])
 def test_broken_biogpt_tokenizer_file_is_refused_cleanly(tokenizer_run, name):
     cases, run, d = tokenizer_run
+    _check(cases[name], run, d)
+
+
+# -- fairseq model directories: arguments, sizes and files that are not what they say ------------
+
+FS_SHAPE = (8, 1, 2, 16, 16)  # width, layers, heads, ffn, positions
+FS_LEARNED = 9
+BIG = "x" * (1 << 20)
+
+
+def _fairseq_checkpoint(directory: Path, model=None, task=None, state=None) -> None:
+    """directory/checkpoint.pt of the good model, with its arguments or tensors changed."""
+    from _fairseq_models import (
+        WORDS,
+        fairseq_state,
+        model_args,
+        seeded_hf_model,
+        task_args,
+        write_checkpoint,
+    )
+
+    vocab = 4 + len(WORDS) + FS_LEARNED
+    weights = fairseq_state(seeded_hf_model(*FS_SHAPE, vocab))
+    weights.update(state or {})
+    margs = model_args(*FS_SHAPE, **(model or {}))
+    targs = {**task_args(FS_SHAPE[4], FS_LEARNED), **(task or {})}
+    write_checkpoint(directory / "checkpoint.pt", weights, margs, targs, style="cfg")
+
+
+def _fs_dir(name, *match, error="ConfigError", call="from_pretrained", build=None, **edits):
+    return Hostile(
+        name,
+        build or (lambda d: _fairseq_checkpoint(d, **edits)),
+        call,
+        error,
+        match,
+        suffix="",
+    )
+
+
+ZERO_D = torch.tensor(1.0)
+FAIRSEQ_DIR_CASES = [
+    _fs_dir(
+        "fairseq_learned_prompt_1e9",
+        "checkpoint.pt",
+        "learned_prompt=1000000000",
+        task={"learned_prompt": 10**9},
+    ),
+    _fs_dir(
+        "fairseq_100k_references_to_1mb",
+        "checkpoint.pt",
+        "decoder_learned_pos=",
+        model={"decoder_learned_pos": [BIG] * 100_000},
+    ),
+    _fs_dir(
+        "fairseq_activation_fn_list",
+        "checkpoint.pt",
+        "activation_fn=['gelu']",
+        model={"activation_fn": ["gelu"]},
+    ),
+    _fs_dir(
+        "fairseq_tensor_as_decoder_layers",
+        "checkpoint.pt",
+        "decoder_layers=array(1",
+        model={"decoder_layers": torch.tensor(1)},
+    ),
+    _fs_dir(
+        "fairseq_string_false",
+        "checkpoint.pt",
+        "no_scale_embedding='False' (must be True or False)",
+        model={"no_scale_embedding": "False"},
+    ),
+    _fs_dir(
+        "fairseq_string_positions",
+        "checkpoint.pt",
+        "max_target_positions='16'",
+        model={"max_target_positions": "16", "tokens_per_sample": "16"},
+    ),
+    _fs_dir(
+        "fairseq_heads_not_dividing_width",
+        "checkpoint.pt",
+        "num_attention_heads = decoder_attention_heads",
+        model={"decoder_attention_heads": 3},
+    ),
+    _fs_dir(
+        "fairseq_0d_embedding",
+        "checkpoint.pt",
+        "decoder.embed_tokens.weight has shape ()",
+        error="CheckpointError",
+        state={"decoder.embed_tokens.weight": ZERO_D, "decoder.output_projection.weight": ZERO_D},
+    ),
+    _fs_dir(
+        "fairseq_dict_20mb_line",
+        "dict.txt",
+        "line 1",
+        build=_write("dict.txt", b"x" * (20 << 20) + b"\n"),
+    ),
+    _fs_dir(
+        "fairseq_dict_not_utf8",
+        "dict.txt",
+        "line 2",
+        build=_write("dict.txt", b"the 5\n\xff 4\n"),
+    ),
+    _fs_dir(
+        "fairseq_only_pt_is_a_fifo",
+        "config.json",
+        error="FileNotFoundError",
+        build=_fifo("checkpoint.pt"),
+    ),
+    _fs_dir(
+        "info_fairseq_only_pt_is_a_fifo",
+        "config.json",
+        error="FileNotFoundError",
+        call="model_info",
+        build=_fifo("checkpoint.pt"),
+    ),
+    _fs_dir(
+        "dict_txt_is_a_fifo",
+        "dict.txt is not a regular file",
+        error="FileNotFoundError",
+        build=_fifo("dict.txt"),
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def fairseq_dir_run(tmp_path_factory):
+    from _fairseq_models import write_vocab_files
+    from _limited import _flat_params
+
+    from biomed_jax import from_pretrained
+
+    d = tmp_path_factory.mktemp("hostile_fairseq_dir")
+    good = d / "good"
+    write_vocab_files(good)
+    _fairseq_checkpoint(good)
+    np.savez(d / "good_ref.npz", **_flat_params(from_pretrained(good)))
+    cases = {c.name: c for c in _build_dirs(FAIRSEQ_DIR_CASES, good, d)}
+    run = run_cases(
+        list(cases.values()),
+        good_call="from_pretrained",
+        good_path=str(good),
+        reference=str(d / "good_ref.npz"),
+        workdir=d,
+        extra_memory=2 << 30,
+    )
+    return cases, run, d
+
+
+@pytest.mark.parametrize("name", [h.name for h in FAIRSEQ_DIR_CASES])
+def test_hostile_fairseq_directory_is_refused_cleanly(fairseq_dir_run, name):
+    cases, run, d = fairseq_dir_run
     _check(cases[name], run, d)
 
 

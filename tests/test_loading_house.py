@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -145,8 +144,9 @@ def test_import_graph_has_no_cycle_and_nothing_below_loading_imports_it():
     upper = {"biomed_jax.loading", "biomed_jax.hub", "biomed_jax.sharding", "biomed_jax.cli"}
     for module in (m for m in graph if m.startswith("biomed_jax.weights")):
         assert not graph[module] & upper, (module, graph[module] & upper)
-    for bottom in ("biomed_jax.errors", "biomed_jax.files", "biomed_jax.trees", "biomed_jax.hub"):
+    for bottom in ("biomed_jax.errors", "biomed_jax.trees", "biomed_jax.hub"):
         assert graph[bottom] == set(), (bottom, graph[bottom])
+    assert graph["biomed_jax.files"] == {"biomed_jax.errors"}  # its OutputError, OutputBusyError
 
 
 def test_import_graph_sees_function_level_and_relative_imports(tmp_path, monkeypatch):
@@ -449,9 +449,15 @@ def test_killed_convert_leaves_nothing_the_next_convert_does_not_remove(hf_bert,
     )
     assert run.returncode == -signal.SIGKILL, run.stderr.decode()[-2000:]
     assert not out.exists()
-    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".out.new-")]
-    assert len(leftovers) == 1  # the temporary directory, with the partial weights in it
-    assert [p.stat().st_size for p in leftovers[0].iterdir() if p.suffix == ".tmp"] == [4096]
+    # its lock file (recording the writer) and the temporary directory with the partial weights
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".out.biomed_jax-lock",
+        ".out.biomed_jax-new",
+    ]
+    record = json.loads((tmp_path / ".out.biomed_jax-lock").read_text())
+    assert record["library"] == "biomed_jax" and record["host"] == socket.gethostname()
+    partial = tmp_path / ".out.biomed_jax-new" / ".model.safetensors.biomed_jax-tmp"
+    assert partial.stat().st_size == 4096
     convert(hf_bert, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert (out / "model.safetensors").stat().st_size > 4096
@@ -467,31 +473,39 @@ with atomic_path(sys.argv[1]) as tmp:
 """
 
 
-def test_a_killed_writers_temporary_goes_with_the_next_write_beside_it(tmp_path):
-    """A kill inside any atomic write (a manifest, a shard, weights) leaves its temporary; the
-    next process writing into that directory removes it, and only the dead writers' of this host."""
+def test_a_killed_writers_temporary_goes_with_the_next_write_of_that_file(tmp_path):
+    """A kill inside any atomic write (a manifest, a shard, weights) leaves its temporary and
+    lock file; the next write of the same file removes both. Nothing else is removed: no
+    directory is listed for leftovers, so look-alikes of other names, and of a dead writer's
+    files of another target, all stay."""
+    target = tmp_path / "manifest.json"
     run = subprocess.run(
-        [sys.executable, "-c", _KILLED_WRITE, str(tmp_path / "manifest.json")],
-        capture_output=True,
-        timeout=120,
+        [sys.executable, "-c", _KILLED_WRITE, str(target)], capture_output=True, timeout=120
     )
     assert run.returncode == -signal.SIGKILL, run.stderr.decode()[-2000:]
-    (killed,) = tmp_path.iterdir()
-    assert killed.name.startswith(".manifest.json.") and killed.read_text() == "half a file"
-    host = socket.gethostname()
-    pid = re.fullmatch(rf"\.manifest\.json\.{re.escape(host)}-(\d+)-\w+\.tmp", killed.name)[1]
+    killed = tmp_path / ".manifest.json.biomed_jax-tmp"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".manifest.json.biomed_jax-lock",
+        killed.name,
+    ]
+    assert killed.read_text() == "half a file"
+    host, pid = socket.gethostname(), 4_000_000
     kept = {
         tmp_path / ".notes.tmp": "not ours",
-        tmp_path / f".other.json.{host}-{os.getpid()}-abc.tmp": "a live writer's",
-        tmp_path / f".other.json.{host}x-{pid}-abc.tmp": "another host's",
+        tmp_path / f".other.json.{host}-{pid}-abc.tmp": "the old naming of a dead writer's",
+        tmp_path / ".other.json.biomed_jax-tmp": "another target's, no lock file of ours",
     }
     for path, text in kept.items():
         path.write_text(text)
     script = "import sys; from biomed_jax.files import atomic_write_text as w; w(sys.argv[1], 'x')"
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "a")], check=True, timeout=120)
-    assert not killed.exists()
+    assert killed.exists()  # another file's write does not look at it
+    subprocess.run([sys.executable, "-c", script, str(target)], check=True, timeout=120)
+    assert not killed.exists() and target.read_text() == "x"
     assert {p: p.read_text() for p in kept} == kept
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a", *(p.name for p in kept)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["a", "manifest.json", *(p.name for p in kept)]
+    )
 
 
 # ---------------------------------------------------------------------------------------------

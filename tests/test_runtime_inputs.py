@@ -167,6 +167,11 @@ GENERATE_CASES = [
     ({"attention_mask": np.ones((1, 1), np.int32)}, ValueError, "attention_mask"),
     ({"input_ids": IDS.astype(np.float32)}, TypeError, "input_ids"),
     ({"input_ids": np.where(IDS == 5, VOCAB, IDS)}, ValueError, "input_ids"),
+    # more than any device holds: refused before anything is allocated
+    ({"num_beams": 10**8}, ValueError, "200000000 rows over"),
+    ({"num_beams": 2**31 - 1}, ValueError, "lower num_beams, the batch or max_new_tokens"),
+    ({"do_sample": True, "rng": jax.random.key(0), "num_return_sequences": 10**8}, ValueError,
+     "lower num_beams"),
 ]  # fmt: skip
 
 
@@ -425,3 +430,51 @@ def test_embed_file_never_writes_a_nan_row(bert, tmp_path):
         embed_file(docs, out, model=broken, shard_size=2, progress=False)
     assert not (out / "shard-00001.npy").exists()
     assert np.isfinite(np.load(out / "shard-00000.npy")).all()
+
+
+TASK_SETTING_CASES = [
+    ({"learned_prompt": 10**9}, "learned_prompt must be an int in [0, 65536], got 1000000000"),
+    ({"learned_prompt": True}, "learned_prompt must be an int"),
+    ({"num_beams": 2**31}, "num_beams must be an int in [1, 2147483647]"),
+    ({"num_beams": "5"}, "num_beams must be an int in [1, 2147483647], got '5'"),
+    ({"max_source_positions": 1.5}, "max_source_positions"),
+    ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"learned_prompt_pattern": "two words"}, "learned_prompt_pattern must be a word"),
+]
+
+
+@pytest.mark.parametrize(("changes", "message"), TASK_SETTING_CASES, ids=str)
+def test_task_settings_refuse_before_building_anything(changes, message):
+    from biomed_jax.errors import ConfigError
+    from biomed_jax.tasks import TaskSettings
+
+    with pytest.raises(ConfigError) as info:
+        TaskSettings().replace(**changes)
+    assert message in str(info.value)
+
+
+def test_stored_task_arguments_are_checked_and_echoed_short():
+    """A fairseq checkpoint's task arguments go through the same checks; a huge stored value
+    is shown cut short."""
+    from biomed_jax.errors import ConfigError
+    from biomed_jax.tasks import TaskSettings
+
+    with pytest.raises(ConfigError) as info:
+        TaskSettings().with_fairseq_args({"learned_prompt": ["x" * (1 << 20)] * 100_000})
+    assert "learned_prompt must be an int" in str(info.value) and len(str(info.value)) < 2000
+
+
+@pytest.mark.parametrize(
+    "entities, message",
+    [
+        ([["aspirin", "D001241"]], "got a list"),
+        ({"chemical2id": {}}, "disease2id is None"),
+        ({"chemical2id": {"aspirin": 1}, "disease2id": {}}, "not strings: [('aspirin', 1)]"),
+    ],
+)
+def test_entity_maps_must_be_name_to_id_objects(entities, message):
+    from biomed_jax.tasks.relation_extraction import score_bc5cdr
+
+    with pytest.raises(ValueError) as info:
+        score_bc5cdr([], [], entities=entities)
+    assert message in str(info.value)

@@ -218,3 +218,35 @@ def test_loaded_model_runs(hf_mlm):
     with torch.no_grad():
         ref = model(torch.tensor(ids, dtype=torch.long)).logits.numpy()
     np.testing.assert_allclose(logits, ref, atol=1e-5)
+
+
+def test_nan_or_inf_weights_are_named_at_load(hf_mlm, tmp_path, caplog):
+    """Issue 30: NaN weights loaded without a word, and `generate` then returned token 0
+    throughout. They still load as stored, with one warning naming every such tensor."""
+    import logging
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    _, path = hf_mlm
+    broken = tmp_path / "broken"
+    shutil.copytree(path, broken)
+    tensors = load_file(str(broken / "model.safetensors"))
+    nan_key = "bert.encoder.layer.1.output.dense.weight"
+    inf_key = "bert.embeddings.word_embeddings.weight"
+    tensors[nan_key][0, 0] = np.nan
+    tensors[inf_key][3, 1] = -np.inf
+    save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    for scan_layers in (False, True):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="biomed_jax.weights.reader"):
+            loaded = from_pretrained(broken, scan_layers=scan_layers)
+        messages = [r.getMessage() for r in caplog.records if "NaN or Inf" in r.getMessage()]
+        assert len(messages) == 1, caplog.text
+        assert "2 tensor(s)" in messages[0] and nan_key in messages[0] and inf_key in messages[0]
+        values = [np.asarray(v) for v in flatten(loaded.params).values()]
+        assert any(np.isnan(v).any() for v in values) and any(np.isinf(v).any() for v in values)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="biomed_jax.weights.reader"):
+        from_pretrained(path)
+    assert "NaN or Inf" not in caplog.text

@@ -144,6 +144,7 @@ def decode(
     prompt, prompt_mask = left_pad(ids, mask, bucket, fill if fill >= 0 else 0)
     xp = _array_module(prompt, prompt_mask)
     expand = num_beams if num_beams > 1 else num_return_sequences
+    _check_memory(config, module.dtype, ids.shape[0], expand, bucket + room)
     prompt, prompt_mask = xp.repeat(prompt, expand, 0), xp.repeat(prompt_mask, expand, 0)
     keep = (eos.size + 1 if eos.size else 2) if num_beams > 1 else 1
     denominators = _length_denominators(
@@ -204,6 +205,32 @@ def _decode(
     if settings.num_beams > 1:
         return beam_search(tokens_to_logits, _reorder, prompt, cache, slots, settings, rng)
     return sample(tokens_to_logits, prompt, cache, slots, settings, rng)
+
+
+def decoding_bytes(config: Any, dtype: Any, rows: int, slots: int) -> int:
+    """A lower bound of what decoding `rows` sequences over `slots` cache slots allocates: the KV
+    cache (keys and values [L, R, N, S, H] in the compute dtype) and a few float32 [R, V]
+    score arrays per step."""
+    cache = 2 * config.num_hidden_layers * rows * slots * config.hidden_size
+    return cache * np.dtype(dtype).itemsize + 4 * rows * config.vocab_size * 4
+
+
+def _check_memory(config: Any, dtype: Any, batch: int, expand: int, slots: int) -> None:
+    """Refuse, before anything is allocated, a decoding that cannot fit the device's memory
+    (num_beams=10**6 would otherwise end in RESOURCE_EXHAUSTED or an int32 overflow)."""
+    from biomed_jax.models.config import memory_bytes
+
+    rows = batch * expand
+    stats = jax.local_devices()[0].memory_stats() or {}
+    available = stats.get("bytes_limit") or memory_bytes()
+    need = decoding_bytes(config, dtype, rows, slots)
+    if rows > v.INT32_MAX or (available is not None and need > available):
+        have = "unknown" if available is None else f"{available / 2**30:.1f} GiB"
+        raise ValueError(
+            f"decoding {batch} prompt(s) x {expand} (num_beams or num_return_sequences) = {rows} "
+            f"rows over {slots} cache slots needs at least {need / 2**30:.1f} GiB, more than "
+            f"this device has ({have}): lower num_beams, the batch or max_new_tokens"
+        )
 
 
 def _reorder(cache: Any, rows: jax.Array) -> Any:

@@ -16,7 +16,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from biomed_jax.errors import ConfigError
+from biomed_jax.errors import ConfigError, shown
+from biomed_jax.fairseq import MAX_LEARNED_PROMPT
+from biomed_jax.validation import INT32_MAX
 
 END_OF_WORD = "</w>"  # our vocabularies mark word-final pieces (fairseq: no "@@")
 ELLIPSIS = "..."  # replaces the last kept source token when the source is cut
@@ -46,14 +48,26 @@ class TaskSettings:
     max_new_tokens: int | None = None
 
     def __post_init__(self) -> None:
-        if self.learned_prompt < 0:
-            raise ConfigError(f"learned_prompt must be >= 0, got {self.learned_prompt}")
-        if self.max_source_positions < 2:
-            raise ConfigError(f"max_source_positions must be >= 2, got {self.max_source_positions}")
-        if self.num_beams < 1:
-            raise ConfigError(f"num_beams must be >= 1, got {self.num_beams}")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        """Every field's type and range, checked before anything is built from it (a billion
+        prompt words, a beam of a million rows): one ConfigError naming every bad field."""
+        ranges = {
+            "learned_prompt": (0, MAX_LEARNED_PROMPT),
+            "max_source_positions": (2, INT32_MAX),
+            "num_beams": (1, INT32_MAX),
+            "max_new_tokens": (1, INT32_MAX),
+        }
+        problems = []
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            if name == "max_new_tokens" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                problems.append(f"{name} must be an int in [{low}, {high}], got {shown(value)}")
+        pattern = self.learned_prompt_pattern
+        if not isinstance(pattern, str) or len(pattern) > 100 or pattern.split() != [pattern]:
+            problems.append(f"learned_prompt_pattern must be a word, got {shown(pattern)}")
+        if problems:
+            raise ConfigError("task settings: " + "; ".join(problems))
 
     def replace(self, **changes: Any) -> TaskSettings:
         """These settings with the non-None `changes` applied."""

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from biomed_jax.errors import shown
 from biomed_jax.tasks.data import Dataset, Example, field, read_json_object
 from biomed_jax.tasks.prompting import BC5CDR_PREFIXES, TaskSettings, answer_text
 
@@ -94,6 +95,22 @@ def entity_maps(examples: Iterable[Example]) -> dict[str, dict[str, str]]:
     return maps
 
 
+def check_entities(entities: Any) -> dict[str, dict[str, str]]:
+    """`entities` (a `--entities` file's JSON) as the name -> id maps, or a ValueError saying
+    what is wrong: {"chemical2id": {name: id}, "disease2id": {name: id}}, names and ids strings."""
+    shape = "entities must be {'chemical2id': {name: id}, 'disease2id': {name: id}}"
+    if not isinstance(entities, dict):
+        raise ValueError(f"{shape}, got a {type(entities).__name__}: {shown(entities)}")
+    for kind in ("chemical2id", "disease2id"):
+        names = entities.get(kind)
+        if not isinstance(names, dict):
+            raise ValueError(f"{shape}; {kind} is {shown(names)}")
+        bad = [(k, i) for k, i in names.items() if not (isinstance(k, str) and isinstance(i, str))]
+        if bad:
+            raise ValueError(f"{shape}; {kind} holds entries that are not strings: {shown(bad)}")
+    return entities
+
+
 def cid_relations(
     pmid: str, pairs: list[tuple[str, str]] | None, maps: dict[str, dict[str, str]]
 ) -> list[tuple[str, str, str]]:
@@ -107,9 +124,7 @@ def score_bc5cdr(
 ) -> dict[str, Any]:
     """bc5cdr_eval.jar relation CID: sets of (pmid, chemical id, disease id); precision and F are
     None where the jar prints NaN (nothing predicted)."""
-    maps = entity_maps(examples) if entities is None else entities
-    if not all(isinstance(maps.get(k), dict) for k in ("chemical2id", "disease2id")):
-        raise ValueError("entities must be {'chemical2id': {name: id}, 'disease2id': {...}}")
+    maps = entity_maps(examples) if entities is None else check_entities(entities)
     gold = {(e.id, c, d) for e in examples for c, d in e.gold}
     predicted = {r for e, pairs in zip(examples, parsed) for r in cid_relations(e.id, pairs, maps)}
     tp, fp, fn = len(predicted & gold), len(predicted - gold), len(gold - predicted)

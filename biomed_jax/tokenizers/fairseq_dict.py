@@ -13,6 +13,9 @@ import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 
+from biomed_jax.errors import ConfigError, shown
+from biomed_jax.text_files import read_lines
+
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 _OVERWRITE = "#fairseq:overwrite"
 CONTINUATION = "@@"
@@ -46,8 +49,8 @@ class FairseqDictionary:
             key = hf_token(word)
             if key in vocab:
                 raise ValueError(
-                    f"dict.txt words {self.symbols[vocab[key]]!r} and {word!r} both become "
-                    f"{key!r} in vocab.json"
+                    f"dict.txt words {shown(self.symbols[vocab[key]])} and {shown(word)} both "
+                    f"become {shown(key)} in vocab.json"
                 )
             vocab[key] = i
         return vocab
@@ -63,26 +66,26 @@ def hf_token(word: str) -> str:
 
 
 def read_dict_txt(path: str | Path) -> FairseqDictionary:
-    """dict.txt -> the dictionary fairseq's `Dictionary.load` builds (specials first)."""
+    """dict.txt -> the dictionary fairseq's `Dictionary.load` builds (specials first). Errors
+    are `ConfigError`s naming the file and line, the line shown cut to ~100 characters."""
     path = Path(path)
     symbols = list(SPECIALS)
     indices = {w: i for i, w in enumerate(SPECIALS)}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            fields = line.rstrip().rsplit(" ", 1)
-            overwrite = len(fields) == 2 and fields[1] == _OVERWRITE
-            if overwrite:
-                fields = fields[0].rsplit(" ", 1)
-            if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
-                raise ValueError(
-                    f"{path} line {n}: expected '<word> <count> [flags]', got {line!r}"
-                )
-            word = fields[0]
-            if word in indices and not overwrite:
-                raise ValueError(
-                    f"{path} line {n}: duplicate word {word!r} (fairseq needs the "
-                    f"{_OVERWRITE} flag to repeat a word)"
-                )
-            indices[word] = len(symbols)
-            symbols.append(word)
+    for n, line in enumerate(read_lines(path), 1):  # UTF-8, at most 64 MiB, a regular file
+        fields = line.rstrip().rsplit(" ", 1)
+        overwrite = len(fields) == 2 and fields[1] == _OVERWRITE
+        if overwrite:
+            fields = fields[0].rsplit(" ", 1)
+        if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
+            raise ConfigError(
+                f"{path} line {n}: expected '<word> <count> [flags]', got {shown(line)}"
+            )
+        word = fields[0]
+        if word in indices and not overwrite:
+            raise ConfigError(
+                f"{path} line {n}: duplicate word {shown(word)} (fairseq needs the "
+                f"{_OVERWRITE} flag to repeat a word)"
+            )
+        indices[word] = len(symbols)
+        symbols.append(word)
     return FairseqDictionary(tuple(symbols), indices)

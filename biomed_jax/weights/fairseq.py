@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from biomed_jax.errors import CheckpointError, UnsafeCheckpointError
+from biomed_jax.errors import CheckpointError, UnsafeCheckpointError, shown
 from biomed_jax.weights.torch_zip import Global, Record, load_pickle
 
 Plain = Callable[[Any, str], Any]  # a part of a record (an argument, its state) as plain data
@@ -174,15 +174,17 @@ def _resolve(value: Any, root: Mapping[str, Any]) -> Any:
     seen: set[str] = set()
     while isinstance(value, str) and (m := _INTERPOLATION.match(value)):
         if value in seen:
-            raise CheckpointError(f"cfg interpolation {value} refers to itself")
+            raise CheckpointError(f"cfg interpolation {shown(value)} refers to itself")
         seen.add(value)
         found: Any = root
         for part in m.group(1).split("."):
             if not isinstance(found, Mapping) or part not in found:
-                raise CheckpointError(f"cfg interpolation {value} names nothing in the checkpoint")
+                raise CheckpointError(
+                    f"cfg interpolation {shown(value)} names nothing in the checkpoint"
+                )
             found = found[part]
         if isinstance(found, Mapping | list | tuple):
-            raise CheckpointError(f"cfg interpolation {value} names a section, not a value")
+            raise CheckpointError(f"cfg interpolation {shown(value)} names a section, not a value")
         value = found
     return value
 
@@ -211,7 +213,7 @@ def read_fairseq_checkpoint(path: str | Path) -> FairseqCheckpoint:
     model = dict(raw["model"])
     bad = [k for k, v in model.items() if not isinstance(k, str) or not isinstance(v, np.ndarray)]
     if bad:
-        raise CheckpointError(f"{path}: 'model' entries that are not named tensors: {bad[:10]}")
+        raise CheckpointError(f"{path}: 'model' entries that are not named tensors: {shown(bad)}")
     cfg, args = raw.get("cfg"), raw.get("args")
     if isinstance(cfg, Mapping) and cfg.get("model") is not None:
         model_args, task_args = cfg["model"], cfg.get("task") or {}

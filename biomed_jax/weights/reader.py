@@ -29,23 +29,48 @@ logger = logging.getLogger(__name__)
 InitFresh = Callable[[Mapping[str, object] | None], Mapping[str, object]]
 
 
-def read_block(checkpoint: Checkpoint, entry: Entry, index: Index | None) -> np.ndarray:
-    """Block `index` of the parameter `entry` describes (None: the whole parameter)."""
+def read_block(
+    checkpoint: Checkpoint, entry: Entry, index: Index | None, nonfinite: set[str] | None = None
+) -> np.ndarray:
+    """Block `index` of the parameter `entry` describes (None: the whole parameter); the keys of
+    checkpoint tensors whose block holds NaN or Inf are added to `nonfinite`."""
     if isinstance(entry, tuple):
         layers = range(len(entry)) if index is None else range(len(entry))[index[0]]
         rest = None if index is None else index[1:]
-        return np.stack([_read_source(checkpoint, entry[i], rest) for i in layers])
-    return _read_source(checkpoint, entry, index)
+        return np.stack([_read_source(checkpoint, entry[i], rest, nonfinite) for i in layers])
+    return _read_source(checkpoint, entry, index, nonfinite)
 
 
-def _read_source(checkpoint: Checkpoint, source: Source, index: Index | None) -> np.ndarray:
+def _read_source(
+    checkpoint: Checkpoint, source: Source, index: Index | None, nonfinite: set[str] | None
+) -> np.ndarray:
     file = checkpoint.owner[source.key]
     if index is not None and source.transpose:
         index = index[::-1]
     if source.layer is not None:  # [layer, ...]: stacked tensors are never transposed
         index = (source.layer,) if index is None else (source.layer, *index)
     block = file.read(source.key, index)
+    if nonfinite is not None and _is_float(block) and not np.isfinite(block).all():
+        nonfinite.add(source.key)
     return block.T if source.transpose else block
+
+
+def _is_float(array: np.ndarray) -> bool:
+    return np.issubdtype(array.dtype, np.floating) or array.dtype.name == "bfloat16"
+
+
+def _warn_nonfinite(checkpoint: Checkpoint, keys: set[str]) -> None:
+    """NaN or Inf weights load as they are (a model may mean them), but never silently: a NaN
+    weight makes every output NaN, and `generate` then returns token 0 throughout."""
+    names = sorted(keys)
+    more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+    logger.warning(
+        "%s: %d tensor(s) hold NaN or Inf values, so outputs that use them will be NaN: %s%s",
+        checkpoint.name,
+        len(names),
+        ", ".join(names[:10]),
+        more,
+    )
 
 
 def read_params(
@@ -57,6 +82,7 @@ def read_params(
     """The parameters `plan` describes as a nested dict: numpy arrays, or jax Arrays placed by
     `shardings` (a tree like the params). Fresh parameters come from `init_fresh(shardings)`."""
     placement = flatten(shardings) if shardings is not None else None
+    nonfinite: set[str] = set()  # checkpoint keys holding NaN or Inf
     out: dict[str, object] = {}
     for path, spec in plan.specs.items():
         if path in plan.fresh:
@@ -65,13 +91,16 @@ def read_params(
         dtype = np.dtype(spec.dtype)
 
         def read(index: Index | None, entry: Entry = entry, dtype: np.dtype = dtype) -> np.ndarray:
-            return np.ascontiguousarray(read_block(checkpoint, entry, index), dtype=dtype)
+            block = read_block(checkpoint, entry, index, nonfinite)
+            return np.ascontiguousarray(block, dtype=dtype)
 
         if placement is None:
             out[path] = read(None)
         else:
             sharding: Sharding = placement[path]
             out[path] = jax.make_array_from_callback(tuple(spec.shape), sharding, read)
+    if nonfinite:
+        _warn_nonfinite(checkpoint, nonfinite)
     if plan.fresh:
         if init_fresh is None:
             raise CheckpointError(

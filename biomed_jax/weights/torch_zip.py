@@ -40,7 +40,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from biomed_jax.errors import CheckpointError, UnsafeCheckpointError
+from biomed_jax.errors import CheckpointError, UnsafeCheckpointError, cut, shown
 from biomed_jax.weights.dtypes import READABLE_NAMES
 
 MAX_NDIM = 8
@@ -48,6 +48,9 @@ MAX_NDIM = 8
 # pickle and bounds the worst case to seconds.
 MAX_PICKLE_BYTES = 4 << 20
 MAX_DIM = 1 << 62  # any one size or stride
+# Zip members: torch.save writes one per storage plus a few; a fairseq checkpoint with its
+# optimizer state has a few thousand. Python's zipfile holds ~0.5 KB per member.
+MAX_MEMBERS = 1 << 16
 # `load_pickle`'s plain data: fairseq's is a few levels deep and a few thousand values.
 MAX_DEPTH = 64
 MAX_VALUES = 1 << 20
@@ -191,6 +194,8 @@ def load_pickle(
 
 
 def _open(path: Path, read: Callable[[zipfile.ZipFile, Path], Any]) -> Any:
+    if not path.is_file():  # a FIFO or device would block or never end
+        raise CheckpointError(f"{path} is not a regular file")
     with open(path, "rb") as f:
         magic = f.read(4)
     if not magic.startswith(b"PK"):
@@ -222,15 +227,21 @@ def _open(path: Path, read: Callable[[zipfile.ZipFile, Path], Any]) -> Any:
 def _data_pkl(archive: zipfile.ZipFile, path: Path) -> tuple[_Members, bytes, str]:
     """The load's members, data.pkl's bytes and its name for errors."""
     names = archive.namelist()
-    if len(names) != len(set(names)):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise CheckpointError(f"{path}: zip members appear twice: {dup[:5]}")
+    if len(names) > MAX_MEMBERS:
+        raise CheckpointError(
+            f"{path}: {len(names)} zip members, more than {MAX_MEMBERS}; torch.save writes one per "
+            "storage"
+        )
+    counts = collections.Counter(names)
+    if len(counts) != len(names):
+        dup = sorted(n for n, c in counts.items() if c > 1)
+        raise CheckpointError(f"{path}: zip members appear twice: {shown(dup)}")
     pickles = [n for n in names if n.endswith("/data.pkl")]
     if len(pickles) != 1:
-        raise CheckpointError(f"{path}: expected one data.pkl, found {pickles[:5]}")
+        raise CheckpointError(f"{path}: expected one data.pkl, found {shown(pickles)}")
     prefix = pickles[0][: -len("/data.pkl")]
     members = _Members(archive, prefix, path)
-    if f"{prefix}/byteorder" in names and members.read("byteorder").strip() != b"little":
+    if f"{prefix}/byteorder" in counts and members.read("byteorder").strip() != b"little":
         raise CheckpointError(f"{path}: only little-endian torch checkpoints are supported")
     if archive.getinfo(pickles[0]).file_size > MAX_PICKLE_BYTES:
         raise CheckpointError(
@@ -254,7 +265,7 @@ def _state_dict(archive: zipfile.ZipFile, path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(
             f"{path}: entries that are not named tensors: {reprlib.repr(bad[:10])}"
         )
-    return {k: _tensor(f"{path}: tensor {k!r}", v, members) for k, v in state.items()}
+    return {k: _tensor(f"{path}: tensor {shown(k)}", v, members) for k, v in state.items()}
 
 
 def _any_object(
@@ -583,8 +594,8 @@ def _global(
     found = _ALLOWED_GLOBALS.get((module, name)) or (extra or {}).get((module, name))
     if found is None:
         raise UnsafeCheckpointError(
-            f"{where}: refusing to load {module}.{name}: a torch checkpoint may only contain "
-            "tensors and plain containers (this file would run code if unpickled)"
+            f"{where}: refusing to load {cut(f'{module}.{name}')}: a torch checkpoint may only "
+            "contain tensors and plain containers (this file would run code if unpickled)"
         )
     return found
 
@@ -653,7 +664,7 @@ def _set_items(target: Any, items: list[Any], where: str, pos: int) -> None:
                 f"{where}: byte {pos}: dict key {reprlib.repr(key)} is not a str or int"
             )
         if key in target:
-            raise CheckpointError(f"{where}: byte {pos}: key {key!r} appears twice")
+            raise CheckpointError(f"{where}: byte {pos}: key {shown(key)} appears twice")
         target[key] = value
 
 
