@@ -10,6 +10,10 @@ EXTRAS = {
     "sacremoses": ("biogpt", "the BioGPT tokenizer (its Moses step)"),
     "optax": ("train", "biomed_jax.train"),
     "matplotlib": ("plot", "drawing attention maps"),
+    "qwix": (
+        "qwix",
+        "LoRA and int8 weight-only inference (biomed_jax.lora, biomed_jax.quantization)",
+    ),
 }
 
 

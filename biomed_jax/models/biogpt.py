@@ -101,6 +101,7 @@ class BioGptDecoder(ModelBase):
             self.config.num_hidden_layers,
             scan=self.scan_layers,
             remat=self.gradient_checkpointing,
+            remat_policy=self.remat_policy,
             in_axes=(nn.broadcast, 0, nn.broadcast),
             config=self.config,
             **self.numerics,
@@ -113,8 +114,20 @@ class BioGptDecoder(ModelBase):
         return layers((h, kv_cache), mask, layer_ids, cache_index)
 
 
+def check_call(
+    config, input_ids, attention_mask=None, position_ids=None, *, cache=None, **_
+) -> None:
+    """A BioGPT model call's arrays, checked on the host (values too, when concrete)."""
+    slots = None if cache is None else cache.max_length
+    check_inputs(config, input_ids, attention_mask, None, position_ids, mask_slots=slots)
+    _check_cache_inputs(config, input_ids, attention_mask, cache, position_ids is None)
+
+
 class BioGptModel(ModelBase):
     """Scaled token embeddings + learned positions, the decoder stack, a final LayerNorm."""
+
+    def check_call(self, *args, **kwargs) -> None:
+        check_call(self.config, *args, **kwargs)
 
     def setup(self) -> None:
         c, kw = self.config, {"init_std": self.config.initializer_range, **self.numerics}
@@ -141,14 +154,12 @@ class BioGptModel(ModelBase):
         deterministic: bool = True,
     ) -> BaseModelOutput:
         c = self.config
-        slots = None if cache is None else cache.max_length
-        check_inputs(c, input_ids, attention_mask, None, position_ids, mask_slots=slots)
+        check_call(c, input_ids, attention_mask, position_ids, cache=cache)
         batch, length = input_ids.shape
-        slots = length if cache is None else slots
+        slots = length if cache is None else cache.max_length
         index = jnp.zeros((), jnp.int32) if cache is None else cache.index
         if attention_mask is None:
             attention_mask = (jnp.arange(slots) < index + length)[None].repeat(batch, 0)
-        _check_cache_inputs(c, input_ids, attention_mask, cache, position_ids is None)
         if position_ids is None:
             position_ids = jax.lax.dynamic_slice_in_dim(
                 mask_positions(attention_mask), index, length, axis=1
@@ -194,16 +205,28 @@ def _check_cache_inputs(config, input_ids, attention_mask, cache, derive_positio
             raise ValueError(
                 f"cache is full: index {int(cache.index)} + {length} tokens > {slots} slots"
             )
-    if derive_positions and not isinstance(attention_mask, jax.core.Tracer):
+    if not derive_positions:
+        return
+    count = None  # the most real tokens of a row: its last position + 1
+    if attention_mask is not None and not isinstance(attention_mask, jax.core.Tracer):
         count = int(np.asarray(attention_mask).astype(bool).sum(axis=1).max(initial=0))
-        if count > config.max_position_embeddings:
-            raise ValueError(
-                f"{count} tokens exceed max_position_embeddings {config.max_position_embeddings}"
-            )
+    elif (
+        attention_mask is None
+        and cache is not None
+        and not isinstance(cache.index, jax.core.Tracer)
+    ):
+        count = int(cache.index) + length  # the default mask: every slot up to the last new one
+    if count is not None and count > config.max_position_embeddings:
+        raise ValueError(
+            f"{count} tokens exceed max_position_embeddings {config.max_position_embeddings}"
+        )
 
 
 class _BioGptWithHead(ModelBase):
     """Shared call plumbing of the task models: run `self.biogpt`, then `self.head` on its output."""
+
+    def check_call(self, *args, **kwargs) -> None:
+        check_call(self.config, *args, **kwargs)
 
     returns_cache: ClassVar[bool] = False  # whether the head's output carries the updated KV cache
 
