@@ -1,7 +1,8 @@
 """int8 weight-only inference through Google's qwix (extra `qwix`).
 
 Every matched Dense kernel is stored as int8 with one float scale per output feature (absmax:
-scale = max |w| over the input axis / 127, q = round(w / scale)), a quarter of its float32 bytes;
+scale = max |w| over the input axis / 127.5, q = round(w / scale) in [-128, 127], qwix's symmetric
+int8), a quarter of its float32 bytes;
 activations stay in the compute dtype and the matmul runs on the dequantized kernel, so the only
 error is the weights' rounding, at most scale / 2 per weight. Embedding tables (and the LM head
 tied to one) stay float: the lookup reads them.
@@ -24,7 +25,7 @@ from biomed_jax.lora import check_policy
 from biomed_jax.models.common import to_layout
 
 # Every Dense of both models: attention, MLP, pooler, MLM transform and the task heads.
-DENSE_TARGETS = r".*/(query|key|value|out|fc_in|fc_out|pooler|transform|classifier|score)"
+DENSE_TARGETS = r"(.*/)?(query|key|value|out|fc_in|fc_out|pooler|transform|classifier|score)"
 
 
 def quantize_int8(
