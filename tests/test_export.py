@@ -29,7 +29,7 @@ from biomed_jax.weights.export import export_state_dict
 from biomed_jax.weights.formats import open_checkpoint
 from conformance import bert as conf_bert
 from conformance import biogpt as conf_biogpt
-from conformance import tiny
+from conformance import corpus, tiny
 
 LABELS = ("O", "B-Chemical", "I-Chemical")
 TEXTS = ["Aspirin reduces fever in mice.", "Tumor growth inhibits gene expression."]
@@ -260,3 +260,34 @@ def test_refusals_name_what_is_wrong(bert_dir, tmp_path):
     first = pre.save_pretrained(tmp_path / "twice")
     assert pre.save_pretrained(first) == first  # its own earlier output is replaced whole
     assert not list(tmp_path.glob(".*"))  # no temporaries left behind
+
+
+def test_tokenizers_write_files_both_libraries_read(bert_dir, biogpt_dir, tmp_path):
+    from biomed_jax import BertTokenizer, BioGptTokenizer
+
+    text = ["Café Aspirin reduces FEVER in mice.", "Tumor growth."]
+    cased = BertTokenizer(
+        bert_dir / "vocab.txt",
+        do_lower_case=False,
+        strip_accents=True,
+        model_max_length=16,
+        padding_side="left",
+    )
+    cased.save_pretrained(tmp_path / "bert")
+    again = BertTokenizer.from_pretrained(tmp_path / "bert")
+    assert again.tokenizer_config() == cased.tokenizer_config()
+    assert again.vocab == cased.vocab
+    ours = cased(text, padding=True, truncation=True)
+    assert again(text, padding=True, truncation=True) == ours
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "bert")
+    assert theirs(text, padding=True, truncation=True)["input_ids"] == ours["input_ids"]
+
+    tok = BioGptTokenizer.from_pretrained(biogpt_dir)
+    tok.save_pretrained(tmp_path / "biogpt")
+    again = BioGptTokenizer.from_pretrained(tmp_path / "biogpt")
+    assert again.bpe.ranks.keys() == tok.bpe.ranks.keys()
+    order = sorted(tok.bpe.ranks, key=tok.bpe.ranks.__getitem__)
+    assert sorted(again.bpe.ranks, key=again.bpe.ranks.__getitem__) == order
+    theirs = transformers.BioGptTokenizer.from_pretrained(tmp_path / "biogpt")
+    sentences = [a["sentence"] for a in corpus.pubmed_articles()[:3]]
+    assert theirs(sentences)["input_ids"] == tok(sentences)["input_ids"]

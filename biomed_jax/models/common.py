@@ -86,6 +86,10 @@ class ModelBase(nn.Module):
             "policy": resolve(self.policy, self.precision),
         }
 
+    def check_call(self, *args: Any, **kwargs: Any) -> None:
+        """Check a call's arguments on the host, as `__call__` does (values too, when concrete):
+        what a compiled call (`Pretrained.__call__`) runs first. The models define it."""
+
     @property
     def stack_options(self) -> dict[str, Any]:
         """How submodules run their layer stack: remat and scan, as this module does."""
