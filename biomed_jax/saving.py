@@ -38,7 +38,8 @@ LAYOUTS = ("hf", "biomed_jax")
 GENERATION_CONFIG = "generation_config.json"
 # The architectures whose transformers class generates (HF writes their generation_config.json).
 GENERATES = ("BioGptForCausalLM",)
-SAVED_FILES = frozenset({"config.json", SINGLE, GENERATION_CONFIG, *TOKENIZER_FILES})
+TRAIN_STATE = "train_state.safetensors"  # the fine-tuning examples save it beside the model
+SAVED_FILES = frozenset({"config.json", SINGLE, GENERATION_CONFIG, TRAIN_STATE, *TOKENIZER_FILES})
 
 
 class SavesFiles(Protocol):
@@ -125,7 +126,7 @@ def read_generation_config(directory: Path) -> dict[str, Any] | None:
 
 def is_saved_model(directory: Path) -> bool:
     """An earlier output of `save_pretrained` or `convert` (either layout, holding only the files
-    they write)?"""
+    they write, and the fine-tuning examples' training state)?"""
     file = directory / SINGLE
     try:
         metadata = safetensors_metadata(file) if file.is_file() else {}
