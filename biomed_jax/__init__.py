@@ -24,6 +24,7 @@ from biomed_jax.models.biogpt import (
 )
 from biomed_jax.models.config import BertConfig, BioGptConfig
 from biomed_jax.pipelines import attention, embed, fill_mask, generate_text
+from biomed_jax.saving import save_pretrained
 from biomed_jax.sharding import make_mesh, shard_batch, shard_params
 from biomed_jax.tokenizers import BertTokenizer, BioGptTokenizer
 
@@ -55,6 +56,7 @@ __all__ = [
     "generate_text",
     "load_params",
     "make_mesh",
+    "save_pretrained",
     "shard_batch",
     "shard_params",
 ]

@@ -469,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--to",
         choices=("biomed_jax", "hf"),
         default="biomed_jax",
-        help="output layout: ours (default) or transformers' (BioGptForCausalLM.from_pretrained)",
+        help="output layout: ours (default) or transformers' (its AutoModel*.from_pretrained "
+        "reads it), every architecture",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_hub_options(p)

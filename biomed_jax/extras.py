@@ -13,6 +13,10 @@ from types import ModuleType
 EXTRAS = {
     "sacremoses": ("biogpt", "the BioGPT tokenizer (its Moses step)"),
     "matplotlib": ("plot", "drawing attention maps"),
+    "qwix": (
+        "qwix",
+        "LoRA and int8 weight-only inference (biomed_jax.lora, biomed_jax.quantization)",
+    ),
 }
 
 

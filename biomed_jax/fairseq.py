@@ -9,8 +9,6 @@ the task's prompt tokens. The checkpoint is read by the restricted reader (`weig
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 import types
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from biomed_jax.errors import CheckpointError, ConfigError, shown
-from biomed_jax.files import atomic_path, atomic_write_text
 from biomed_jax.models.config import BioGptConfig
 from biomed_jax.tokenizers.biogpt import BioGptTokenizer
 from biomed_jax.tokenizers.fairseq_dict import read_dict_txt
@@ -315,21 +312,3 @@ def read_model(files: FairseqFiles) -> FairseqModel:
     )
     args = FairseqArgs(checkpoint.model_args, checkpoint.task_args)
     return FairseqModel(config, state, tokenizer, files, args)
-
-
-def write_tokenizer_files(model: FairseqModel, directory: Path) -> None:
-    """vocab.json (fairseq's ids, transformers' keys), merges.txt (the bpecodes) and
-    tokenizer_config.json (the prompt tokens as additional special tokens): readable by our
-    `BioGptTokenizer.from_pretrained` and by transformers' `BioGptTokenizer`."""
-    tok = model.tokenizer
-    config = {
-        "tokenizer_class": "BioGptTokenizer",
-        **tok.special_tokens,
-        "model_max_length": tok.model_max_length,
-        "additional_special_tokens": list(tok.additional_special_tokens),
-        "prompt_tokens": list(tok.prompt_tokens),
-    }
-    atomic_write_text(directory / "vocab.json", json.dumps(tok.vocab, ensure_ascii=False, indent=2))
-    atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2))
-    with atomic_path(directory / "merges.txt") as tmp:
-        shutil.copyfile(model.files.bpecodes, tmp)

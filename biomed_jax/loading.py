@@ -11,6 +11,7 @@ template) -> validated -> read whole or per device -> params.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import shutil
 from collections.abc import Callable, Mapping
@@ -25,31 +26,48 @@ from jax.sharding import Mesh
 
 from biomed_jax import fairseq, hub
 from biomed_jax import sharding as shd
+from biomed_jax.architectures import (
+    ARCHITECTURES,
+    DEFAULT_ARCHITECTURE,
+    Architecture,
+    ModelConfig,
+    architecture_of,
+    name_table,
+    register_architecture,
+)
 from biomed_jax.errors import CheckpointError, ConfigError
 from biomed_jax.files import owned, real_target, replace_dir
 from biomed_jax.hub import TOKENIZER_FILES
-from biomed_jax.models import bert, biogpt
-from biomed_jax.models.common import init_params, param_template, to_layout
-from biomed_jax.models.config import BertConfig, BioGptConfig
+from biomed_jax.models.common import (
+    RematPolicy,
+    check_remat,
+    init_params,
+    param_template,
+    to_layout,
+)
+from biomed_jax.models.config import BioGptConfig
 from biomed_jax.nn.layers import Dtype
 from biomed_jax.numerics import PLAIN, Policy, PrecisionLike, resolve
+from biomed_jax.saving import (
+    GENERATES,
+    LAYOUTS,
+    is_saved_model,
+    read_generation_config,
+    save_pretrained,
+    write_model,
+)
 from biomed_jax.text_files import read_json_object
 from biomed_jax.tokenizers import BertTokenizer, BioGptTokenizer
 from biomed_jax.trees import unflatten
-from biomed_jax.weights.bert_names import bert_name_table
-from biomed_jax.weights.biogpt_names import HF_EXPORT, biogpt_name_table, fairseq_biogpt_name_table
+from biomed_jax.weights.biogpt_names import fairseq_biogpt_name_table
 from biomed_jax.weights.dtypes import FLOAT_DTYPES
-from biomed_jax.weights.export import export_state_dict
 from biomed_jax.weights.formats import (
     FORMAT,
     SINGLE,
     in_memory,
     is_converted,
     open_checkpoint,
-    safetensors_metadata,
-    save_params,
 )
-from biomed_jax.weights.names import NameTable
 from biomed_jax.weights.plan import make_plan
 from biomed_jax.weights.reader import read_params
 
@@ -77,7 +95,6 @@ __all__ = [
     "resolve_architecture",
 ]
 
-ModelConfig = BertConfig | BioGptConfig
 Tokenizer = BertTokenizer | BioGptTokenizer
 Params = dict[str, "Params | jax.Array | np.ndarray"]  # nested by module path
 
@@ -86,42 +103,6 @@ TOKENIZERS: dict[str, tuple[type[Tokenizer], tuple[str, ...]]] = {
     "bert": (BertTokenizer, ("vocab.txt",)),
     "biogpt": (BioGptTokenizer, ("vocab.json", "merges.txt")),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Architecture:
-    """A module class with its config class and name table."""
-
-    module: type[nn.Module]
-    config: type[ModelConfig]
-    name_table: Callable[[str], NameTable]
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    name: Architecture(getattr(bert, name), BertConfig, bert_name_table)
-    for name in (
-        "BertModel",
-        "BertForMaskedLM",
-        "BertForSequenceClassification",
-        "BertForTokenClassification",
-    )
-}
-ARCHITECTURES.update(
-    (name, Architecture(getattr(biogpt, name), BioGptConfig, biogpt_name_table))
-    for name in (
-        "BioGptModel",
-        "BioGptForCausalLM",
-        "BioGptForSequenceClassification",
-        "BioGptForTokenClassification",
-    )
-)
-DEFAULT_ARCHITECTURE = {"bert": "BertModel", "biogpt": "BioGptModel"}
-
-
-def register_architecture(name: str, arch: Architecture, default_for: str | None = None) -> None:
-    ARCHITECTURES[name] = arch
-    if default_for is not None:
-        DEFAULT_ARCHITECTURE[default_for] = name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,8 +138,12 @@ class MissingTokenizer:
 class Pretrained:
     """What `from_pretrained` returns: config, params, module, tokenizer and where they came from.
 
-    Call it like the module: `pre(input_ids, attention_mask)`. `params` are plain arrays; to place
-    them on a mesh use `pre.shard(mesh, rules)` (the module knows their logical axes).
+    Call it like the module: `pre(input_ids, attention_mask, output_hidden_states=True)` runs
+    `module.apply` compiled (`jit`), once per set of non-array keyword values (the arrays' shapes
+    and dtypes recompile as `jit` does); the arguments are checked on the host first, as an
+    uncompiled call checks them. `params` are jax arrays on the default device (or sharded, with
+    `mesh=`); to place them on a mesh later use `pre.shard(mesh, rules)` (the module knows their
+    logical axes). `save_pretrained` writes the model back (transformers' layout or ours).
     `fairseq_args`: a fairseq checkpoint's stored training arguments (None for other formats).
     """
 
@@ -170,12 +155,63 @@ class Pretrained:
     fairseq_args: fairseq.FairseqArgs | None = None  # a fairseq checkpoint's stored arguments
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.module.apply({"params": self.params}, *args, **kwargs)
+        self.module.check_call(*args, **kwargs)
+        static = {k: v for k, v in kwargs.items() if not _holds_arrays(v)}
+        dynamic = {k: v for k, v in kwargs.items() if k not in static}
+        try:
+            apply = _compiled_apply(self.module, tuple(sorted(static.items())))
+        except TypeError:  # an unhashable non-array argument (mutable=[...]): run uncompiled
+            return self.module.apply({"params": self.params}, *args, **kwargs)
+        return apply(self.params, args, dynamic)
 
     def shard(self, mesh: Mesh, rules: shd.Rules | str | None = None) -> Pretrained:
         """This model with its params placed on `mesh` by `rules` (default FSDP_TP)."""
         params = shd.shard_params(self.params, mesh, rules, module=self.module)
         return dataclasses.replace(self, params=params)
+
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        layout: str = "hf",
+        *,
+        generation_config: Mapping[str, Any] | None = None,
+        lora: Any = None,
+    ) -> Path:
+        """Write this model (its current params, config and tokenizer) as a checkpoint directory:
+        `layout="hf"` for transformers' `from_pretrained` (and ours), `"biomed_jax"` for ours.
+        generation_config.json (generating models) keeps the fields of the directory it was loaded
+        from, updated by `generation_config`. See `biomed_jax.saving.save_pretrained`."""
+        name = architecture_of(self.module)
+        fields = None if generation_config is None else dict(generation_config)
+        if name in GENERATES and self.path is not None and self.path.is_dir():
+            loaded = read_generation_config(self.path)
+            fields = {**loaded, **(fields or {})} if loaded else fields
+        tokenizer = None if isinstance(self.tokenizer, MissingTokenizer) else self.tokenizer
+        return save_pretrained(
+            directory,
+            self.params,
+            self.config,
+            architecture=name,
+            tokenizer=tokenizer,
+            layout=layout,
+            generation_config=fields,
+            lora=lora,
+        )
+
+
+def _holds_arrays(value: Any) -> bool:
+    """Does a call argument hold arrays (traced under `jit`), or only Python values (static)?"""
+    return any(isinstance(x, jax.Array | np.ndarray | np.generic) for x in jax.tree.leaves(value))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_apply(module: nn.Module, static: tuple[tuple[str, Any], ...]) -> Callable:
+    """`module.apply` jitted with the keyword arguments `static` fixed (one per module and set)."""
+
+    def apply(params: Params, args: tuple, dynamic: dict[str, Any]) -> Any:
+        return module.apply({"params": params}, *args, **dict(static), **dynamic)
+
+    return jax.jit(apply)
 
 
 def read_config_json(directory: Path) -> dict[str, Any]:
@@ -238,22 +274,18 @@ def build(
     return config, module
 
 
-def _name_table(module: nn.Module) -> NameTable:
-    for name, arch in ARCHITECTURES.items():
-        if type(module) is arch.module:
-            return arch.name_table(name)
-    raise ConfigError(f"{type(module).__name__} is not a registered architecture")
-
-
 def read_checkpoint(
     directory: Path,
     module: nn.Module,
     shardings: Mapping[str, object] | None = None,
     seed: int = 0,
+    *,
+    on_device: bool = False,
 ) -> Params:
-    """`module`'s params from the checkpoint in `directory`, in its layer layout: numpy arrays, or
-    placed by `shardings` (a tree like the params; each device reads only its own blocks). Task
-    heads the checkpoint lacks are initialized from `jax.random.key(seed)`."""
+    """`module`'s params from the checkpoint in `directory`, in its layer layout: numpy arrays,
+    jax arrays on the default device (`on_device`), or placed by `shardings` (a tree like the
+    params; each device reads only its own blocks). Task heads the checkpoint lacks are
+    initialized from `jax.random.key(seed)`."""
 
     def init_fresh(placement: Mapping[str, object] | None) -> Params:
         if placement is None:
@@ -261,9 +293,9 @@ def read_checkpoint(
         return jax.jit(lambda: init_params(module, seed), out_shardings=placement)()
 
     with open_checkpoint(directory) as checkpoint:
-        table = None if checkpoint.converted else _name_table(module)
+        table = None if checkpoint.converted else name_table(architecture_of(module))
         plan = make_plan(checkpoint, table, param_template(module))
-        return read_params(checkpoint, plan, shardings, init_fresh)
+        return read_params(checkpoint, plan, shardings, init_fresh, on_device=on_device)
 
 
 def load_params(path: str | Path, dtype: Dtype = None, scan_layers: bool = False) -> Params:
@@ -357,6 +389,8 @@ def from_pretrained(
     mesh: Mesh | None = None,
     rules: shd.Rules | str | None = None,
     scan_layers: bool = False,
+    gradient_checkpointing: bool = False,
+    remat_policy: RematPolicy = None,
     seed: int = 0,
     **config_overrides: Any,
 ) -> Pretrained:
@@ -375,10 +409,16 @@ def from_pretrained(
     current backend; `precision` (HF-Flax's), when given, replaces its matmul precision.
     `scan_layers`: run the layer stack as one `nn.scan` (params stacked [L, ...]; compiles faster)
     instead of unrolled layers with their own weight buffers (default; faster at run time).
+    `gradient_checkpointing`: recompute each layer's activations in the backward pass (`nn.remat`)
+    instead of keeping them; `remat_policy` says what each layer keeps all the same (the name of a
+    `jax.checkpoint_policies` policy, e.g. "dots_with_no_batch_dims_saveable", or a policy).
+    The params come back as jax arrays on the default device, each put there as it is read.
     `mesh` (a `biomed_jax.sharding.make_mesh`): each device reads only its own shards of the
     safetensors, placed by `rules` (`biomed_jax.sharding`, default FSDP_TP).
     """
     dtype = jnp.float32 if dtype is None else dtype
+    remat = {"gradient_checkpointing": gradient_checkpointing, "remat_policy": remat_policy}
+    check_remat(**remat)
     numerics = {"dtype": dtype, "param_dtype": param_dtype, "policy": resolve(policy, precision)}
     fairseq_files = fairseq.find_files(path)
     if fairseq_files is not None:
@@ -391,10 +431,11 @@ def from_pretrained(
             architecture,
             scan_layers=scan_layers,
             seed=seed,
+            on_device=True,
             **numerics,
             **config_overrides,
         )
-        return pretrained
+        return dataclasses.replace(pretrained, module=pretrained.module.clone(**remat))
     source = hub.resolve(path, revision=revision, cache_dir=cache_dir)
     directory = source.path
     config, module = build(
@@ -422,7 +463,8 @@ def from_pretrained(
                     convert(directory, target, architecture=name)
         directory = target
     shardings = None if mesh is None else shd.param_shardings(module, mesh, rules)
-    params = read_checkpoint(directory, module, shardings, seed)
+    params = read_checkpoint(directory, module, shardings, seed, on_device=True)
+    module = module.clone(**remat)
     return Pretrained(config, params, module, _tokenizer(directory, config), directory)
 
 
@@ -435,6 +477,7 @@ def _from_fairseq(
     policy: Policy = PLAIN,
     scan_layers: bool = False,
     seed: int = 0,
+    on_device: bool = False,
     **config_overrides: Any,
 ) -> tuple[Pretrained, fairseq.FairseqModel]:
     """A fairseq BioGPT checkpoint through its name table, read by the same plan and reader."""
@@ -448,24 +491,10 @@ def _from_fairseq(
     )
     checkpoint = in_memory(str(files.checkpoint), model.state_dict)
     plan = make_plan(checkpoint, fairseq_biogpt_name_table(name), param_template(module))
-    params = read_params(checkpoint, plan, init_fresh=lambda _: init_params(module, seed))
+    init_fresh = lambda _: init_params(module, seed)
+    params = read_params(checkpoint, plan, init_fresh=init_fresh, on_device=on_device)
     pretrained = Pretrained(config, params, module, model.tokenizer, files.checkpoint, model.args)
     return pretrained, model
-
-
-LAYOUTS = ("biomed_jax", "hf")
-
-
-def _is_conversion(directory: Path) -> bool:
-    """An earlier output of `convert` (either layout, holding only the files convert writes)?"""
-    ours = {"config.json", SINGLE, *TOKENIZER_FILES}
-    file = directory / SINGLE
-    try:
-        metadata = safetensors_metadata(file) if file.is_file() else {}
-    except CheckpointError:
-        return False
-    written = FORMAT in (metadata.get("format"), metadata.get("written_by"))
-    return written and all(p.name in ours for p in directory.iterdir())
 
 
 def convert(
@@ -476,15 +505,16 @@ def convert(
     to: str = "biomed_jax",
 ) -> Path:
     """Convert an HF checkpoint directory or a fairseq BioGPT checkpoint (`.pt` file or its
-    directory) into ours (`to="biomed_jax"`) or into transformers' layout (`to="hf"`):
-    model.safetensors, config.json, tokenizer files.
+    directory) into ours (`to="biomed_jax"`) or into transformers' layout (`to="hf"`), any
+    architecture: model.safetensors, config.json, tokenizer files, generation_config.json (kept
+    from the source, or derived from the config, for the models that generate).
 
-    `dst_dir` must be new, empty, or an earlier output of `convert`; it is built beside itself and
-    replaces the old one whole (see `biomed_jax.files.replace_dir`), so a directory that exists is
-    complete, and no file of another model survives in it. A symlink at `dst_dir` is followed (the
-    link keeps pointing at the new directory). Another `convert` into the same destination at the
-    same time is refused (`OutputBusyError`); nothing beside `dst_dir` but its own lock file and
-    temporaries (`.<name>.biomed_jax-*`) is ever created or removed.
+    `dst_dir` must be new, empty, or an earlier output of `convert` or `save_pretrained`; it is
+    built beside itself and replaces the old one whole (see `biomed_jax.files.replace_dir`), so a
+    directory that exists is complete, and no file of another model survives in it. A symlink at
+    `dst_dir` is followed (the link keeps pointing at the new directory). Another `convert` into
+    the same destination at the same time is refused (`OutputBusyError`); nothing beside `dst_dir`
+    but its own lock file and temporaries (`.<name>.biomed_jax-*`) is ever created or removed.
     """
     if to not in LAYOUTS:
         raise ValueError(f"convert: to={to!r}; expected one of {LAYOUTS}")
@@ -492,27 +522,20 @@ def convert(
     if src.resolve() == dst.resolve():
         raise ValueError("convert: source and destination must differ")
     fairseq_files = fairseq.find_files(src)
-    model = None
+    tokenizer, generation = None, None
     if fairseq_files is not None:
-        pretrained, model = _from_fairseq(fairseq_files, architecture, scan_layers=True)
-        config, params = pretrained.config, pretrained.params
+        pretrained, _ = _from_fairseq(fairseq_files, architecture, scan_layers=True)
+        config, params, tokenizer = pretrained.config, pretrained.params, pretrained.tokenizer
     else:
         config, module = build(src, architecture, scan_layers=True)
         params = read_checkpoint(src, module)
-    name = config.architectures[0]
-    if to == "hf" and name not in HF_EXPORT:
-        raise ValueError(f"convert --to hf writes {sorted(HF_EXPORT)}, not {name}")
-    with replace_dir(dst, _is_conversion) as tmp:
-        if model is not None:
-            fairseq.write_tokenizer_files(model, tmp)
+        generation = read_generation_config(src) if config.architectures[0] in GENERATES else None
+    with replace_dir(dst, is_saved_model) as tmp:
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         else:
             for file in TOKENIZER_FILES:
                 if (src / file).is_file():
                     shutil.copyfile(src / file, tmp / file)
-        config.save_pretrained(tmp)
-        if to == "hf":
-            tensors = export_state_dict(params, HF_EXPORT[name], config.num_hidden_layers)
-            save_params(tensors, tmp / SINGLE, {"format": "pt", "written_by": FORMAT})
-        else:
-            save_params(params, tmp / SINGLE, {"architecture": name})
+        write_model(tmp, params, config, to, generation)
     return Path(dst_dir)

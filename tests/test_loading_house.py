@@ -396,6 +396,7 @@ def test_convert_replaces_its_own_output_whole(hf_bert, hf_biogpt, tmp_path):
     convert(hf_biogpt, out)  # a BioGPT over an earlier BERT conversion
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json",
+        "generation_config.json",
         "merges.txt",
         "model.safetensors",
         "vocab.json",

@@ -16,18 +16,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biomed_jax import hub, train
-from biomed_jax.files import atomic_write_bytes, atomic_write_text
+from biomed_jax import train
+from biomed_jax.files import atomic_write_text
 from biomed_jax.loading import (
     ARCHITECTURES,
-    TOKENIZER_FILES,
     MissingTokenizer,
     from_pretrained,
     init_params,
 )
-from biomed_jax.models.common import stack_layers
 from biomed_jax.models.config import BertConfig
-from biomed_jax.weights.formats import save_params
+from biomed_jax.saving import TRAIN_STATE, save_pretrained
 
 
 def parser(description: str, data_help: str) -> argparse.ArgumentParser:
@@ -158,10 +156,12 @@ def fit(
     args: argparse.Namespace,
     module: Any,
     params: Any,
+    tokenizer: Any,
     train_data: dict[str, np.ndarray],
     evaluate: Callable[[train.TrainState], dict[str, Any]],
 ) -> dict[str, Any]:
-    """Train for args.epochs, evaluating after each epoch; returns the loss curve and metrics."""
+    """Train for args.epochs, evaluating after each epoch; returns the loss curve and metrics.
+    With args.output, the model (and `tokenizer`) and the training state are saved there."""
     n = len(train_data["input_ids"])
     if n < args.batch_size:
         raise ValueError(f"{n} training examples is fewer than one batch of {args.batch_size}")
@@ -207,20 +207,15 @@ def fit(
         print(json.dumps(scores))
     history["seconds"] = time.perf_counter() - started
     if args.output:
-        save(args.output, module, state, hub.resolve(args.model).path)  # hub ids too
+        save(args.output, module, state, tokenizer)
     if args.json:
         atomic_write_text(args.json, json.dumps(history, indent=2))
     return history
 
 
-def save(directory: Path, module: Any, state: train.TrainState, source: Path) -> None:
-    """A checkpoint `from_pretrained` loads (config.json, tokenizer files from `source`,
-    model.safetensors) and the training state (train_state.safetensors, for --resume)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            atomic_write_bytes(directory / name, (source / name).read_bytes())
-    module.config.replace(architectures=(type(module).__name__,)).save_pretrained(directory)
-    params = stack_layers(jax.device_get(state.params))  # files hold the stack scanned
-    save_params(params, directory / "model.safetensors", {"architecture": type(module).__name__})
-    train.save_train_state(directory / "train_state.safetensors", state)
+def save(directory: Path, module: Any, state: train.TrainState, tokenizer: Any) -> None:
+    """The fine-tuned model in transformers' layout (`save_pretrained`: loaded by ours and by
+    transformers' `from_pretrained`) and the training state beside it (TRAIN_STATE, for --resume)."""
+    name = type(module).__name__
+    save_pretrained(directory, state.params, module.config, architecture=name, tokenizer=tokenizer)
+    train.save_train_state(directory / TRAIN_STATE, state)

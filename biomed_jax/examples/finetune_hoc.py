@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
             scores |= {f"tuned_{k}": v for k, v in tuned.items()}
         return scores
 
-    return _common.fit(args, module, params, train_data, evaluate)
+    return _common.fit(args, module, params, tokenizer, train_data, evaluate)
 
 
 if __name__ == "__main__":

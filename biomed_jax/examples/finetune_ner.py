@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         scores = metrics.entity_scores(gold, document_spans(eval_sents, predicted, len(gold)))
         return {"ceiling_f1": ceiling, **scores}
 
-    return _common.fit(args, module, params, train_enc.batch(), evaluate)
+    return _common.fit(args, module, params, tokenizer, train_enc.batch(), evaluate)
 
 
 if __name__ == "__main__":

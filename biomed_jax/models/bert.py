@@ -103,6 +103,7 @@ class BertEncoder(ModelBase):
             self.config.num_hidden_layers,
             scan=self.scan_layers,
             remat=self.gradient_checkpointing,
+            remat_policy=self.remat_policy,
             in_axes=(nn.broadcast, nn.broadcast),
             config=self.config,
             **self.numerics,
@@ -115,8 +116,18 @@ class BertEncoder(ModelBase):
         )  # h [B, T, D], (L x [B, T, D] | None, L x [B, N, T, T] | None)
 
 
+def check_call(
+    config, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, **_
+) -> None:
+    """A BERT model call's arrays, checked on the host (values too, when concrete)."""
+    check_inputs(config, input_ids, attention_mask, token_type_ids, position_ids)
+
+
 class BertModel(ModelBase):
     """Embeddings, encoder stack and (optionally) the tanh pooler over [CLS]."""
+
+    def check_call(self, *args, **kwargs) -> None:
+        check_call(self.config, *args, **kwargs)
 
     add_pooling_layer: bool = True
 
@@ -146,7 +157,7 @@ class BertModel(ModelBase):
         `attention_mask`, `position_ids` that restart (0, 1, 2, 0, 1) mark packed sequences, each
         attending only to itself."""
         c = self.config
-        check_inputs(c, input_ids, attention_mask, token_type_ids, position_ids)
+        check_call(c, input_ids, attention_mask, token_type_ids, position_ids)
         batch, length = input_ids.shape
         if token_type_ids is None:
             token_type_ids = jnp.zeros((batch, length), jnp.int32)
@@ -177,6 +188,9 @@ class BertModel(ModelBase):
 
 class _BertWithHead(ModelBase):
     """Shared call plumbing of the task models: run `self.bert`, then `self.head` on its output."""
+
+    def check_call(self, *args, **kwargs) -> None:
+        check_call(self.config, *args, **kwargs)
 
     def __call__(
         self,

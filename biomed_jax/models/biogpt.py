@@ -115,6 +115,7 @@ class BioGptDecoder(ModelBase):
             scan=self.scan_layers,
             remat=self.gradient_checkpointing,
             in_axes=(nn.broadcast, 0, nn.broadcast, nn.broadcast),
+            remat_policy=self.remat_policy,
             config=self.config,
             **self.numerics,
             deterministic=deterministic,
@@ -126,8 +127,20 @@ class BioGptDecoder(ModelBase):
         return layers((h, kv_cache), mask, layer_ids, cache_index, segments)
 
 
+def check_call(
+    config, input_ids, attention_mask=None, position_ids=None, *, cache=None, **_
+) -> None:
+    """A BioGPT model call's arrays, checked on the host (values too, when concrete)."""
+    slots = None if cache is None else cache.max_length
+    check_inputs(config, input_ids, attention_mask, None, position_ids, mask_slots=slots)
+    _check_cache_inputs(config, input_ids, attention_mask, cache, position_ids is None)
+
+
 class BioGptModel(ModelBase):
     """Scaled token embeddings + learned positions, the decoder stack, a final LayerNorm."""
+
+    def check_call(self, *args, **kwargs) -> None:
+        check_call(self.config, *args, **kwargs)
 
     def setup(self) -> None:
         c, kw = self.config, {"init_std": self.config.initializer_range, **self.numerics}
@@ -157,16 +170,14 @@ class BioGptModel(ModelBase):
         causal here; positions derived from it), or a whole [B, T, S] / [B, N, T, S] mask used
         as given (as transformers; positions then default to the slots, 0..T-1 without a cache)."""
         c = self.config
-        slots = None if cache is None else cache.max_length
-        check_inputs(c, input_ids, attention_mask, None, position_ids, mask_slots=slots)
+        check_call(c, input_ids, attention_mask, position_ids, cache=cache)
         batch, length = input_ids.shape
-        slots = length if cache is None else slots
+        slots = length if cache is None else cache.max_length
         index = jnp.zeros((), jnp.int32) if cache is None else cache.index
         query_slots = index + jnp.arange(length)  # [T]
         if attention_mask is None:
             attention_mask = jnp.broadcast_to(jnp.arange(slots) < index + length, (batch, slots))
         padding_mask = attention_mask.ndim == 2
-        _check_cache_inputs(c, input_ids, attention_mask, cache, position_ids is None)
         if position_ids is None and padding_mask:
             position_ids = jax.lax.dynamic_slice_in_dim(
                 mask_positions(attention_mask), index, length, axis=1
@@ -216,13 +227,13 @@ def _check_cache_inputs(config, input_ids, attention_mask, cache, default_positi
             raise ValueError(
                 f"cache is full: index {int(cache.index)} + {length} tokens > {slots} slots"
             )
-    if not default_positions or v.is_traced(attention_mask):
+    if not default_positions or (attention_mask is not None and v.is_traced(attention_mask)):
         return
     limit = config.max_position_embeddings
-    if attention_mask.ndim == 2:  # positions derived from the mask: one per token
+    if attention_mask is not None and attention_mask.ndim == 2:  # positions from the mask
         count = int(np.asarray(attention_mask).astype(bool).sum(axis=1).max(initial=0))
-    elif cache is None or not v.is_traced(cache.index):  # positions are the slots
-        count = (0 if cache is None else int(cache.index)) + length
+    elif cache is None or not v.is_traced(cache.index):  # positions are the slots (or the default
+        count = (0 if cache is None else int(cache.index)) + length  # mask's: every slot so far)
     else:
         return
     if v.exceeds(count, limit):
@@ -231,6 +242,9 @@ def _check_cache_inputs(config, input_ids, attention_mask, cache, default_positi
 
 class _BioGptWithHead(ModelBase):
     """Shared call plumbing of the task models: run `self.biogpt`, then `self.head` on its output."""
+
+    def check_call(self, *args, **kwargs) -> None:
+        check_call(self.config, *args, **kwargs)
 
     returns_cache: ClassVar[bool] = False  # whether the head's output carries the updated KV cache
 

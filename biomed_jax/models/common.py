@@ -23,13 +23,49 @@ from biomed_jax import validation as v
 from biomed_jax.nn.layers import Dtype
 from biomed_jax.numerics import Policy, PrecisionLike, resolve
 
+# `jax.checkpoint_policies` that are policies themselves (the others build one from arguments:
+# pass what they return).
+REMAT_POLICIES = (
+    "everything_saveable",
+    "nothing_saveable",
+    "dots_saveable",
+    "checkpoint_dots",
+    "dots_with_no_batch_dims_saveable",
+    "checkpoint_dots_with_no_batch_dims",
+)
+RematPolicy = str | Callable[..., Any] | None
+
+
+def check_remat(gradient_checkpointing: bool, remat_policy: RematPolicy) -> Callable | None:
+    """The `jax.checkpoint` policy that `remat_policy` names (None: JAX's default, save nothing
+    but the layer's inputs); errors name the argument."""
+    if not isinstance(gradient_checkpointing, bool):
+        raise TypeError(
+            f"gradient_checkpointing must be True or False, got {gradient_checkpointing!r}"
+        )
+    if remat_policy is None:
+        return None
+    if not gradient_checkpointing:
+        raise ValueError("remat_policy applies with gradient_checkpointing=True")
+    if isinstance(remat_policy, str):
+        if remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"remat_policy {remat_policy!r} is not one of {REMAT_POLICIES}; the other "
+                "jax.checkpoint_policies take arguments: pass the policy they return"
+            )
+        return getattr(jax.checkpoint_policies, remat_policy)
+    if not callable(remat_policy):
+        raise TypeError(f"remat_policy must be a policy name or a policy, got {remat_policy!r}")
+    return remat_policy
+
 
 class ModelBase(nn.Module):
     """Fields of every model: config, compute/param dtypes, numerics policy, remat, layer stack.
 
     `dtype` / `param_dtype` are HF-Flax's; `policy` (`biomed_jax.numerics`: a `Policy` or a preset
     name, default "fast") says how to compute; `precision` (HF-Flax's), when given, replaces the
-    policy's matmul precision.
+    policy's matmul precision. `gradient_checkpointing` wraps each layer in `nn.remat`, keeping
+    what `remat_policy` (`check_remat`) says.
     """
 
     config: Any
@@ -38,6 +74,7 @@ class ModelBase(nn.Module):
     policy: Policy | str = "fast"
     precision: PrecisionLike = None
     gradient_checkpointing: bool = False
+    remat_policy: RematPolicy = None
     scan_layers: bool = False
 
     @property
@@ -49,11 +86,16 @@ class ModelBase(nn.Module):
             "policy": resolve(self.policy, self.precision),
         }
 
+    def check_call(self, *args: Any, **kwargs: Any) -> None:
+        """Check a call's arguments on the host, as `__call__` does (values too, when concrete):
+        what a compiled call (`Pretrained.__call__`) runs first. The models define it."""
+
     @property
     def stack_options(self) -> dict[str, Any]:
         """How submodules run their layer stack: remat and scan, as this module does."""
         return {
             "gradient_checkpointing": self.gradient_checkpointing,
+            "remat_policy": self.remat_policy,
             "scan_layers": self.scan_layers,
         }
 
@@ -115,6 +157,7 @@ def layer_stack(
     scan: bool,
     remat: bool,
     in_axes: Any,
+    remat_policy: RematPolicy = None,
     **layer_kwargs: Any,
 ) -> Callable[..., tuple[jax.Array, Any]]:
     """`num_layers` copies of `layer_cls`: (h, *args) -> (h, ys), each leaf of ys a tuple of L.
@@ -123,7 +166,8 @@ def layer_stack(
     whether every layer sees it whole (`nn.broadcast`) or its own slice of a leading L axis (0).
     Both ways compute the same function; only the param layout and the compiled program differ.
     """
-    cls = nn.remat(layer_cls, prevent_cse=not scan) if remat else layer_cls
+    policy = check_remat(remat, remat_policy)
+    cls = nn.remat(layer_cls, prevent_cse=not scan, policy=policy) if remat else layer_cls
     if scan:
         scanned = nn.scan(
             cls,

@@ -152,7 +152,9 @@ class Dense(nn.Module):
                 (self.features,),
                 self.param_dtype,
             ).astype(self.dtype)
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        # flax's promote_dtype, as nn.Dense: quantization libraries (qwix) intercept it to keep
+        # a quantized kernel as it is
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
         return _weight_matmul(x, kernel, bias, self.policy, contract=0)
 
 

@@ -23,10 +23,14 @@ Subclass hooks (everything else lives here, once):
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
+from biomed_jax.files import atomic_write_text
 
 Piece = tuple[Any, int]
 Offsets = tuple[int, int]
@@ -308,6 +312,21 @@ class EncodingBase:
         self.truncation_side = truncation_side
         self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
         self.pad_token_type_id = pad_token_type_id
+
+    def tokenizer_config(self) -> dict[str, Any]:
+        """tokenizer_config.json's fields every tokenizer has (HF's names); subclasses add theirs."""
+        return {
+            "tokenizer_class": type(self).__name__,
+            **self.special_tokens,
+            "model_max_length": self.model_max_length,
+            "padding_side": self.padding_side,
+            "truncation_side": self.truncation_side,
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+        }
+
+    def _save_config(self, directory: str | Path) -> None:
+        text = json.dumps(self.tokenizer_config(), indent=2, ensure_ascii=False) + "\n"
+        atomic_write_text(Path(directory) / "tokenizer_config.json", text)
 
     # -- subclass hooks ---------------------------------------------------------------------------
     def _encode_text(self, text: str) -> tuple[list[int], list[Offsets]]:

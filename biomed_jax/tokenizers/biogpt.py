@@ -13,6 +13,7 @@ of BioGPT's fine-tuned models as `prompt_ids`, skipped by `decode(skip_special_t
 from __future__ import annotations
 
 import functools
+import json
 import re
 import reprlib
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,7 @@ from typing import Any
 
 from biomed_jax.errors import ConfigError
 from biomed_jax.extras import require
+from biomed_jax.files import atomic_write_text
 from biomed_jax.text_files import read_json_object
 from biomed_jax.tokenizers._encoding import PYTHON_RULES, EncodingBase, Offsets, Piece
 from biomed_jax.tokenizers._files import read_tokenizer_config, token_content
@@ -205,6 +207,23 @@ class BioGptTokenizer(EncodingBase):
             prompt_tokens=prompt,
             **kwargs,
         )
+
+    def tokenizer_config(self) -> dict[str, Any]:
+        return {
+            **super().tokenizer_config(),
+            "additional_special_tokens": list(self.additional_special_tokens),
+            "prompt_tokens": list(self.prompt_tokens),
+        }
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """vocab.json, merges.txt (the merges in rank order) and tokenizer_config.json into
+        `directory`: what `from_pretrained` (ours and transformers') reads back as this tokenizer."""
+        directory = Path(directory)
+        vocab = json.dumps(self.vocab, ensure_ascii=False, indent=2) + "\n"
+        atomic_write_text(directory / "vocab.json", vocab)
+        merges = sorted(self.bpe.ranks, key=self.bpe.ranks.__getitem__)
+        atomic_write_text(directory / "merges.txt", "".join(f"{a} {b}\n" for a, b in merges))
+        self._save_config(directory)
 
     def _template(self, pair: bool) -> tuple[Piece, ...]:
         sep = self.sep_token_id

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from biomed_jax.errors import ConfigError
+from biomed_jax.files import atomic_write_text
 from biomed_jax.text_files import read_lines
 from biomed_jax.tokenizers import _unicode_tables as tables
 from biomed_jax.tokenizers._encoding import (
@@ -202,6 +203,23 @@ class BertTokenizer(EncodingBase):
             raise ConfigError(f"{directory}: {e}") from e
         tokenizer._refuse_added_tokens(kwargs)
         return tokenizer
+
+    def tokenizer_config(self) -> dict[str, Any]:
+        return {
+            **super().tokenizer_config(),
+            "do_lower_case": self.do_lower_case,
+            "tokenize_chinese_chars": self.tokenize_chinese_chars,
+            "strip_accents": self.strip_accents,
+        }
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """vocab.txt and tokenizer_config.json into `directory`: what `from_pretrained` (ours and
+        transformers') reads back as this tokenizer."""
+        tokens = [self.ids_to_tokens.get(i) for i in range(len(self.vocab))]
+        if None in tokens:
+            raise ValueError("vocab.txt lists tokens by id: the vocabulary ids must be 0..n-1")
+        atomic_write_text(Path(directory) / "vocab.txt", "".join(t + "\n" for t in tokens))
+        self._save_config(directory)
 
     def _refuse_added_tokens(self, config: dict[str, Any]) -> None:
         """Tokens added on top of vocab.txt are not implemented: refuse them, never drop them."""

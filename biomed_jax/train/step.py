@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from biomed_jax.models.common import check_remat
 from biomed_jax.train.losses import LossFn, loss_for_model
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
@@ -40,12 +41,15 @@ def create_train_state(
     loss_fn: LossFn | None = None,
     dtype: Any = None,
     gradient_checkpointing: bool | None = None,
+    remat_policy: Any = None,
 ) -> TrainState:
     """A TrainState for `module` with float32 master copies of `params`.
 
     dtype: compute dtype (e.g. jnp.bfloat16); matmuls run in it, parameters and their gradients,
     LayerNorm statistics, softmax and the loss stay float32. gradient_checkpointing: remat each
     layer (recompute its activations in the backward pass). None keeps the module's setting.
+    remat_policy: what each layer keeps with remat (a `jax.checkpoint_policies` name or policy,
+    `models.common.check_remat`); None keeps the module's (dropped with remat off).
     loss_fn: (logits, labels) -> scalar; default from the module class (`loss_for_model`).
     """
     changes: dict[str, Any] = {}
@@ -53,6 +57,14 @@ def create_train_state(
         changes["dtype"] = jnp.dtype(dtype)
     if gradient_checkpointing is not None:
         changes["gradient_checkpointing"] = gradient_checkpointing
+        if not gradient_checkpointing:
+            changes["remat_policy"] = None
+    if remat_policy is not None:
+        changes["remat_policy"] = remat_policy
+    check_remat(
+        changes.get("gradient_checkpointing", module.gradient_checkpointing),
+        changes.get("remat_policy", module.remat_policy),
+    )
     module = module.clone(**changes) if changes else module
     # A copy: train_step donates the state's buffers, which must not be the caller's arrays.
     master = jax.tree.map(lambda p: jnp.array(p, jnp.float32, copy=True), params)

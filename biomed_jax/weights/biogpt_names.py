@@ -77,10 +77,3 @@ _FAIRSEQ_DROP = (r"^decoder\.output_projection\.weight$", r"^decoder\.version$")
 def fairseq_biogpt_name_table(architecture: str) -> NameTable:
     """The table from a fairseq BioGPT checkpoint onto one of our BioGPT module classes."""
     return biogpt_name_table(architecture, prefix=r"decoder\.", drop=_FAIRSEQ_DROP)
-
-
-# Writing transformers' layout (literal key prefixes; the LM head is tied, so not written).
-HF_EXPORT = {
-    "BioGptForCausalLM": (("biogpt.", "biogpt/", _BACKBONE),),
-    "BioGptModel": (("", "", _BACKBONE),),
-}

@@ -1,34 +1,34 @@
 """Our parameter tree -> a checkpoint's names: a name table's rules read backwards.
 
-The inverse of reading through a name table (`weights.plan`) for writing transformers-loadable files: each rule's
-key template (with a literal prefix in place of the table's prefix regex) receives our tensor,
+The inverse of reading through a name table (`weights.plan`), for writing transformers-loadable
+files: each rule's key template, under the group's literal key prefix (our path prefix with `.`
+for `/`: `bert/` -> `bert.`, as transformers names its submodules), receives our tensor,
 transposed back where the rule says, unstacked over layers for `{i}` keys. Every parameter must be
 named by a rule; leftovers are an error listing them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from biomed_jax.errors import CheckpointError
 from biomed_jax.trees import flatten
-from biomed_jax.weights.names import Rule
-
-ExportGroup = tuple[str, str, Sequence[Rule]]  # (key prefix, our path prefix, rules)
+from biomed_jax.weights.names import NameTable
 
 
 def export_state_dict(
-    params: Mapping[str, Any], groups: Sequence[ExportGroup], num_layers: int
+    params: Mapping[str, Any], table: NameTable, num_layers: int
 ) -> dict[str, np.ndarray]:
     """Scanned-layout `params` (per-layer tensors stacked [L, ...]) -> {checkpoint key: array}."""
     flat = flatten(params)
     out: dict[str, np.ndarray] = {}
     used: set[str] = set()
     problems: list[str] = []
-    for key_prefix, our_prefix, rules in groups:
+    for _, our_prefix, rules in table.groups:
+        key_prefix = our_prefix.replace("/", ".")
         for rule in rules:
             path = our_prefix + rule.ours
             if path not in flat:

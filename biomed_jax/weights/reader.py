@@ -78,9 +78,13 @@ def read_params(
     plan: Plan,
     shardings: Mapping[str, object] | None = None,
     init_fresh: InitFresh | None = None,
+    *,
+    on_device: bool = False,
 ) -> dict[str, object]:
-    """The parameters `plan` describes as a nested dict: numpy arrays, or jax Arrays placed by
-    `shardings` (a tree like the params). Fresh parameters come from `init_fresh(shardings)`."""
+    """The parameters `plan` describes as a nested dict: numpy arrays, jax Arrays on the default
+    device (`on_device`: each put there as it is read, so host memory holds one parameter at a
+    time beyond them), or jax Arrays placed by `shardings` (a tree like the params). Fresh
+    parameters come from `init_fresh(shardings)`."""
     placement = flatten(shardings) if shardings is not None else None
     nonfinite: set[str] = set()  # checkpoint keys holding NaN or Inf
     out: dict[str, object] = {}
@@ -95,7 +99,7 @@ def read_params(
             return np.ascontiguousarray(block, dtype=dtype)
 
         if placement is None:
-            out[path] = read(None)
+            out[path] = jax.device_put(read(None)) if on_device else read(None)
         else:
             sharding: Sharding = placement[path]
             out[path] = jax.make_array_from_callback(tuple(spec.shape), sharding, read)
@@ -118,5 +122,5 @@ def read_params(
         initial = flatten(init_fresh(shardings))
         for path in plan.fresh:
             value = initial[path]
-            out[path] = np.asarray(value) if placement is None else value
+            out[path] = np.asarray(value) if placement is None and not on_device else value
     return unflatten(out)
