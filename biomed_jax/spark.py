@@ -279,13 +279,32 @@ def _driver_model(model: str) -> Pretrained | None:
     return Pretrained(config, None, module, tokenizer, directory)
 
 
+def _check_worker_python() -> None:
+    """`spark.pyspark.python` set once the driver runs (SparkSession.builder.config) does not
+    reach the workers: PySpark sends them the PYSPARK_PYTHON of the driver's environment
+    (default python3), and they fail on `import biomed_jax` after every retry."""
+    context = SparkContext._active_spark_context
+    if context is None:  # Spark Connect, or no session yet
+        return
+    asked = context.getConf().get("spark.pyspark.python")
+    if asked and asked != context.pythonExec:
+        raise ValueError(
+            f"spark.pyspark.python={asked} is set but the Python workers run "
+            f"{context.pythonExec}: PySpark reads it only at launch. Pass it to spark-submit "
+            f"(--conf spark.pyspark.python={asked}), or set PYSPARK_PYTHON={asked} in the "
+            "environment before the session starts"
+        )
+
+
 def _check_on_driver(settings: _Settings) -> None:
     """Every setting checked before any Spark job, as a worker's `embed` would check it: types
-    and ranges, then the model (an encoder with a tokenizer), its layers and positions."""
+    and ranges, the workers' Python, then the model (an encoder with a tokenizer), its layers
+    and positions."""
     v.choice("pooling", settings.pooling, POOLINGS)
     v.integer("batch_size", settings.batch_size, low=1)
     v.optional_integer("max_length", settings.max_length, low=1)
     v.optional_integer("stride", settings.stride, low=0)
+    _check_worker_python()
     pretrained = _driver_model(settings.model)
     if pretrained is None:
         return

@@ -93,7 +93,9 @@ def test_per_row_max_new_tokens_equal_each_row_alone(tiny, kwargs):
         generate(ours.module, ours.params, ids, mask, max_new_tokens=counts, **kwargs)
     )
     for r, (row, count) in enumerate(zip(rows, counts)):
-        alone = np.asarray(generate(ours.module, ours.params, [row], max_new_tokens=count, **kwargs))
+        alone = np.asarray(
+            generate(ours.module, ours.params, [row], max_new_tokens=count, **kwargs)
+        )
         new = batched[r, width : width + count]
         np.testing.assert_array_equal(new[: alone.shape[1] - len(row)], alone[0, len(row) :])
         assert (batched[r, width + alone.shape[1] - len(row) :] == 1).all()  # then padding

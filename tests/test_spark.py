@@ -279,6 +279,13 @@ def test_bad_settings_are_refused_on_the_driver_before_any_job(spark, frame, ber
         BertEmbeddings(model=model, layers=7).transform(frame).collect()
     with pytest.raises(ValueError, match="batch_size must be in"):
         BertEmbeddings(model=model).setBatchSize(0).transform(frame)
+    conf = spark.sparkContext._conf  # as SparkSession.builder.config leaves it, after launch
+    conf.set("spark.pyspark.python", "/opt/other/bin/python")
+    try:
+        with pytest.raises(ValueError, match="PySpark reads it only at launch"):
+            frame.select(embed_column("text", model=model)).collect()
+    finally:
+        conf.set("spark.pyspark.python", sys.executable)
     assert set(tracker.getJobIdsForGroup()) == jobs  # no job was submitted
     with pytest.raises(TypeError, match="layers"):
         BertEmbeddings(layers=["a"])
