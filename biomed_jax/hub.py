@@ -69,7 +69,9 @@ def canonical_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def _snapshot(repo_id: str, revision: str | None, cache_dir: str | Path | None) -> Path:
+def _snapshot(
+    repo_id: str, revision: str | None, cache_dir: str | Path | None, weights: bool = True
+) -> Path:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         LocalEntryNotFoundError,
@@ -86,6 +88,8 @@ def _snapshot(repo_id: str, revision: str | None, cache_dir: str | Path | None) 
 
     where = cache_dir or constants.HF_HUB_CACHE
     try:
+        if not weights:
+            return fetch(_META_FILES)
         path = fetch(_META_FILES + _SAFETENSORS)
         if not any(path.glob("*.safetensors")) and not (path / "pytorch_model.bin").exists():
             path = fetch(_META_FILES + _TORCH)
@@ -111,10 +115,20 @@ def _snapshot(repo_id: str, revision: str | None, cache_dir: str | Path | None) 
     return path
 
 
+def is_hub_id(name: str) -> bool:
+    """Whether `name` has the form of a hub id ("org/name" or "name")."""
+    return bool(_HUB_ID.match(name)) and ".." not in name
+
+
 def resolve(
-    name_or_path: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None
+    name_or_path: str | Path,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    weights: bool = True,
 ) -> Source:
-    """A local directory as is; otherwise a hub id, fetched into (or found in) the hub cache."""
+    """A local directory as is; otherwise a hub id, fetched into (or found in) the hub cache
+    (`weights=False`: its config and tokenizer files only)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if revision is not None:
@@ -123,10 +137,10 @@ def resolve(
     name = str(name_or_path)
     if path.exists():
         raise ValueError(f"{path} is a file; expected a model directory or a hub id")
-    if isinstance(name_or_path, Path) or not _HUB_ID.match(name) or ".." in name:
+    if isinstance(name_or_path, Path) or not is_hub_id(name):
         raise ModelNotFoundError(f"{name} is not a directory (and not a valid hub id)")
     repo_id = canonical_repo_id(name)
-    return Source(_snapshot(repo_id, revision, cache_dir), repo_id)
+    return Source(_snapshot(repo_id, revision, cache_dir, weights), repo_id)
 
 
 def _file_hash(file: Path) -> str:

@@ -70,3 +70,47 @@ def test_beam_sampling_is_seeded(tiny):
     b = generate(ours.module, ours.params, ids, rng=jax.random.key(0), **kwargs)
     assert a.shape[0] == 4
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, dict(num_beams=3), dict(num_beams=3, early_stopping="never", length_penalty=0.5)],
+    ids=["greedy", "beam3", "beam3-never"],
+)
+def test_per_row_max_new_tokens_equal_each_row_alone(tiny, kwargs):
+    """One count per row: each row of a left-padded batch decodes exactly as it does alone with
+    its own count (the batch does not stop a row early, nor lets it run on)."""
+    _, ours = tiny
+    rng = np.random.default_rng(2)
+    rows = [rng.integers(4, 500, n).tolist() for n in (3, 7, 5, 2)]
+    counts = [9, 2, 5, 13]
+    width = max(map(len, rows))
+    ids = np.ones((len(rows), width), np.int64)
+    mask = np.zeros_like(ids)
+    for r, row in enumerate(rows):
+        ids[r, width - len(row) :], mask[r, width - len(row) :] = row, 1
+    batched = np.asarray(
+        generate(ours.module, ours.params, ids, mask, max_new_tokens=counts, **kwargs)
+    )
+    for r, (row, count) in enumerate(zip(rows, counts)):
+        alone = np.asarray(
+            generate(ours.module, ours.params, [row], max_new_tokens=count, **kwargs)
+        )
+        new = batched[r, width : width + count]
+        np.testing.assert_array_equal(new[: alone.shape[1] - len(row)], alone[0, len(row) :])
+        assert (batched[r, width + alone.shape[1] - len(row) :] == 1).all()  # then padding
+
+
+def test_per_row_max_new_tokens_are_checked(tiny):
+    _, ours = tiny
+    ids = np.asarray([[1, 7, 8], [5, 6, 7]])
+    mask = np.asarray([[0, 1, 1], [1, 1, 1]])
+    positions = ours.config.max_position_embeddings
+    # the left-padded row has one real token less: one more new token fits
+    generate(ours.module, ours.params, ids, mask, max_new_tokens=[positions - 2, 1])
+    with pytest.raises(ValueError, match=r"row 1: 3 prompt tokens \+ max_new_tokens\[1\]"):
+        generate(ours.module, ours.params, ids, mask, max_new_tokens=[1, positions - 2])
+    with pytest.raises(ValueError, match="2 counts for 3 prompts"):
+        generate(ours.module, ours.params, [[5], [6], [7]], max_new_tokens=[1, 2])
+    with pytest.raises(ValueError, match=r"max_new_tokens\[1\] must be in"):
+        generate(ours.module, ours.params, ids, mask, max_new_tokens=[1, 0])

@@ -1,8 +1,10 @@
 """biomed_jax.spark on a real local Spark (local[2]): embed_column and BertEmbeddings equal
-`embed` on real PubMed texts (with a null, an empty and over-long texts), in order; a saved and
-loaded PipelineModel; Parquet round trips; non-string columns fail naming the column; the model
-is loaded once per Python worker. Needs Java; skips without it, except in CI (CI=true), where it
-fails instead."""
+`embed` on real PubMed texts (with a null, an empty and over-long texts), in order, as arrays
+or ML Vectors, tokens with their metadata; a saved and loaded PipelineModel; Parquet round
+trips; every bad setting refused on the driver before any job; the counts (truncated texts,
+padding) on the driver; non-string columns fail naming the column; the model is loaded once
+per Python worker. Needs Java; skips without it, except in CI (CI=true), where it fails
+instead."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import sys
 import numpy as np
 import pytest
 from conftest import REPO
+
+from biomed_jax import from_pretrained
 
 pytestmark = pytest.mark.slow  # one JVM and a few Spark jobs: ~1-2 min on 2 busy cores
 
@@ -112,21 +116,33 @@ def _check_pooled(got, expected):
         if want is None:
             assert value is None
         else:
-            np.testing.assert_allclose(np.asarray(value, np.float32), want, atol=ATOL, rtol=0)
+            got = _array(value).astype(np.float32)
+            np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
 
 
-def _check_tokens(got, expected):
+def _check_tokens(got, expected, vocab):
     assert len(got) == len(expected)
     for rows, want in zip(got, expected):
         if want is None:
             assert rows is None
             continue
         assert [r["token"] for r in rows] == want["tokens"]
+        assert [r["pieceId"] for r in rows] == [vocab[t] for t in want["tokens"]]
+        assert {r["sentence"] for r in rows} == {0}
         for r, (start, stop) in zip(rows, want["offsets"].tolist()):
             span = (start, stop - 1) if stop > start else (None, None)
             assert (r["begin"], r["end"]) == span
-        vectors = np.asarray([r["embedding"] for r in rows], np.float32)
+            word_start = None if stop == start else not r["token"].startswith("##")
+            assert r["isWordStart"] is word_start
+        vectors = np.asarray([_array(r["embedding"]) for r in rows], np.float32)
         np.testing.assert_allclose(vectors, want["embeddings"], atol=ATOL, rtol=0)
+
+
+def _array(value):
+    """A float array, an ML Vector, or a list of either, as a numpy array."""
+    if isinstance(value, list):
+        return np.asarray([_array(x) for x in value])
+    return value.toArray() if hasattr(value, "toArray") else np.asarray(value)
 
 
 def _by_id(frame):
@@ -171,7 +187,8 @@ def test_tokens_through_parquet_equal_embed(spark, frame, texts, bert_dir, tmp_p
     kwargs = dict(pooling="none", layers=[1, -1], max_length=64)
     out = frame.select("id", embed_column("text", model=str(bert_dir), **kwargs).alias("e"))
     got = _by_id(_through_parquet(spark, out, tmp_path / "tokens.parquet"))
-    _check_tokens(got, _expected(texts, bert_dir, **kwargs))
+    vocab = from_pretrained(bert_dir).tokenizer.get_vocab()
+    _check_tokens(got, _expected(texts, bert_dir, **kwargs), vocab)
     assert got[0][0]["token"] == "[CLS]" and got[0][0]["begin"] is None
     first = got[0][1]
     assert texts[0][first["begin"] : first["end"] + 1].lower() == first["token"]
@@ -198,7 +215,19 @@ def test_pipeline_model_saved_and_loaded_equals_embed(spark, frame, texts, bert_
         "batchSize": 2,
         "maxSentenceLength": 128,
         "stride": 16,
+        "outputAsVector": False,
     }
+    assert (embedder.getModel(), embedder.getPooling(), embedder.getLayers()) == (
+        str(bert_dir),
+        "mean",
+        [0, 2, 1],
+    )
+    assert (embedder.getBatchSize(), embedder.getMaxSentenceLength(), embedder.getStride()) == (
+        2,
+        128,
+        16,
+    )
+    assert embedder.getOutputAsVector() is False
     out = loaded.transform(frame)
     assert out.columns == ["id", "text", "e"]
     _check_pooled(_by_id(out), _expected(texts, bert_dir, **MEAN))
@@ -216,16 +245,102 @@ def test_non_string_column_fails_naming_it(spark, bert_dir):
         BertEmbeddings(model=str(bert_dir)).transform(numbers)
 
 
-def test_bad_settings_fail_on_the_driver():
-    pytest.importorskip("pyspark")
+def test_bad_settings_are_refused_on_the_driver_before_any_job(spark, frame, bert_dir, tmp_path):
+    """Each bad setting fails where embed_column (or BertEmbeddings.transform) is called, with
+    a message naming it, and Spark never runs a job for it (no task, no model load)."""
+    import shutil
+
+    import transformers
+
     from biomed_jax.spark import BertEmbeddings, embed_column
 
-    with pytest.raises(ValueError, match="pooling must be one of"):
-        embed_column("text", pooling="max")
-    with pytest.raises(ValueError, match="layers must be an int or a non-empty list"):
-        embed_column("text", layers=[])
+    decoder = tmp_path / "decoder"
+    transformers.BioGptConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                              intermediate_size=37, vocab_size=99).save_pretrained(decoder)  # fmt: skip
+    untokenized = tmp_path / "untokenized"
+    untokenized.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(bert_dir / name, untokenized / name)
+    model = str(bert_dir)
+    bad = [
+        (dict(model=model, batch_size=0), ValueError, r"batch_size must be in \[1, "),
+        (dict(model=model, layers=7), ValueError, "layer 7 out of range: the model has 3 hidden"),
+        (dict(model=model, layers=[0, -4]), ValueError, "layer -4 out of range"),
+        (dict(model=model, layers=[]), ValueError, "layers must be an int or a non-empty list"),
+        (dict(model=model, pooling="max"), ValueError, "pooling must be one of"),
+        (dict(model=model, max_length=1000), ValueError, "exceeds the model's 128 positions"),
+        (dict(model=model, max_length=64, stride=62), ValueError, "stride must be in 0..61"),
+        (dict(model=model, as_vector="yes"), TypeError, "as_vector must be True or False"),
+        (dict(model=str(tmp_path / "missing")), ValueError, "is not a directory the driver"),
+        (dict(model=str(bert_dir / "config.json")), ValueError, "is a file"),
+        (dict(model=str(decoder)), ValueError, "needs a BertModel or .* got a BioGptModel"),
+        (dict(model=str(untokenized)), ValueError, "has no tokenizer files"),
+    ]
+    tracker = spark.sparkContext.statusTracker()
+    jobs = set(tracker.getJobIdsForGroup())  # every job so far (none of these tests sets groups)
+    for kwargs, error, message in bad:
+        with pytest.raises(error, match=message):
+            frame.select(embed_column("text", **kwargs)).collect()
+    with pytest.raises(ValueError, match="layer 7 out of range"):
+        BertEmbeddings(model=model, layers=7).transform(frame).collect()
+    with pytest.raises(ValueError, match="batch_size must be in"):
+        BertEmbeddings(model=model).setBatchSize(0).transform(frame)
+    conf = spark.sparkContext._conf  # as SparkSession.builder.config leaves it, after launch
+    conf.set("spark.pyspark.python", "/opt/other/bin/python")
+    try:
+        with pytest.raises(ValueError, match="PySpark reads it only at launch"):
+            frame.select(embed_column("text", model=model)).collect()
+    finally:
+        conf.set("spark.pyspark.python", sys.executable)
+    assert set(tracker.getJobIdsForGroup()) == jobs  # no job was submitted
     with pytest.raises(TypeError, match="layers"):
         BertEmbeddings(layers=["a"])
+
+
+def test_counts_of_truncation_and_padding_reach_the_driver(spark, frame, texts, bert_dir):
+    """The workers' counts (EmbedStats) arrive in an accumulator: the texts truncated (they
+    warn only in the executors' logs), tokens and padded tokens."""
+    from biomed_jax import embed
+    from biomed_jax.pipelines import EmbedStats
+    from biomed_jax.spark import BertEmbeddings, embed_column, embed_stats
+
+    stats = embed_stats(spark)
+    frame.select(embed_column("text", model=str(bert_dir), stats=stats)).collect()
+    present = [t for t in texts if t is not None]
+    direct = EmbedStats()
+    with pytest.warns(UserWarning, match="truncated"):
+        embed(present, model=str(bert_dir), stats=direct)
+    assert stats.value["texts"] == direct.texts == len(present)
+    assert stats.value["truncated"] == direct.truncated == 2  # one long title, the article
+    assert stats.value["tokens"] == direct.tokens
+    assert stats.value["padded_tokens"] > stats.value["tokens"]
+    stage = BertEmbeddings(inputCol="text", outputCol="e", model=str(bert_dir))
+    stage.transform(frame).collect()
+    assert stage.stats.value == stats.value
+
+
+def test_vector_output_equals_embed(spark, frame, texts, bert_dir, tmp_path):
+    from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql import types as T
+
+    from biomed_jax.spark import BertEmbeddings, embed_column
+
+    single = frame.select(
+        "id", embed_column("text", model=str(bert_dir), as_vector=True).alias("e")
+    )
+    assert isinstance(single.schema["e"].dataType, VectorUDT)
+    _check_pooled(_by_id(single), _expected(texts, bert_dir))
+    stage = BertEmbeddings(inputCol="text", outputCol="e", model=str(bert_dir), outputAsVector=True)
+    stage.setPooling("mean").setLayers([0, 2, 1]).setBatchSize(2).setStride(16)
+    several = stage.transform(frame).select("id", "e")
+    assert several.schema["e"].dataType == T.ArrayType(VectorUDT(), True)
+    back = _through_parquet(spark, several, tmp_path / "vectors.parquet")
+    _check_pooled(_by_id(back), _expected(texts, bert_dir, **MEAN))
+    kwargs = dict(pooling="none", max_length=64)
+    tokens = embed_column("text", model=str(bert_dir), as_vector=True, **kwargs)
+    got = _by_id(frame.select("id", tokens.alias("e")))
+    vocab = from_pretrained(bert_dir).tokenizer.get_vocab()
+    _check_tokens(got, _expected(texts, bert_dir, **kwargs), vocab)
 
 
 def test_model_loaded_once_per_worker(spark, frame, bert_dir):

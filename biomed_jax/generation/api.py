@@ -71,7 +71,7 @@ def decode(
     input_ids: Any,
     attention_mask: Any = None,
     *,
-    max_new_tokens: int | None = None,
+    max_new_tokens: int | Sequence[int] | None = None,
     max_length: int | None = None,
     min_new_tokens: int = 0,
     min_length: int = 0,
@@ -100,11 +100,16 @@ def decode(
     needs `rng`. `suppress_tokens`: ids never generated (HF's; fairseq never picks <pad>).
     Returns `DecodeOutput(sequences [R, max_length], length [])`: `sequences[:, :length]` is
     `generate`'s result.
+    `max_new_tokens` may also be one count per prompt (beyond HF): each row stops after its own
+    count, padded like a row that emitted EOS, and may reach the position table counting its
+    real tokens only (as fairseq's per-sentence limit); the others' lengths change nothing.
     """
     config = module.config
     ids = _as_ids(input_ids, config.vocab_size)
-    prompt_length = ids.shape[1]
-    max_new_tokens = v.optional_integer("max_new_tokens", max_new_tokens, low=1)
+    batch, prompt_length = ids.shape
+    per_row = _per_row_counts(max_new_tokens, batch)
+    if per_row is None:
+        max_new_tokens = v.optional_integer("max_new_tokens", max_new_tokens, low=1)
     max_length = v.optional_integer("max_length", max_length, low=1)
     eos = _eos_ids(eos_token_id, config, config.vocab_size)
     pad = _pad_id(pad_token_id, config, config.vocab_size)
@@ -120,7 +125,10 @@ def decode(
     if rng is not None and not _is_key(rng):
         raise TypeError(f"rng must be a PRNG key (jax.random.key(seed)), got {rng!r}")
 
-    if max_new_tokens is not None:
+    if per_row is not None:
+        _check_row_positions(mask, per_row, config.max_position_embeddings)
+        total = prompt_length + int(per_row.max())
+    elif max_new_tokens is not None:
         total = prompt_length + max_new_tokens
     elif max_length is not None:
         total = max_length
@@ -131,7 +139,7 @@ def decode(
             f"nothing to generate: max_length {total} <= prompt length {prompt_length} "
             "(use max_new_tokens >= 1)"
         )
-    if total > config.max_position_embeddings:
+    if per_row is None and total > config.max_position_embeddings:
         raise ValueError(
             f"max_length {total} exceeds max_position_embeddings {config.max_position_embeddings}"
         )
@@ -147,8 +155,9 @@ def decode(
     _check_memory(config, module.dtype, ids.shape[0], expand, bucket + room)
     prompt, prompt_mask = xp.repeat(prompt, expand, 0), xp.repeat(prompt_mask, expand, 0)
     keep = (eos.size + 1 if eos.size else 2) if num_beams > 1 else 1
+    totals = np.full(batch, total, np.int32) if per_row is None else prompt_length + per_row
     denominators = _length_denominators(
-        room, total - prompt_length, length_penalty, early_stopping, num_beams
+        room, totals - prompt_length, length_penalty, early_stopping, num_beams
     )
     settings = DecodeSettings(
         processors=ProcessorSettings(
@@ -169,7 +178,8 @@ def decode(
         start=np.int32(start),
         # HF's repetition penalty skips left padding: argmax(mask != 0) per row.
         penalty_start=(start + xp.argmax(prompt_mask[:, start:] != 0, axis=1)).astype(np.int32),
-        max_length=np.int32(total),
+        # per prompt row (beam search: per batch item; sampling: per returned sequence)
+        max_length=np.repeat(totals, expand if num_beams == 1 else 1).astype(np.int32),
         pad_token_id=np.int32(fill),
         finish_denominator=denominators[0],
         bound_denominator=denominators[1],
@@ -255,6 +265,35 @@ def _as_ids(input_ids: Any, vocab_size: int) -> Any:
     return ids.astype(np.int32)
 
 
+def _per_row_counts(max_new_tokens: Any, batch: int) -> np.ndarray | None:
+    """One new-token count per prompt row [B] int64, or None when `max_new_tokens` is a scalar."""
+    if max_new_tokens is None or isinstance(max_new_tokens, (int, np.integer)):
+        return None
+    if not isinstance(max_new_tokens, (list, tuple, np.ndarray)):
+        return None  # the scalar check names the wrong type
+    counts = [v.integer(f"max_new_tokens[{i}]", n, low=1) for i, n in enumerate(max_new_tokens)]
+    if len(counts) != batch:
+        raise ValueError(
+            f"max_new_tokens has {len(counts)} counts for {batch} prompts: give one per prompt"
+        )
+    return np.asarray(counts, np.int64)
+
+
+def _check_row_positions(mask: np.ndarray, new_tokens: np.ndarray, positions: int) -> None:
+    """Each row's real tokens plus its new ones fit the position table (a traced mask: unchecked,
+    as every value check under a caller's `jit`)."""
+    if v.is_traced(mask):
+        return
+    needed = mask.sum(axis=1) + new_tokens
+    over = np.flatnonzero(needed > positions)
+    if over.size:
+        row = int(over[0])
+        raise ValueError(
+            f"row {row}: {int(mask[row].sum())} prompt tokens + max_new_tokens[{row}]="
+            f"{int(new_tokens[row])} exceed max_position_embeddings {positions}"
+        )
+
+
 def _eos_ids(eos: Any, config: Any, vocab_size: int) -> np.ndarray:
     """The EOS ids [E] (the argument, else config.eos_token_id), each inside the vocabulary."""
     source = "argument" if eos is not None else "config.json"
@@ -320,18 +359,24 @@ def _fill_token(pad: int | None, eos: np.ndarray, num_beams: int) -> int:
 
 
 def _length_denominators(
-    room: int, new_tokens: int, length_penalty: float, early_stopping: bool | str, num_beams: int
+    room: int,
+    new_tokens: np.ndarray,  # [B] each batch item's most new tokens
+    length_penalty: float,
+    early_stopping: bool | str,
+    num_beams: int,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """float32(n ** length_penalty) per new-token count n (computed in float64, as Python does)."""
+    """float32(n ** length_penalty) per new-token count n [room + 1] (computed in float64, as
+    Python does), and per batch item the early-stop bound's denominators [B, room + 1]."""
     if num_beams == 1:
         return None, None
     counts = np.arange(room + 1, dtype=np.float64)
     counts[0] = 1.0  # never used: a hypothesis has at least one new token
     finish = (counts**length_penalty).astype(np.float32)
     if early_stopping == "never" and length_penalty > 0.0:
-        bound = np.full_like(finish, np.float32(float(new_tokens) ** length_penalty))
+        most = (new_tokens.astype(np.float64) ** length_penalty).astype(np.float32)
+        bound = np.repeat(most[:, None], room + 1, axis=1)
     else:
-        bound = finish
+        bound = np.repeat(finish[None], len(new_tokens), axis=0)
     return finish, bound
 
 

@@ -9,7 +9,7 @@ leave the running set (score -1e9); those among the top K enter the finished set
 `sum logprobs / new_tokens ** length_penalty` unless the batch item is already full
 (`early_stopping=True`) or cannot improve (the early-stop heuristic). The finished set keeps the
 best K. The loop stops when no batch item can improve, when all are full (`early_stopping=True`),
-or at max_length.
+or when every item is at its max_length.
 """
 
 from __future__ import annotations
@@ -85,9 +85,8 @@ def _select(
         cand_tokens, chosen[:, :, None], state.length, axis=2
     )
     generated = state.length + 1 - prompt_slots  # new tokens, this one included
-    hits = jnp.isin(chosen, settings.processors.eos_token_ids) | (
-        state.length + 1 - settings.start >= settings.max_length
-    )
+    at_limit = state.length + 1 - settings.start >= settings.max_length  # [B]
+    hits = jnp.isin(chosen, settings.processors.eos_token_ids) | at_limit[:, None]
 
     # Running beams for the next step: the best K candidates that did not stop.
     running_pick = top_scores + _penalty(hits)
@@ -116,9 +115,11 @@ def _select(
     cache = reorder_cache(state.cache, rows)
 
     # HF `_check_early_stop_heuristic` and `_beam_search_has_unfinished_sequences`.
-    best_running = running_scores[:, 0] / settings.bound_denominator[generated]  # [B]
+    best_running = running_scores[:, 0] / settings.bound_denominator[:, generated]  # [B]
     worst_finished = jnp.where(finished, scores.min(axis=-1, keepdims=True), LARGE_NEGATIVE)
     improvable = state.improvable & (best_running[:, None] > worst_finished).any(axis=-1)
+    # An item at its own max_length is done (HF stops there); the others may run on.
+    improvable = improvable & ~at_limit
     all_full = finished.all() & (settings.early_stopping is True)
     done = ~(improvable.any() & ~all_full & ~hits.all())
     return BeamState(

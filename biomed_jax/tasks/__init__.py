@@ -3,6 +3,7 @@ extraction and HoC classification, from the repo's data files to its scores."""
 
 from biomed_jax.tasks.data import Dataset, Example
 from biomed_jax.tasks.prompting import TaskSettings, output_line, prompt_ids
+from biomed_jax.tasks.results import Interrupted
 from biomed_jax.tasks.runner import (
     TASKS,
     Task,
@@ -16,6 +17,7 @@ __all__ = [
     "TASKS",
     "Dataset",
     "Example",
+    "Interrupted",
     "Task",
     "TaskSettings",
     "generate_answers",
