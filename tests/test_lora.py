@@ -147,6 +147,8 @@ def test_merge_refuses_what_it_cannot_merge(ner):
 
 def test_qwix_extra_is_named_when_missing(ner, monkeypatch):
     monkeypatch.setitem(sys.modules, "qwix", None)  # as if not installed
-    with pytest.raises(ModuleNotFoundError, match=r"needs qwix: pip install qwix .*pip install '\.\[qwix\]'"):
+    with pytest.raises(
+        ModuleNotFoundError, match=r"needs qwix: pip install qwix .*pip install '\.\[qwix\]'"
+    ):
         lora.apply_lora(ner[0].module, RULE)
     lora.merge_lora(lora.combine({}, {}), RULE)  # merging needs no qwix
