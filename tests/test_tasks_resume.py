@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from conftest import REPO
 
 from biomed_jax import from_pretrained
 from biomed_jax.cli import main
+from biomed_jax.errors import OutputBusyError
 from biomed_jax.tasks import generate_answers, get_task, prompt_ids, run_task, task_settings
 from biomed_jax.tasks.results import Interrupted, ResultsFile, record_path
 
@@ -211,9 +213,22 @@ def test_a_second_writer_is_refused(model, hoc, tmp_path):
     run_task("dc-hoc", model, hoc, settings=settings, limit=1, output=out)
     record = json.loads(record_path(out).read_text())
     record.pop("format")
-    refused = pytest.raises(FileExistsError, match="being written by another biomed-jax task")
-    with ResultsFile(out, record), refused:  # another run holds the file
-        run_task("dc-hoc", model, hoc, settings=settings, output=out)
+    holding, release = threading.Event(), threading.Event()
+
+    def other_run() -> None:  # another writer (a thread here; a process is refused alike)
+        with ResultsFile(out, record):
+            holding.set()
+            release.wait(60)
+
+    other = threading.Thread(target=other_run)
+    other.start()
+    try:
+        assert holding.wait(60)
+        with pytest.raises(OutputBusyError, match=rf"pid {os.getpid()}"):
+            run_task("dc-hoc", model, hoc, settings=settings, output=out)
+    finally:
+        release.set()
+        other.join()
 
 
 def test_only_relation_extraction_reports_skipped_documents(model, tmp_path):

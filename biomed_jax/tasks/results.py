@@ -7,8 +7,8 @@ flushed and fsynced at once, so a killed run leaves whole lines and at most one 
 line, which the next run drops. A rerun with the same task, settings and model keeps the lines
 there and computes only the missing examples; anything else is refused. When every example is
 done the file is rewritten in input order (temporary file + rename), as one uninterrupted run
-writes it. While a run appends, it holds an exclusive `flock` on the file: a second run into the
-same file is refused. (Self-contained here; `biomed_jax.files` writes the whole-file outputs.)
+writes it. A run holds the claim on the file (`biomed_jax.files.owned`, as every output of ours)
+while it appends: a second run into the same file is refused, naming the first.
 """
 
 from __future__ import annotations
@@ -20,12 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from biomed_jax.files import atomic_write_text, fsync_path
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: no lock
-    fcntl = None
+from biomed_jax.files import atomic_write_text, fsync_path, owned
 
 FORMAT = "biomed_jax.task-results/1"
 
@@ -78,10 +73,18 @@ class ResultsFile:
         self.path = Path(path)
         self.record = {"format": FORMAT, **record}
         self._file = None
+        self._claim = contextlib.ExitStack()
         self.done: dict[str, dict[str, Any]] = {}
 
     def __enter__(self) -> ResultsFile:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._claim.enter_context(owned(self.path))  # refused while another run writes it
+        try:
+            return self._open()
+        except BaseException:
+            self._claim.close()
+            raise
+
+    def _open(self) -> ResultsFile:
         existed = self.path.exists()
         recorded = self._read_record()
         if existed and self.path.stat().st_size and recorded is None:
@@ -90,9 +93,8 @@ class ResultsFile:
                 f"{record_path(self.path).name} beside it): refusing to overwrite it; choose "
                 "another output file or remove it"
             )
-        self._file = open(self.path, "a+b")  # closed in __exit__
+        self._file = open(self.path, "a+b")  # noqa: SIM115 (closed in __exit__)
         try:
-            self._lock()
             self.done = self._read_results()
             if self.done:
                 _check_same_run(self.path, recorded, self.record)
@@ -107,19 +109,9 @@ class ResultsFile:
 
     def __exit__(self, *exc: Any) -> None:
         if self._file is not None:
-            self._file.close()  # releases the lock
+            self._file.close()
             self._file = None
-
-    def _lock(self) -> None:
-        if fcntl is None:
-            return
-        try:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FileExistsError(
-                f"{self.path} is being written by another biomed-jax task run: wait for it to "
-                "finish (a rerun then resumes), or choose another output file"
-            ) from None
+        self._claim.close()
 
     def _read_record(self) -> dict[str, Any] | None:
         path = record_path(self.path)
