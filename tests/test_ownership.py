@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ BUSY = "is being written by another biomed_jax process (pid "
 # workers started together overlap for most of a run.
 WORKER = """
 import contextlib, io, json, sys, time
-import biomed_jax.loading as loading
+import biomed_jax.saving as saving
 import biomed_jax.pipelines.stream as stream
 from biomed_jax import cli
 
@@ -54,7 +55,7 @@ def slow(real):
     return call
 
 stream._write_shard = slow(stream._write_shard)
-loading.save_params = slow(loading.save_params)
+saving.save_params = slow(saving.save_params)
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
     job = json.loads(line)
@@ -69,15 +70,19 @@ for line in sys.stdin:
 
 class Worker:
     def __init__(self):
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (the worker's stderr, until close)
         self.proc = subprocess.Popen(
             [sys.executable, "-c", WORKER],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self.log,
             text=True,
             env=ENV,
         )
-        assert json.loads(self.proc.stdout.readline()) == {"ready": True}
+        line = self.proc.stdout.readline()
+        self.log.seek(0)
+        assert line, f"the worker died at start:\n{self.log.read()}"
+        assert json.loads(line) == {"ready": True}
 
     def send(self, argv: list[str], at: float) -> None:
         self.proc.stdin.write(json.dumps({"argv": argv, "at": at}) + "\n")
@@ -95,6 +100,7 @@ class Worker:
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
+        self.log.close()
 
 
 @pytest.fixture(scope="module")

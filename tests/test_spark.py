@@ -300,7 +300,7 @@ def test_bad_settings_are_refused_on_the_driver_before_any_job(spark, frame, ber
 def test_counts_of_truncation_and_padding_reach_the_driver(spark, frame, texts, bert_dir):
     """The workers' counts (EmbedStats) arrive in an accumulator: the texts truncated (they
     warn only in the executors' logs), tokens and padded tokens."""
-    from biomed_jax import embed
+    from biomed_jax import BertTokenizer, embed
     from biomed_jax.pipelines import EmbedStats
     from biomed_jax.spark import BertEmbeddings, embed_column, embed_stats
 
@@ -311,7 +311,10 @@ def test_counts_of_truncation_and_padding_reach_the_driver(spark, frame, texts, 
     with pytest.warns(UserWarning, match="truncated"):
         embed(present, model=str(bert_dir), stats=direct)
     assert stats.value["texts"] == direct.texts == len(present)
-    assert stats.value["truncated"] == direct.truncated == 2  # one long title, the article
+    tokenizer = BertTokenizer.from_pretrained(bert_dir)
+    longer = sum(len(tokenizer(t)["input_ids"]) > 128 for t in present)
+    assert longer == 4  # three titles, the article (see `texts`)
+    assert stats.value["truncated"] == direct.truncated == longer
     assert stats.value["tokens"] == direct.tokens
     assert stats.value["padded_tokens"] > stats.value["tokens"]
     stage = BertEmbeddings(inputCol="text", outputCol="e", model=str(bert_dir))
