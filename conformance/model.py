@@ -62,7 +62,7 @@ class Settings:
     generation: bool = True  # causal LMs: greedy and beam-5 against transformers' generate
     prompt_length: int = 16  # generation prompts: each text's first tokens
     max_new_tokens: int = 20
-    columns: int = 8  # recorded entries per row of each output (golden)
+    columns: int = 4  # recorded entries per row of each output (golden)
     policy: str = "fast"  # our numerics policy (biomed_jax.numerics)
 
     def __post_init__(self) -> None:
@@ -136,26 +136,23 @@ def run(
     prompt_length, max_new_tokens, columns, policy); `record=FILE` also writes a golden.
     `golden=FILE` replays one instead (no torch; `dtypes` may pick some of the recorded ones).
     """
-    if golden is not None:
+    if golden is not None:  # settings first: errors before any file is read or hashed
         if record is not None or texts is not None:
             raise ValueError("a replay runs the golden's own texts: no texts or record with golden")
-        unknown = set(options) - {"dtypes"}
-        if unknown:
+        if set(options) - {"dtypes"}:
             raise ValueError(
-                f"a replay takes the golden's settings; only dtypes may be given, not {sorted(unknown)}"
+                "a replay takes the golden's settings; only dtypes may be given, not "
+                f"{sorted(set(options) - {'dtypes'})}"
             )
-        recorded = golden if isinstance(golden, golden_file.Golden) else golden_file.read(golden)
     else:
         settings = Settings(**options)
         texts = corpus.pubmed_texts() if texts is None else _checked_texts(texts)
-    checkpoint = (
-        model
-        if isinstance(model, Checkpoint)
-        else locate(model, revision=revision, cache_dir=cache_dir)
-    )
-    if golden is not None:
-        return _replay(checkpoint, recorded, options.get("dtypes"))
-    return _live(checkpoint, list(texts), settings, record)
+    if not isinstance(model, Checkpoint):
+        model = locate(model, revision=revision, cache_dir=cache_dir)
+    if golden is None:
+        return _live(model, list(texts), settings, record)
+    recorded = golden if isinstance(golden, golden_file.Golden) else golden_file.read(golden)
+    return _replay(model, recorded, options.get("dtypes"))
 
 
 def read_texts(file: str | Path) -> list[str]:
@@ -301,7 +298,7 @@ def _live(
 ) -> ModelReport:
     """`ours`: our model of the checkpoint when already loaded (default: load it)."""
     require_reference()
-    ours = ours or load_ours(checkpoint, settings.policy)
+    ours = load_ours(checkpoint, settings.policy) if ours is None else ours
     config = ours.config
     name = f"{label(checkpoint)}/{checkpoint.architecture}"
     encoded = _encode(
@@ -603,7 +600,8 @@ def _replay(
     ours: Any = None,
 ) -> ModelReport:
     """`ours`: our model of the checkpoint when already loaded (default: load it)."""
-    ours = ours or load_ours(checkpoint, recorded.field("settings").get("policy", "fast"))
+    if ours is None:
+        ours = load_ours(checkpoint, recorded.field("settings").get("policy", "fast"))
     golden_file.check_structure(recorded, structure(ours.config))
     changed = golden_file.changed_parameters(recorded, parameter_hashes(ours.params))
     settings = recorded.field("settings")

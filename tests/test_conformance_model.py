@@ -439,3 +439,20 @@ def test_published_check_skips_with_the_reason_or_refuses_a_stand_in(tmp_path):
     rows = published.check_local(cache_dir=cache)  # a tiny stand-in, not the published model
     assert len(rows) == 1 and not rows[0].passed
     assert "recorded from another model" in rows[0].note and "vocab_size" in rows[0].note
+
+
+@pytest.mark.slow  # full size: BERT-base about a minute and 2.5 GB; BioGPT-347M minutes and 4.5 GB
+@pytest.mark.parametrize("name", ["biomedbert-base", "biogpt-347m"])
+def test_full_size_checkpoints_record_and_replay(name, tmp_path):
+    from conformance import bert, biogpt
+
+    if name == "biomedbert-base":
+        path = tiny.save_bert(tmp_path / name, **bert.BASE, initializer_range=0.02)
+    else:
+        path = tiny.save_biogpt(tmp_path / name, **biogpt.FULL, initializer_range=0.02)
+    recorded = tmp_path / "golden.safetensors"
+    live = conformance.run(path, TEXTS, record=recorded, dtypes=("float32",))
+    assert live.rows and not _failed(live.rows)
+    rows = conformance.check(path, golden=recorded)
+    assert rows and not _failed(rows)
+    assert (name == "biogpt-347m") == any(r.name == "sequences" for r in rows)

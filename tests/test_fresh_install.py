@@ -178,7 +178,7 @@ BASE_SCRIPT = """
 import json, subprocess, sys
 from pathlib import Path
 import numpy as np
-model_dir, bin_dir = sys.argv[1], Path(sys.argv[2])
+model_dir, bin_dir, golden = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 import biomed_jax
 model = biomed_jax.from_pretrained(model_dir, architecture="BertModel")
 batch = model.tokenizer(["Aspirin for fever.", "Tumor growth in mice."], padding=True,
@@ -201,6 +201,7 @@ for name, args in {
     "plot": ["attention", "Aspirin.", "--png", "maps.png", "--model", "/no/such/model"],
     "generate": ["generate", "Aspirin", "--model", "/no/such/model"],
     "conformance": ["conformance", "--fast"],
+    "replay": ["conformance", "--model", model_dir, "--golden", golden, "--quiet"],
 }.items():
     done = subprocess.run([str(bin_dir / "biomed-jax"), *args], capture_output=True, text=True)
     errors[name] = f"{done.returncode}: {done.stderr.strip()}"
@@ -211,6 +212,11 @@ print(json.dumps(errors))
 
 @pytest.mark.slow  # builds a venv from the local package index: about a minute, more under load
 def test_base_install_without_extras(hf_bert, tmp_path):
+    golden = tmp_path / "golden.safetensors"  # recorded here, with torch; replayed without
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(SENTENCES) + "\n")
+    record = ["--model", str(hf_bert), "--texts", str(texts), "--record", str(golden), "--quiet"]
+    assert cli.main(["--no-compilation-cache", "conformance", *record]) == 0
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python, bin_dir = venv / "bin" / "python", venv / "bin"
@@ -228,7 +234,7 @@ def test_base_install_without_extras(hf_bert, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
     env |= {"BIOMED_JAX_COMPILATION_CACHE": "off", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        [str(python), str(script), str(hf_bert), str(bin_dir)],
+        [str(python), str(script), str(hf_bert), str(bin_dir), str(golden)],
         cwd=tmp_path,  # not the checkout: the installed package is imported
         env=env,
         capture_output=True,
@@ -253,5 +259,7 @@ def test_base_install_without_extras(hf_bert, tmp_path):
     # before loading the (non-existent) model: the extra is named, not the missing directory
     assert errors["plot"].startswith("2:") and "pip install 'biomed-jax[plot]'" in errors["plot"]
     assert "pip install 'biomed-jax[biogpt]'" in errors["generate"]
+    assert errors["conformance"].startswith("2:")  # a missing extra: usage status, not failure
     assert "pip install 'biomed-jax[conformance]'" in errors["conformance"]
+    assert errors["replay"].startswith("0:"), errors["replay"]  # the golden needs no torch
     assert errors["torch imported"] is False
