@@ -120,8 +120,12 @@ def file_sha256(file: Path) -> str:
 
 
 def load_ours(checkpoint: Checkpoint, policy: str = "fast") -> Pretrained:
-    """Our model of the checkpoint (float32 parameters; the compute dtype is set per run)."""
-    return from_pretrained(checkpoint.path, architecture=checkpoint.architecture, policy=policy)
+    """Our model of the checkpoint (float32 parameters, placed on the default device once; the
+    compute dtype is set per run)."""
+    import jax
+
+    pre = from_pretrained(checkpoint.path, architecture=checkpoint.architecture, policy=policy)
+    return dataclasses.replace(pre, params=jax.device_put(pre.params))
 
 
 def structure(config: Any) -> dict[str, Any]:

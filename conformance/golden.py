@@ -146,7 +146,41 @@ def read(path: str | Path) -> Golden:
         raise GoldenError(
             f"{path}: golden version {header.get('version')!r}; this biomed_jax reads {VERSION}"
         )
+    _check_header(header, path)
     return Golden(header, arrays, str(path))
+
+
+# Header fields replay reads, and their types (entries of the lists: dicts with these keys).
+_FIELDS = {"checkpoint": dict, "settings": dict, "batches": dict, "forward": list, "generate": list}
+_ENTRY = {
+    "forward": {"name": str, "side": str, "kind": str, "width": int},
+    "generate": {"name": str, "settings": dict, "batches": int},
+}
+
+
+def _check_header(header: dict[str, Any], path: Path) -> None:
+    """The header's shape: what replay reads is there with its type (GoldenError otherwise)."""
+    problems = [
+        f"{key} must be a {kind.__name__}"
+        for key, kind in _FIELDS.items()
+        if not isinstance(header.get(key), kind)
+    ]
+    if not problems:
+        problems += [
+            f"batches[{side!r}] must be a non-negative int"
+            for side, count in header["batches"].items()
+            if not isinstance(count, int) or count < 0
+        ]
+        for group, fields in _ENTRY.items():
+            for i, entry in enumerate(header[group]):
+                if not isinstance(entry, dict):
+                    problems.append(f"{group}[{i}] must be an object")
+                    continue
+                wrong = [k for k, kind in fields.items() if not isinstance(entry.get(k), kind)]
+                if wrong:
+                    problems.append(f"{group}[{i}] lacks or mistypes {wrong}")
+    if problems:
+        raise GoldenError(f"{path}: malformed golden header: " + "; ".join(problems))
 
 
 def check_structure(golden: Golden, found: Mapping[str, Any]) -> None:

@@ -22,6 +22,8 @@ naming them.
 from __future__ import annotations
 
 import dataclasses
+import gc
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+import biomed_jax
 from conformance import bert, biogpt, corpus
 from conformance import golden as golden_file
 from conformance.checkpoint import (
@@ -220,7 +223,7 @@ def _forward(ours: Any, dtype: str) -> Callable[[dict[str, np.ndarray]], Any]:
     import jax.numpy as jnp
 
     module = ours.module.clone(dtype=jnp.dtype(dtype))
-    params = jax.device_put(ours.params)
+    params = ours.params
     apply = jax.jit(
         lambda p, batch: module.apply(
             {"params": p}, **batch, output_hidden_states=True, output_attentions=True
@@ -326,6 +329,8 @@ def _live(
             )
         if settings.generation and checkpoint.architecture == "BioGptForCausalLM":
             rows += _generate_live(f"{name}/generate", hf, ours, encoded, settings, pad, recorder)
+        del hf
+    gc.collect()  # transformers' model holds reference cycles: free its GBs now
     report = ModelReport(rows, checkpoint.describe(), dataclasses.asdict(settings), versions(True))
     if recorder is not None:
         header = {
@@ -415,32 +420,35 @@ def _forward_live(
     side: str,
     recorder: _Recorder | None,
 ) -> list[Row]:
-    named = bert.named_outputs
+    getters = bert.output_getters
     merged, finite = _Merged(), dict.fromkeys(forwards, True)
     for i, batch in enumerate(batches):
         refs = _reference_outputs(hf, batch, tuple(forwards), run_reference)
-        truth, ref32 = named(refs["float64"], batch), named(refs["float32"], batch)
-        same = {d: named(refs[d], batch) for d in forwards if d != "float32"}
-        del refs
-        for dtype, forward in forwards.items():
-            output = forward(batch)
+        truth, ref32 = getters(refs["float64"], batch), getters(refs["float32"], batch)
+        same = {d: getters(refs[d], batch) for d in forwards if d != "float32"}
+        outputs = {dtype: forward(batch) for dtype, forward in forwards.items()}
+        for dtype, output in outputs.items():
             finite[dtype] &= _finite(output)
-            ours = named(output, batch)
-            for name, (t, valid, kind) in truth.items():
-                if name not in ours:
+        ours = {dtype: getters(output, batch) for dtype, output in outputs.items()}
+        # One output at a time in float64 (all of a full-size model's at once are GBs).
+        for name, (get_truth, valid, kind) in truth.items():
+            t, r32 = get_truth(), ref32[name][0]()
+            for dtype in forwards:
+                if name not in ours[dtype]:
                     merged.fail(name, dtype, kind, "missing from ours")
                     continue
-                a = ours[name][0]
+                a = ours[dtype][name][0]()
                 if a.shape != t.shape:
-                    merged.fail(
-                        name, dtype, kind, f"shape mismatch: ours {a.shape}, reference {t.shape}"
-                    )
+                    note = f"shape mismatch: ours {a.shape}, reference {t.shape}"
+                    merged.fail(name, dtype, kind, note)
                     continue
-                ref_same = (ref32 if dtype == "float32" else same[dtype])[name][0]
-                errors = measure(a, ref32[name][0], t, ref_same, valid)
+                ref_same = r32 if dtype == "float32" else same[dtype][name][0]()
+                errors = measure(a, r32, t, ref_same, valid)
                 merged.add(name, dtype, kind, errors, golden_file.rows_of(t, valid))
+            if recorder is not None:
+                recorder.output(side, name, kind, t, r32, valid)
         if recorder is not None:
-            recorder.forward(side, i, batch, truth, ref32)
+            recorder.inputs(side, i, batch)
     if recorder is not None:
         recorder.ref_errors(side, merged)
 
@@ -532,29 +540,33 @@ class _Recorder:
         self.batches: dict[str, int] = {}
         self.generate: list[dict[str, Any]] = []
 
-    def forward(self, side: str, index: int, batch: dict, truth: dict, ref32: dict) -> None:
+    def inputs(self, side: str, index: int, batch: dict[str, np.ndarray]) -> None:
         for key, value in batch.items():
             self.arrays[f"inputs/{side}/{index}/{key}"] = np.asarray(value, np.int32)
         self.batches[side] = index + 1
-        for name, (t, valid, kind) in truth.items():
-            rows = golden_file.rows_of(t, valid)
-            rows32 = golden_file.rows_of(ref32[name][0], valid)
-            columns = golden_file.top_columns(rows, kind, self.columns)
-            self.parts.setdefault((side, name), []).append(
-                (
-                    columns,
-                    golden_file.take(rows, columns),
-                    golden_file.take(rows32, columns).astype(np.float32),
-                    golden_file.norms(rows),
-                    golden_file.norms(rows32).astype(np.float32),
-                )
+
+    def output(
+        self, side: str, name: str, kind: str, truth: np.ndarray, ref32: np.ndarray, valid
+    ) -> None:
+        """One output of one batch: its rows' top columns, their values, the rows' norms."""
+        rows = golden_file.rows_of(truth, valid)
+        rows32 = golden_file.rows_of(ref32, valid)
+        columns = golden_file.top_columns(rows, kind, self.columns)
+        self.parts.setdefault((side, name), []).append(
+            (
+                columns,
+                golden_file.take(rows, columns),
+                golden_file.take(rows32, columns).astype(np.float32),
+                golden_file.norms(rows),
+                golden_file.norms(rows32).astype(np.float32),
             )
-            self.entries[side, name] = {
-                "name": name,
-                "side": side,
-                "kind": kind,
-                "width": rows.shape[1],
-            }
+        )
+        self.entries[side, name] = {
+            "name": name,
+            "side": side,
+            "kind": kind,
+            "width": rows.shape[1],
+        }
 
     def ref_errors(self, side: str, merged: _Merged) -> None:
         for (name, dtype), errors in merged.errors.items():
@@ -720,13 +732,13 @@ def _forward_replay(
         for dtype, forward in forwards.items():
             output = forward(batch)
             finite[dtype] &= _finite(output)
-            ours = bert.named_outputs(output, batch)
+            ours = bert.output_getters(output, batch)
             for e in entries:
                 name, kind = e["name"], e["kind"]
                 if name not in ours:
                     merged.fail(name, dtype, kind, "missing from ours")
                     continue
-                rows = golden_file.rows_of(ours[name][0], ours[name][1])
+                rows = golden_file.rows_of(ours[name][0](), ours[name][1])
                 counts[name] = rows.shape[0]
                 if rows.shape[1] != e["width"]:
                     merged.fail(name, dtype, kind, f"width {rows.shape[1]}, golden {e['width']}")
@@ -797,10 +809,23 @@ def _entry_note(entry: dict, stored: _Stored) -> str:
     return f"replay: {k} of {entry['width']} columns at {stored.truth.shape[0]} positions"
 
 
+# What a golden's generate entries may set: `biomed_jax.generate`'s options, not its inputs.
+_GENERATE_OPTIONS = frozenset(
+    name
+    for name, p in inspect.signature(biomed_jax.generate).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "rng"
+)
+
+
 def _generate_replay(suite: str, recorded: golden_file.Golden, entry: dict, ours: Any) -> Row:
     from biomed_jax import generate
 
     options = entry["settings"]
+    unknown = set(options) - _GENERATE_OPTIONS
+    if unknown:
+        raise golden_file.GoldenError(
+            f"{recorded.path}: generate entry {entry['name']!r} has unknown settings {sorted(unknown)}"
+        )
     texts = entry.get("texts")
     mismatches, count, first = 0, 0, ""
     for i in range(entry["batches"]):

@@ -350,6 +350,13 @@ def _model_cases(
             options["policy"] = args.policy
         result = model.run(checkpoint, texts, golden=recorded, record=args.record, **options)
         report["models"].append(result.to_dict())
+        files = ", ".join(f"{name} sha256 {digest}" for name, digest in checkpoint.files.items())
+        used = ", ".join(f"{k} {v}" for k, v in result.versions.items() if k != "platform")
+        print(
+            f"\n{checkpoint.model}: {checkpoint.format} {checkpoint.architecture} at "
+            f"{checkpoint.path}; {files}\nversions: {used}",
+            flush=True,
+        )
         return result.rows
 
     cases = [

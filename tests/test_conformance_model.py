@@ -271,6 +271,12 @@ def test_golden_errors_name_the_file_and_the_problem(tiny_bert, bert_golden, tmp
     with pytest.raises(golden.GoldenError, match="no golden file"):
         golden.read(tmp_path / "missing.safetensors")
     recorded = golden.read(bert_golden)
+    bad = {**recorded.header, "batches": {"right": "6"}, "forward": [{"name": "logits"}]}
+    golden.write(tmp_path / "bad.safetensors", bad, {"x": np.zeros(1)})
+    with pytest.raises(golden.GoldenError, match=r"malformed golden header: batches\['right'\]"):
+        golden.read(tmp_path / "bad.safetensors")
+    with pytest.raises(golden.GoldenError, match=r"forward\[0\] lacks or mistypes \['side'"):
+        golden.read(tmp_path / "bad.safetensors")
     with pytest.raises(golden.GoldenError, match=r"recorded from another model \(model_type"):
         golden.check_structure(recorded, {"model_type": "biogpt"})
     only32 = golden.Golden(
