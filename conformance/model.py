@@ -4,17 +4,18 @@ Live (needs torch and transformers): the texts (by default the 48 shipped PubMed
 abstract sentences, `corpus.pubmed_texts`) are tokenized by the checkpoint's own tokenizer, cut
 to `max_length` tokens, and batched right- and left-padded, every batch to one width (one
 compilation per dtype). transformers runs each batch in float32, float64 (the truth) and
-bfloat16 (`checkpoint.reference`); every output `bert.named_outputs` finds (hidden states of
+bfloat16 (`checkpoint.reference`); every output `bert.output_getters` finds (hidden states of
 every layer, attention maps, pooler, logits of any head) is judged by the float64-referenced rule
 of docs/numerics.md (`report.measure` per batch, merged, `report.verdict`: all batches of a side
-judged as one output). Causal LMs also generate from the texts' first `prompt_length` tokens,
-left-padded, greedy and beam-5, token for token against transformers' `generate` (float32).
-`record=` writes what the rule needs into a golden file (`conformance.golden`).
+judged as one output), and so is each output's row norms (NORMS: one L2 norm per position, over
+its F entries; floor x sqrt(F)). Causal LMs also generate from the texts' first `prompt_length`
+tokens, left-padded, greedy and beam-5, token for token against transformers' `generate`
+(float32). `record=` writes what the rule needs into a golden file (`conformance.golden`).
 
 Replay (`golden=`): no torch, no transformers. The golden's batches through our model; each
 output judged at its recorded entries against the recorded truth with transformers' recorded
-error (the bound the live rule used), and each row's norm within sqrt(width) x that bound (what
-the live rule implies for it); generation token for token. A golden recorded from other weights
+error (the bound the live rule used: live passing implies these pass), its row norms all
+recorded and judged as live; generation token for token. A golden recorded from other weights
 is refused (`golden.GoldenError`); one with a few changed parameters runs, with a failing row
 naming them.
 """
@@ -43,7 +44,7 @@ from conformance.checkpoint import (
     require_reference,
     structure,
 )
-from conformance.report import Errors, Row, bound, exact, format_table, measure, verdict
+from conformance.report import Errors, Row, exact, format_table, measure, verdict
 
 DTYPES = ("float32", "bfloat16")
 SIDES = ("right", "left")
@@ -238,18 +239,26 @@ def _finite(output: Any) -> bool:
     return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(output))
 
 
+NORMS = " (row norms)"  # the derived output: each row's L2 norm over its F entries
+
+
 class _Merged:
-    """Errors per (output, dtype) merged over batches, then one row each, in first-seen order."""
+    """Errors per (output, dtype) merged over batches, then one row each, in first-seen order.
+    An output named with the NORMS suffix is judged with its floor and fallback x sqrt(F)."""
 
     def __init__(self) -> None:
         self.errors: dict[tuple[str, str], Errors] = {}
         self.shapes: dict[tuple[str, str], tuple[int, ...]] = {}
         self.kinds: dict[str, str] = {}
+        self.widths: dict[str, int] = {}
         self.notes: dict[tuple[str, str], str] = {}
 
-    def add(self, name: str, dtype: str, kind: str, errors: Errors, rows: np.ndarray) -> None:
+    def add(
+        self, name: str, dtype: str, kind: str, errors: Errors, rows: np.ndarray, width: int
+    ) -> None:
+        """`rows`: what was compared ([n, ...]: its shape is the row's, counts summed)."""
         key = (name, dtype)
-        self.kinds[name] = kind
+        self.kinds[name], self.widths[name] = kind, width
         if key in self.errors:
             errors = self.errors[key].merge(errors)
             count = self.shapes[key][0] + rows.shape[0]
@@ -265,20 +274,30 @@ class _Merged:
         self.notes[(name, dtype)] = note
 
     def rows(
-        self, suite: Callable[[str], str], tolerance: Callable[[str, str], float], note: str = ""
+        self,
+        suite: Callable[[str], str],
+        fallback: Callable[[str, str], float],
+        note: Callable[[str], str] = lambda name: "",
     ) -> list[Row]:
-        return [
-            verdict(
-                suite(dtype),
-                name,
-                dtype,
-                self.shapes[name, dtype],
-                errors,
-                tolerance(dtype, name),
-                self.notes.get((name, dtype), note),
+        """One row per (output, dtype); `fallback(dtype, output)`: the absolute bound where
+        transformers did not run in the dtype; `note(output)`: the row's note."""
+        out = []
+        for (name, dtype), errors in self.errors.items():
+            base = name.removesuffix(NORMS)
+            scale = math.sqrt(self.widths.get(name, 1)) if name.endswith(NORMS) else 1.0
+            out.append(
+                verdict(
+                    suite(dtype),
+                    name,
+                    dtype,
+                    self.shapes[name, dtype],
+                    errors,
+                    fallback(dtype, base) * scale,
+                    self.notes.get((name, dtype)) or note(name),
+                    floor_scale=scale,
+                )
             )
-            for (name, dtype), errors in self.errors.items()
-        ]
+        return out
 
 
 def _finite_rows(suite: Callable[[str], str], finite: dict[str, bool]) -> list[Row]:
@@ -325,6 +344,7 @@ def _live(
                 batches,
                 config.model_type,
                 side,
+                settings.columns,
                 recorder,
             )
         if settings.generation and checkpoint.architecture == "BioGptForCausalLM":
@@ -418,8 +438,11 @@ def _forward_live(
     batches: list[dict[str, np.ndarray]],
     model_type: str,
     side: str,
+    columns: int,
     recorder: _Recorder | None,
 ) -> list[Row]:
+    """One padding side: every output, and its row norms where a golden keeps fewer than all
+    of a row's entries (width > `columns`)."""
     getters = bert.output_getters
     merged, finite = _Merged(), dict.fromkeys(forwards, True)
     for i, batch in enumerate(batches):
@@ -433,6 +456,9 @@ def _forward_live(
         # One output at a time in float64 (all of a full-size model's at once are GBs).
         for name, (get_truth, valid, kind) in truth.items():
             t, r32 = get_truth(), ref32[name][0]()
+            t_rows, r_rows = golden_file.rows_of(t, valid), golden_file.rows_of(r32, valid)
+            t_norms, r_norms = golden_file.norms(t_rows), golden_file.norms(r_rows)
+            width = t_rows.shape[1]
             for dtype in forwards:
                 if name not in ours[dtype]:
                     merged.fail(name, dtype, kind, "missing from ours")
@@ -444,20 +470,30 @@ def _forward_live(
                     continue
                 ref_same = r32 if dtype == "float32" else same[dtype][name][0]()
                 errors = measure(a, r32, t, ref_same, valid)
-                merged.add(name, dtype, kind, errors, golden_file.rows_of(t, valid))
+                merged.add(name, dtype, kind, errors, t_rows, width)
+                if width > columns:  # else a golden records every entry: norms add nothing
+                    s_rows = r_rows if dtype == "float32" else golden_file.rows_of(ref_same, valid)
+                    a_norms = golden_file.norms(golden_file.rows_of(a, valid))
+                    errors = measure(a_norms, r_norms, t_norms, golden_file.norms(s_rows))
+                    merged.add(name + NORMS, dtype, kind, errors, t_norms, width)
             if recorder is not None:
-                recorder.output(side, name, kind, t, r32, valid)
+                recorder.output(side, name, kind, t_rows, r_rows)
         if recorder is not None:
             recorder.inputs(side, i, batch)
     if recorder is not None:
         recorder.ref_errors(side, merged)
 
-    def tolerance(dtype: str, name: str) -> float:
+    def fallback(dtype: str, name: str) -> float:
         return _fallbacks(model_type, dtype)[merged.kinds[name]]
 
-    return merged.rows(lambda dtype: f"{suite}/{dtype}", tolerance) + _finite_rows(
-        lambda dtype: f"{suite}/{dtype}", finite
-    )
+    rows = merged.rows(lambda dtype: f"{suite}/{dtype}", fallback, _norm_note)
+    return rows + _finite_rows(lambda dtype: f"{suite}/{dtype}", finite)
+
+
+def _norm_note(name: str) -> str:
+    if not name.endswith(NORMS):
+        return ""
+    return "each row's L2 norm over its F entries; the rule's floor and fallback x sqrt(F)"
 
 
 def _prompts(
@@ -545,20 +581,18 @@ class _Recorder:
             self.arrays[f"inputs/{side}/{index}/{key}"] = np.asarray(value, np.int32)
         self.batches[side] = index + 1
 
-    def output(
-        self, side: str, name: str, kind: str, truth: np.ndarray, ref32: np.ndarray, valid
-    ) -> None:
-        """One output of one batch: its rows' top columns, their values, the rows' norms."""
-        rows = golden_file.rows_of(truth, valid)
-        rows32 = golden_file.rows_of(ref32, valid)
+    def output(self, side: str, name: str, kind: str, rows: np.ndarray, rows32: np.ndarray) -> None:
+        """One output of one batch (its rows [n, F], float64 truth and transformers float32):
+        the rows' top columns, their values, the rows' norms."""
         columns = golden_file.top_columns(rows, kind, self.columns)
+        every = rows.shape[1] <= self.columns  # every entry recorded: no norms
         self.parts.setdefault((side, name), []).append(
             (
                 columns,
                 golden_file.take(rows, columns),
                 golden_file.take(rows32, columns).astype(np.float32),
-                golden_file.norms(rows),
-                golden_file.norms(rows32).astype(np.float32),
+                None if every else golden_file.norms(rows),
+                None if every else golden_file.norms(rows32).astype(np.float32),
             )
         )
         self.entries[side, name] = {
@@ -569,8 +603,11 @@ class _Recorder:
         }
 
     def ref_errors(self, side: str, merged: _Merged) -> None:
+        """transformers' own errors per dtype, of each output and of its rows' norms."""
         for (name, dtype), errors in merged.errors.items():
-            self.entries[side, name].setdefault("ref_err", {})[dtype] = errors.ref_err
+            field = "norm_ref_err" if name.endswith(NORMS) else "ref_err"
+            entry = self.entries[side, name.removesuffix(NORMS)]
+            entry.setdefault(field, {})[dtype] = errors.ref_err
 
     def generation(self, strategy: str, options: dict, prompts: list, sequences: list) -> None:
         for i, ((ids, mask), seq) in enumerate(zip(prompts, sequences, strict=True)):
@@ -588,7 +625,8 @@ class _Recorder:
                 zip(*parts, strict=True),
                 strict=True,
             ):
-                arrays[f"forward/{side}/{name}/{field}"] = np.concatenate(values)
+                if values[0] is not None:
+                    arrays[f"forward/{side}/{name}/{field}"] = np.concatenate(values)
             if self.entries[side, name]["width"] <= np.iinfo(np.uint16).max:
                 columns = arrays[f"forward/{side}/{name}/columns"]
                 arrays[f"forward/{side}/{name}/columns"] = columns.astype(np.uint16)
@@ -725,7 +763,7 @@ def _forward_replay(
     model_type: str,
 ) -> list[Row]:
     stored = {e["name"]: _Stored.read(recorded, side, e["name"]) for e in entries}
-    merged, norms, finite = _Merged(), _Merged(), dict.fromkeys(forwards, True)
+    merged, finite = _Merged(), dict.fromkeys(forwards, True)
     offsets = dict.fromkeys(stored, 0)
     for batch in recorded.batches(side):
         counts: dict[str, int] = {}
@@ -751,14 +789,14 @@ def _forward_replay(
                 ref32 = truth if part.ref32 is None else part.ref32[picked]
                 values = golden_file.take(rows, part.columns[picked])
                 ref_err = e.get("ref_err", {}).get(dtype)
-                merged.add(
-                    name, dtype, kind, measure(values, ref32, truth, ref_err=ref_err), values
-                )
+                errors = measure(values, ref32, truth, ref_err=ref_err)
+                merged.add(name, dtype, kind, errors, values, e["width"])
                 if part.norm is not None:
                     norm32 = part.norm if part.norm32 is None else part.norm32
                     found = golden_file.norms(rows)
-                    errors = measure(found, norm32[picked], part.norm[picked])
-                    norms.add(f"{name} (row norms)", dtype, kind, errors, found)
+                    ref_err = e.get("norm_ref_err", {}).get(dtype)
+                    errors = measure(found, norm32[picked], part.norm[picked], ref_err=ref_err)
+                    merged.add(name + NORMS, dtype, kind, errors, found, e["width"])
         for name, count in counts.items():
             offsets[name] += count
     for name, part in stored.items():
@@ -776,27 +814,14 @@ def _forward_replay(
             return e["atol"] + e.get("rtol", 0.0) * smallest
         return _fallbacks(model_type, dtype)[e["kind"]]
 
-    def norm_bound(dtype: str, norm_name: str) -> float:
-        name = norm_name.removesuffix(" (row norms)")
-        ref_err = by_name[name].get("ref_err", {}).get(dtype)
-        return math.sqrt(by_name[name]["width"]) * bound(dtype, ref_err, fallback(dtype, name))
-
     def at(dtype: str) -> str:
         return f"{suite}/{dtype}"
 
-    rows = [
-        dataclasses.replace(r, note=r.note or _entry_note(by_name[r.name], stored[r.name]))
-        for r in merged.rows(at, fallback)
-    ]
-    # A norm row has no recorded transformers error of its own: judged by `norm_bound`.
-    rows += [
-        dataclasses.replace(r, ref_err=None, ratio=None, note=NORM_NOTE)
-        for r in norms.rows(at, norm_bound)
-    ]
+    def note(name: str) -> str:
+        return _norm_note(name) or _entry_note(by_name[name], stored[name])
+
+    rows = merged.rows(at, fallback, note)
     return rows + _finite_rows(at, finite)
-
-
-NORM_NOTE = "each row's L2 norm (whole width) within sqrt(width) x the output's bound"
 
 
 def _entry_note(entry: dict, stored: _Stored) -> str:

@@ -94,10 +94,11 @@ class Errors:
         )
 
 
-def bound(dtype: str, ref_err: float | None, fallback: float) -> float:
-    """What `ours_err` may reach: FACTOR x transformers' own error, at least FLOOR[dtype]; the
-    absolute `fallback` where transformers did not run in the dtype (ref_err None)."""
-    return fallback if ref_err is None else max(FACTOR * ref_err, FLOOR[dtype])
+def bound(dtype: str, ref_err: float | None, fallback: float, floor_scale: float = 1.0) -> float:
+    """What `ours_err` may reach: FACTOR x transformers' own error, at least FLOOR[dtype] (x
+    `floor_scale`: sqrt(F) for a norm over F entries); the absolute `fallback` where
+    transformers did not run in the dtype (ref_err None)."""
+    return fallback if ref_err is None else max(FACTOR * ref_err, FLOOR[dtype] * floor_scale)
 
 
 def measure(
@@ -127,9 +128,10 @@ def verdict(
     errors: Errors,
     fallback: float,
     note: str = "",
+    floor_scale: float = 1.0,
 ) -> Row:
     """The pass rule on measured errors: finite, and ours_err <= `bound`."""
-    ref_err, tolerance = errors.ref_err, bound(dtype, errors.ref_err, fallback)
+    ref_err, tolerance = errors.ref_err, bound(dtype, errors.ref_err, fallback, floor_scale)
     ratio = None
     if ref_err is not None:
         ratio = (
