@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import sys
 import tempfile
@@ -33,7 +34,7 @@ MATRICES = {  # the matrix the sweep changes: a middle layer's first MLP kernel
     "bert": "bert/encoder/layer_{}/mlp/fc_in/kernel",
     "biogpt": "biogpt/layers/layer_{}/mlp/fc_in/kernel",
 }
-SCALES = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3)
+SCALES = (1e-7, 1e-6, 1e-5, 2e-5, 5e-5, 1e-4, 1e-3)
 
 
 def build(name: str, directory: Path, quick: bool) -> Path:
@@ -77,7 +78,7 @@ def sweep(directory: Path, name: str, texts: list[str], layers: int, work: Path)
 
     def failed(rows) -> list[str]:
         names = {
-            f"{r.suite.split('/')[2]} {r.name.removesuffix(' (row norms)')}"
+            f"{r.suite.split('/')[2]} {r.name.removesuffix(' (row projections)')}"
             for r in rows
             if not r.passed and r.name != "parameters as recorded"
         }
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         for name in args.models.split(","):
             directory = build(name, work / name, args.quick)
+            gc.collect()  # the saved transformers model (reference cycles): its GBs back now
             path = work / f"{name}.safetensors"
             live = model.run(directory, record=path, dtypes=("float32",))
             replay = model.run(directory, golden=path)

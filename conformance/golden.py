@@ -8,7 +8,8 @@ version, checkpoint identity, texts, settings, versions, and the list of entries
   forward/{side}/{output}/columns    [n, k] int: the recorded columns of each valid position's row
   forward/{side}/{output}/truth      [n, k] float64: transformers float64 at those columns
   forward/{side}/{output}/ref32      [n, k] float32: transformers float32 there (the direct diff)
-  forward/{side}/{output}/norm       [n] float64, norm32 [n]: each row's L2 norm, whole width
+  forward/{side}/{output}/proj       [n, 2] float64, proj32 [n, 2]: each row projected onto 2
+        fixed random directions (`project`; where F > k)
   forward/{side}/{output}/positions  [n] int (optional): which valid positions, default all
   generate/{name}/{i}/{input_ids,attention_mask,sequences}  prompts and transformers' tokens
 
@@ -17,10 +18,11 @@ over all batches of the side in order, each flattened over its other axes (width
 heads x keys, vocabulary). The k recorded columns of a row are its largest entries by magnitude
 (for logits: the top-k by value, the predicted ids), all of them where F <= k.
 
-Forward entries carry transformers' own error against float64 per dtype (`ref_err`), measured
-on the whole output at record time: replay judges our error at the recorded entries by the same
-rule (`report.verdict`), so a checkpoint whose live check passes also passes its replay. Entries
-with `atol` (published references without a float64 run) are judged by that absolute bound.
+Forward entries carry transformers' own error against float64 per dtype, measured at record time
+on the whole output (`ref_err`) and on its row projections (`proj_ref_err`): replay judges our
+error at the recorded entries and on every row projection by the same rule (`report.verdict`),
+so a checkpoint whose live check passes also passes its replay. Entries with `atol` (published references
+without a float64 run) are judged by that absolute bound.
 Generation entries hold either transformers' token ids (`sequences`) or, published, the decoded
 `texts`.
 """
@@ -28,6 +30,7 @@ Generation entries hold either transformers' token ids (`sequences`) or, publish
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -103,8 +106,22 @@ def take(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
     return np.take_along_axis(rows, columns.astype(np.int64), axis=1)
 
 
-def norms(rows: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(np.asarray(rows, dtype=np.float64), axis=1)
+PROJECTIONS = 2  # fixed random directions each row is projected onto: a sketch of the whole row
+
+
+@functools.lru_cache(maxsize=16)
+def directions(width: int) -> np.ndarray:
+    """[F, PROJECTIONS] fixed random directions, entries +-1/sqrt(F): numpy's RandomState
+    (whose stream numpy keeps frozen) seeded by F. A row's projection has an entry's scale, and
+    an error anywhere in the row moves it (a norm misses errors orthogonal to the row)."""
+    signs = np.random.RandomState(width).randint(0, 2, size=(width, PROJECTIONS)) * 2 - 1
+    return signs / np.sqrt(width)
+
+
+def project(rows: np.ndarray) -> np.ndarray:
+    """[n, PROJECTIONS]: rows [n, F] projected onto `directions(F)`, in float64."""
+    rows = np.asarray(rows, dtype=np.float64)
+    return rows @ directions(rows.shape[1])
 
 
 def write(path: str | Path, header: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> Path:

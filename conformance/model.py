@@ -7,14 +7,14 @@ compilation per dtype). transformers runs each batch in float32, float64 (the tr
 bfloat16 (`checkpoint.reference`); every output `bert.output_getters` finds (hidden states of
 every layer, attention maps, pooler, logits of any head) is judged by the float64-referenced rule
 of docs/numerics.md (`report.measure` per batch, merged, `report.verdict`: all batches of a side
-judged as one output), and so is each output's row norms (NORMS: one L2 norm per position, over
-its F entries; floor x sqrt(F)). Causal LMs also generate from the texts' first `prompt_length`
+judged as one output), and so are each output's row projections (PROJECTED: every position's
+row of F entries projected onto 2 fixed random directions, `golden.project`). Causal LMs also generate from the texts' first `prompt_length`
 tokens, left-padded, greedy and beam-5, token for token against transformers' `generate`
 (float32). `record=` writes what the rule needs into a golden file (`conformance.golden`).
 
 Replay (`golden=`): no torch, no transformers. The golden's batches through our model; each
 output judged at its recorded entries against the recorded truth with transformers' recorded
-error (the bound the live rule used: live passing implies these pass), its row norms all
+error (the bound the live rule used: live passing implies these pass), its row projections all
 recorded and judged as live; generation token for token. A golden recorded from other weights
 is refused (`golden.GoldenError`); one with a few changed parameters runs, with a failing row
 naming them.
@@ -239,12 +239,12 @@ def _finite(output: Any) -> bool:
     return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(output))
 
 
-NORMS = " (row norms)"  # the derived output: each row's L2 norm over its F entries
+PROJECTED = " (row projections)"  # the derived output: `golden.project` of each row
 
 
 class _Merged:
     """Errors per (output, dtype) merged over batches, then one row each, in first-seen order.
-    An output named with the NORMS suffix is judged with its floor and fallback x sqrt(F)."""
+    A PROJECTED output's fallback is x sqrt(F): what the entries' fallback implies for it."""
 
     def __init__(self) -> None:
         self.errors: dict[tuple[str, str], Errors] = {}
@@ -283,8 +283,8 @@ class _Merged:
         transformers did not run in the dtype; `note(output)`: the row's note."""
         out = []
         for (name, dtype), errors in self.errors.items():
-            base = name.removesuffix(NORMS)
-            scale = math.sqrt(self.widths.get(name, 1)) if name.endswith(NORMS) else 1.0
+            base = name.removesuffix(PROJECTED)
+            scale = math.sqrt(self.widths.get(name, 1)) if name.endswith(PROJECTED) else 1.0
             out.append(
                 verdict(
                     suite(dtype),
@@ -294,7 +294,6 @@ class _Merged:
                     errors,
                     fallback(dtype, base) * scale,
                     self.notes.get((name, dtype)) or note(name),
-                    floor_scale=scale,
                 )
             )
         return out
@@ -441,8 +440,8 @@ def _forward_live(
     columns: int,
     recorder: _Recorder | None,
 ) -> list[Row]:
-    """One padding side: every output, and its row norms where a golden keeps fewer than all
-    of a row's entries (width > `columns`)."""
+    """One padding side: every output, and its row projections where a golden keeps fewer
+    than all of a row's entries (width > `columns`)."""
     getters = bert.output_getters
     merged, finite = _Merged(), dict.fromkeys(forwards, True)
     for i, batch in enumerate(batches):
@@ -457,7 +456,7 @@ def _forward_live(
         for name, (get_truth, valid, kind) in truth.items():
             t, r32 = get_truth(), ref32[name][0]()
             t_rows, r_rows = golden_file.rows_of(t, valid), golden_file.rows_of(r32, valid)
-            t_norms, r_norms = golden_file.norms(t_rows), golden_file.norms(r_rows)
+            t_proj, r_proj = golden_file.project(t_rows), golden_file.project(r_rows)
             width = t_rows.shape[1]
             for dtype in forwards:
                 if name not in ours[dtype]:
@@ -471,11 +470,11 @@ def _forward_live(
                 ref_same = r32 if dtype == "float32" else same[dtype][name][0]()
                 errors = measure(a, r32, t, ref_same, valid)
                 merged.add(name, dtype, kind, errors, t_rows, width)
-                if width > columns:  # else a golden records every entry: norms add nothing
+                if width > columns:  # else a golden records every entry: nothing to add
                     s_rows = r_rows if dtype == "float32" else golden_file.rows_of(ref_same, valid)
-                    a_norms = golden_file.norms(golden_file.rows_of(a, valid))
-                    errors = measure(a_norms, r_norms, t_norms, golden_file.norms(s_rows))
-                    merged.add(name + NORMS, dtype, kind, errors, t_norms, width)
+                    a_proj = golden_file.project(golden_file.rows_of(a, valid))
+                    errors = measure(a_proj, r_proj, t_proj, golden_file.project(s_rows))
+                    merged.add(name + PROJECTED, dtype, kind, errors, t_proj, width)
             if recorder is not None:
                 recorder.output(side, name, kind, t_rows, r_rows)
         if recorder is not None:
@@ -486,14 +485,14 @@ def _forward_live(
     def fallback(dtype: str, name: str) -> float:
         return _fallbacks(model_type, dtype)[merged.kinds[name]]
 
-    rows = merged.rows(lambda dtype: f"{suite}/{dtype}", fallback, _norm_note)
+    rows = merged.rows(lambda dtype: f"{suite}/{dtype}", fallback, _projection_note)
     return rows + _finite_rows(lambda dtype: f"{suite}/{dtype}", finite)
 
 
-def _norm_note(name: str) -> str:
-    if not name.endswith(NORMS):
+def _projection_note(name: str) -> str:
+    if not name.endswith(PROJECTED):
         return ""
-    return "each row's L2 norm over its F entries; the rule's floor and fallback x sqrt(F)"
+    return f"each row of F entries projected onto {golden_file.PROJECTIONS} fixed random directions"
 
 
 def _prompts(
@@ -583,16 +582,16 @@ class _Recorder:
 
     def output(self, side: str, name: str, kind: str, rows: np.ndarray, rows32: np.ndarray) -> None:
         """One output of one batch (its rows [n, F], float64 truth and transformers float32):
-        the rows' top columns, their values, the rows' norms."""
+        the rows' top columns, their values, the rows' projections."""
         columns = golden_file.top_columns(rows, kind, self.columns)
-        every = rows.shape[1] <= self.columns  # every entry recorded: no norms
+        every = rows.shape[1] <= self.columns  # every entry recorded: no projections
         self.parts.setdefault((side, name), []).append(
             (
                 columns,
                 golden_file.take(rows, columns),
                 golden_file.take(rows32, columns).astype(np.float32),
-                None if every else golden_file.norms(rows),
-                None if every else golden_file.norms(rows32).astype(np.float32),
+                None if every else golden_file.project(rows),
+                None if every else golden_file.project(rows32).astype(np.float32),
             )
         )
         self.entries[side, name] = {
@@ -603,10 +602,10 @@ class _Recorder:
         }
 
     def ref_errors(self, side: str, merged: _Merged) -> None:
-        """transformers' own errors per dtype, of each output and of its rows' norms."""
+        """transformers' own errors per dtype, of each output and of its row projections."""
         for (name, dtype), errors in merged.errors.items():
-            field = "norm_ref_err" if name.endswith(NORMS) else "ref_err"
-            entry = self.entries[side, name.removesuffix(NORMS)]
+            field = "proj_ref_err" if name.endswith(PROJECTED) else "ref_err"
+            entry = self.entries[side, name.removesuffix(PROJECTED)]
             entry.setdefault(field, {})[dtype] = errors.ref_err
 
     def generation(self, strategy: str, options: dict, prompts: list, sequences: list) -> None:
@@ -621,7 +620,7 @@ class _Recorder:
         arrays = dict(self.arrays)
         for (side, name), parts in self.parts.items():
             for field, values in zip(
-                ("columns", "truth", "ref32", "norm", "norm32"),
+                ("columns", "truth", "ref32", "proj", "proj32"),
                 zip(*parts, strict=True),
                 strict=True,
             ):
@@ -716,8 +715,8 @@ class _Stored:
     columns: np.ndarray  # [n, k]
     truth: np.ndarray  # [n, k]
     ref32: np.ndarray | None
-    norm: np.ndarray | None  # [n]
-    norm32: np.ndarray | None
+    proj: np.ndarray | None  # [n, PROJECTIONS]
+    proj32: np.ndarray | None
     positions: np.ndarray | None  # [n]: which valid positions (default: all, in order)
 
     @classmethod
@@ -726,13 +725,15 @@ class _Stored:
         stored = cls(
             recorded.array(prefix + "columns").astype(np.int64),
             recorded.array(prefix + "truth").astype(np.float64),
-            *(recorded.optional(prefix + f) for f in ("ref32", "norm", "norm32", "positions")),
+            *(recorded.optional(prefix + f) for f in ("ref32", "proj", "proj32", "positions")),
         )
         truth, n = stored.truth, stored.truth.shape[0]
         fits = truth.ndim == 2 and stored.columns.shape == truth.shape
         fits &= stored.ref32 is None or stored.ref32.shape == truth.shape
+        fits &= stored.positions is None or stored.positions.shape == (n,)
         fits &= all(
-            a is None or a.shape == (n,) for a in (stored.norm, stored.norm32, stored.positions)
+            a is None or a.shape == (n, golden_file.PROJECTIONS)
+            for a in (stored.proj, stored.proj32)
         )
         if not fits:
             raise golden_file.GoldenError(
@@ -791,12 +792,12 @@ def _forward_replay(
                 ref_err = e.get("ref_err", {}).get(dtype)
                 errors = measure(values, ref32, truth, ref_err=ref_err)
                 merged.add(name, dtype, kind, errors, values, e["width"])
-                if part.norm is not None:
-                    norm32 = part.norm if part.norm32 is None else part.norm32
-                    found = golden_file.norms(rows)
-                    ref_err = e.get("norm_ref_err", {}).get(dtype)
-                    errors = measure(found, norm32[picked], part.norm[picked], ref_err=ref_err)
-                    merged.add(name + NORMS, dtype, kind, errors, found, e["width"])
+                if part.proj is not None:
+                    proj32 = part.proj if part.proj32 is None else part.proj32
+                    found = golden_file.project(rows)
+                    ref_err = e.get("proj_ref_err", {}).get(dtype)
+                    errors = measure(found, proj32[picked], part.proj[picked], ref_err=ref_err)
+                    merged.add(name + PROJECTED, dtype, kind, errors, found, e["width"])
         for name, count in counts.items():
             offsets[name] += count
     for name, part in stored.items():
@@ -818,7 +819,7 @@ def _forward_replay(
         return f"{suite}/{dtype}"
 
     def note(name: str) -> str:
-        return _norm_note(name) or _entry_note(by_name[name], stored[name])
+        return _projection_note(name) or _entry_note(by_name[name], stored[name])
 
     rows = merged.rows(at, fallback, note)
     return rows + _finite_rows(at, finite)

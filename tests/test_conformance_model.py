@@ -111,6 +111,22 @@ def bert_golden(tiny_bert, tmp_path_factory) -> Path:
     return path
 
 
+def test_row_projections_see_an_error_a_norm_misses():
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((5, 300))
+    error = rng.standard_normal((5, 300))
+    error -= (error * rows).sum(1, keepdims=True) / (rows * rows).sum(1, keepdims=True) * rows
+    error *= 1e-3  # orthogonal to each row: its norm moves only at second order
+    norm_change = np.abs(np.linalg.norm(rows + error, axis=1) - np.linalg.norm(rows, axis=1))
+    sketch_change = np.abs(golden.project(rows + error) - golden.project(rows))
+    assert norm_change.max() < 1e-5 < sketch_change.max()
+    directions = golden.directions(300)
+    assert directions.shape == (300, golden.PROJECTIONS)
+    np.testing.assert_array_equal(np.abs(directions), 1 / np.sqrt(300))
+    assert 0 < np.abs(directions[:, 0] @ directions[:, 1]) < 0.3  # two directions, not one
+    np.testing.assert_array_equal(golden.directions.__wrapped__(300), directions)  # seeded by F
+
+
 def _failed(rows) -> set[tuple[str, str]]:
     return {(r.suite, r.name) for r in rows if not r.passed}
 
@@ -121,8 +137,8 @@ def test_every_output_of_a_bert_on_both_paddings_and_dtypes(tiny_bert, bert_gold
     assert report.rows and not _failed(report.rows)
     outputs = {"hidden_states[0]", "hidden_states[1]", "hidden_states[2]", "attentions[0]",
                "attentions[1]", "logits"}  # fmt: skip
-    norms = {f"{name} (row norms)" for name in outputs}  # one L2 norm per position, judged too
-    assert {r.name for r in report.rows} == outputs | norms | {"all outputs finite"}
+    sketches = {f"{name} (row projections)" for name in outputs}  # every row, judged too
+    assert {r.name for r in report.rows} == outputs | sketches | {"all outputs finite"}
     positions = int(sum(b["attention_mask"].sum() for b in recorded.batches("left")))
     logits = next(r for r in report.rows if r.name == "logits")
     assert logits.shape == (positions, len(tiny.bert_vocab()))  # every token of the 48 texts
@@ -242,7 +258,7 @@ def test_replay_fails_where_the_live_check_fails(tiny_bert, tmp_path):
     def failed(rows) -> set[tuple[str, str]]:
         skip = {"parameters as recorded"}
         return {
-            (r.suite.split("/")[2], r.name.removesuffix(" (row norms)"))
+            (r.suite.split("/")[2], r.name.removesuffix(" (row projections)"))
             for r in rows
             if not r.passed and r.name not in skip
         }
