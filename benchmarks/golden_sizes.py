@@ -62,14 +62,17 @@ def golden_size(path: Path) -> dict:
 
 def sweep(directory: Path, name: str, texts: list[str], layers: int, work: Path) -> list[dict]:
     from biomed_jax.trees import flatten, unflatten
-    from conformance import golden, model
+    from conformance import golden
     from conformance.checkpoint import load_ours, locate
+    from conformance.judging import Settings
+    from conformance.live import live
+    from conformance.replay import replay
 
     checkpoint = locate(directory)
-    settings = model.Settings(dtypes=("float32",), generation=False)
+    settings = Settings(dtypes=("float32",), generation=False)
     base = load_ours(checkpoint)
     path = work / f"{name}-sweep.safetensors"
-    model._live(checkpoint, texts, settings, path, base)
+    live(checkpoint, texts, settings, path, base)
     recorded = golden.read(path)
     flat = flatten(base.params)
     key = MATRICES[name].format(layers // 2)
@@ -88,16 +91,16 @@ def sweep(directory: Path, name: str, texts: list[str], layers: int, work: Path)
     for scale in SCALES:
         params = dict(flat, **{key: w + np.float32(scale * w.std()) * noise})
         ours = dataclasses.replace(base, params=unflatten(params))
-        live = failed(model._live(checkpoint, texts, settings, None, ours).rows)
-        replay = failed(model._replay(checkpoint, recorded, None, ours).rows)
+        live_failed = failed(live(checkpoint, texts, settings, None, ours).rows)
+        replay_failed = failed(replay(checkpoint, recorded, None, ours).rows)
         out.append(
             {
                 "matrix": key,
                 "scale": scale,
-                "live_failed": len(live),
-                "replay_failed": len(replay),
-                "live_only": sorted(set(live) - set(replay)),
-                "replay_only": sorted(set(replay) - set(live)),
+                "live_failed": len(live_failed),
+                "replay_failed": len(replay_failed),
+                "live_only": sorted(set(live_failed) - set(replay_failed)),
+                "replay_only": sorted(set(replay_failed) - set(live_failed)),
             }
         )
         print(json.dumps(out[-1]), file=sys.stderr, flush=True)
@@ -122,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             directory = build(name, work / name, args.quick)
             gc.collect()  # the saved transformers model (reference cycles): its GBs back now
             path = work / f"{name}.safetensors"
-            live = model.run(directory, record=path, dtypes=("float32",))
-            replay = model.run(directory, golden=path)
+            recorded = model.run(directory, record=path, dtypes=("float32",))
+            replayed = model.run(directory, golden=path)
             config = json.loads((directory / "config.json").read_text())
             results[name] = {
                 "config": {
@@ -131,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 "texts": len(corpus.pubmed_texts()),
                 "golden": golden_size(path),
-                "live_rows": len(live.rows),
-                "live_failed": sum(not r.passed for r in live.rows),
-                "replay_rows": len(replay.rows),
-                "replay_failed": sum(not r.passed for r in replay.rows),
+                "live_rows": len(recorded.rows),
+                "live_failed": sum(not r.passed for r in recorded.rows),
+                "replay_rows": len(replayed.rows),
+                "replay_failed": sum(not r.passed for r in replayed.rows),
                 "sweep": sweep(
                     directory,
                     name,

@@ -20,8 +20,9 @@ import conformance
 from biomed_jax import cli, convert
 from biomed_jax.trees import flatten, unflatten
 from conformance import corpus, golden, published, suite, tiny
-from conformance import model as conformance_model
 from conformance.checkpoint import load_ours, locate
+from conformance.live import live
+from conformance.replay import replay
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = corpus.pubmed_texts()[:8]
@@ -248,7 +249,7 @@ def test_replay_fails_where_the_live_check_fails(tiny_bert, tmp_path):
     settings = conformance.Settings(dtypes=("float32",), generation=False)
     base = load_ours(checkpoint)
     path = tmp_path / "g.safetensors"
-    conformance_model._live(checkpoint, TEXTS, settings, path, base)
+    live(checkpoint, TEXTS, settings, path, base)
     recorded = golden.read(path)
     flat = flatten(base.params)
     key = "bert/encoder/layer_1/attention/value/kernel"
@@ -266,14 +267,14 @@ def test_replay_fails_where_the_live_check_fails(tiny_bert, tmp_path):
     for scale in (1e-8, 1e-4, 1e-2):
         params = dict(flat, **{key: w + np.float32(scale * w.std()) * noise})
         ours = dataclasses.replace(base, params=unflatten(params))
-        live = conformance_model._live(checkpoint, TEXTS, settings, None, ours).rows
-        replay = conformance_model._replay(checkpoint, recorded, None, ours).rows
-        assert failed(replay) == failed(live), scale
+        live_rows = live(checkpoint, TEXTS, settings, None, ours).rows
+        replay_rows = replay(checkpoint, recorded, None, ours).rows
+        assert failed(replay_rows) == failed(live_rows), scale
         if scale > 1e-6:
-            names = {name for _, name in failed(live)}
+            names = {name for _, name in failed(live_rows)}
             assert names == {"hidden_states[2]", "logits"}, (scale, names)
         else:
-            assert not failed(live)
+            assert not failed(live_rows)
 
 
 def test_golden_errors_name_the_file_and_the_problem(tiny_bert, bert_golden, tmp_path):
