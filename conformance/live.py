@@ -69,7 +69,7 @@ def live(
         )
         for side in settings.sides:
             batches = _batches(encoded, side, settings.batch_size, pad)
-            rows += _forwardlive(
+            rows += _forward_live(
                 f"{name}/{side}-pad",
                 hf,
                 run_reference,
@@ -81,7 +81,7 @@ def live(
                 recorder,
             )
         if settings.generation and checkpoint.architecture == "BioGptForCausalLM":
-            rows += _generatelive(f"{name}/generate", hf, ours, encoded, settings, pad, recorder)
+            rows += _generate_live(f"{name}/generate", hf, ours, encoded, settings, pad, recorder)
         del hf
     gc.collect()  # transformers' model holds reference cycles: free its GBs now
     report = ModelReport(rows, checkpoint.describe(), dataclasses.asdict(settings), versions(True))
@@ -163,7 +163,7 @@ def _reference_outputs(hf: Any, batch: dict, dtypes: tuple[str, ...], run: Calla
     return out
 
 
-def _forwardlive(
+def _forward_live(
     suite: str,
     hf: Any,
     run_reference: Callable,
@@ -238,7 +238,7 @@ def _prompts(
     return out
 
 
-def _generatelive(
+def _generate_live(
     suite: str,
     hf: Any,
     ours: Any,

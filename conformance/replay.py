@@ -74,7 +74,7 @@ def replay(
     entries = recorded.header.get("forward", [])
     for side in dict.fromkeys(e["side"] for e in entries):
         suite = f"{name}/{side}-pad"
-        rows += _forwardreplay(
+        rows += _forward_replay(
             suite,
             recorded,
             side,
@@ -84,7 +84,7 @@ def replay(
         )
     for entry in recorded.header.get("generate", []):
         rows.append(
-            _generatereplay(f"{name}/generate-{entry['name']}/float32", recorded, entry, ours)
+            _generate_replay(f"{name}/generate-{entry['name']}/float32", recorded, entry, ours)
         )
     info = {
         "path": recorded.path,
@@ -143,7 +143,7 @@ class _Stored:
         return self.positions[picked].astype(np.int64) - offset, picked
 
 
-def _forwardreplay(
+def _forward_replay(
     suite: str,
     recorded: golden_file.Golden,
     side: str,
@@ -231,9 +231,7 @@ _GENERATE_OPTIONS = frozenset(
 )
 
 
-def _generatereplay(suite: str, recorded: golden_file.Golden, entry: dict, ours: Any) -> Row:
-    from biomed_jax import generate
-
+def _generate_replay(suite: str, recorded: golden_file.Golden, entry: dict, ours: Any) -> Row:
     options = entry["settings"]
     unknown = set(options) - _GENERATE_OPTIONS
     if unknown:
@@ -246,7 +244,7 @@ def _generatereplay(suite: str, recorded: golden_file.Golden, entry: dict, ours:
         prefix = f"generate/{entry['name']}/{i}/"
         ids = recorded.array(prefix + "input_ids").astype(np.int32)
         mask = recorded.array(prefix + "attention_mask").astype(np.int32)
-        got = np.asarray(generate(ours.module, ours.params, ids, mask, **options))
+        got = np.asarray(biomed_jax.generate(ours.module, ours.params, ids, mask, **options))
         if texts is None:
             want = recorded.array(prefix + "sequences")
             row = exact(suite, "sequences", got, want)
