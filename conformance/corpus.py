@@ -65,6 +65,11 @@ def pubmed_articles() -> list[dict[str, str]]:
         return [json.loads(line) for line in f]
 
 
+def pubmed_texts() -> list[str]:
+    """The 48 default texts of `--model` checks: each article's title, then its sentence."""
+    return [t for a in pubmed_articles() for t in (a["title"], a["sentence"])]
+
+
 def biogpt_tokenizer():
     """`transformers.BioGptTokenizer` on the shipped vocabulary subset (real BioGPT ids)."""
     import transformers

@@ -89,18 +89,21 @@ def build_models(hf_config: dict, eos_scale: float, seed: int = 0):
     return hf, ours
 
 
-def hf_generate(hf, ids: np.ndarray, mask: np.ndarray, **kwargs) -> tuple[np.ndarray, float]:
-    """HF's sequences, and the smallest top-1 minus top-2 gap of its scores (greedy only)."""
+def hf_generate(
+    hf, ids: np.ndarray, mask: np.ndarray, base=None, **kwargs
+) -> tuple[np.ndarray, float]:
+    """HF's sequences, and the smallest top-1 minus top-2 gap of its scores (greedy only).
+    `kwargs` update `base`, a GenerationConfig (default: the model's own)."""
+    import copy
+
     import torch
 
+    config = copy.deepcopy(hf.generation_config if base is None else base)
+    greedy = kwargs.get("num_beams", 1) == 1
+    config.update(do_sample=False, return_dict_in_generate=True, output_scores=greedy, **kwargs)
     with torch.no_grad():
         out = hf.generate(
-            torch.from_numpy(ids),
-            attention_mask=torch.from_numpy(mask),
-            do_sample=False,
-            return_dict_in_generate=True,
-            output_scores=kwargs.get("num_beams", 1) == 1,
-            **kwargs,
+            torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), generation_config=config
         )
     gap = float("nan")
     if out.scores:

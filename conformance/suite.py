@@ -1,10 +1,17 @@
 """`biomed-jax conformance`: every output of our models against the PyTorch `transformers` reference.
 
-Runs the groups (bert, biogpt, generation; one module each, `cases()` lists its checks) case by
-case with a progress bar on stderr (terminals only; `--quiet` turns it off), prints each group's
-table when the group finishes, rewrites the JSON report atomically after every group (a crash or
-Ctrl-C keeps the finished groups), and ends with a one-screen summary: the worst row per model and
-dtype against its bound. Exit status: 0 all passed, 1 a failure or an error, 130 interrupted.
+Without --model it runs the suite's groups (bert, biogpt, generation, published; one module
+each, `cases()` lists its checks) on seeded random models and the real checkpoints found
+locally. With --model it checks those checkpoints instead (`conformance.model`): live against
+transformers, or replaying a recorded golden (--golden, no torch needed); --record writes one.
+Case by case with a progress bar on stderr (terminals only; --quiet turns it off), each group's
+table printed when the group finishes, the JSON report (--json) rewritten atomically after every
+group (a crash or Ctrl-C keeps the finished groups), JUnit XML (--junit) at the end, and a
+one-screen summary: the worst row per model and dtype against its bound.
+
+Exit status: 0 all passed, 1 a failed row or a crashed case, 2 a usage error or a missing
+dependency (torch / transformers without --golden; the message says what to install), 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -22,10 +29,11 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from conformance import published
+from conformance.checkpoint import require_reference
 from conformance.report import FACTOR
 
-GROUPS = ("bert", "biogpt", "generation")
-DEFAULT_JSON = "conformance-report.json"
+GROUPS = ("bert", "biogpt", "generation", "published")
 Case = tuple[str, Callable[[], list]]  # (name, the check: () -> rows)
 
 
@@ -126,14 +134,15 @@ def run(
     progress: bool,
     failures_only: bool = False,
     out: TextIO | None = None,
+    fatal: tuple[type[Exception], ...] = (),
 ) -> dict[str, Any]:
     """Run `cases` in order, filling `report` ("groups", "rows", "status") and writing it to
-    `json_path` after each group. Ctrl-C stops the run: the report keeps the finished groups."""
+    `json_path` after each group. Ctrl-C stops the run: the report keeps the finished groups.
+    A case raising one of `fatal` stops the run (re-raised); other errors are reported."""
     from biomed_jax.progress import progress_bar
     from conformance.report import format_table
 
     out = out or sys.stdout
-    _quiet_transformers()
     bar = progress_bar(
         len(cases),
         enabled=progress,
@@ -155,6 +164,8 @@ def run(
                 bar.set_description_str(f"{group}: {name}")
                 try:
                     rows += check()
+                except fatal:
+                    raise
                 except Exception as e:  # a crashed case is reported; the others still run
                     errors.append(f"{name}: {type(e).__name__}: {e}")
                     bar.write(traceback.format_exc(), file=sys.stderr)
@@ -216,11 +227,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute dtypes to check (default: both)",
     )
     parser.add_argument(
-        "--json",
-        metavar="PATH",
-        default=DEFAULT_JSON,
-        help=f"JSON report, rewritten after each group (default: {DEFAULT_JSON}; '' for none)",
+        "--model",
+        action="append",
+        metavar="MODEL",
+        help="check this checkpoint instead of the suite (repeatable): hub id, HF or converted "
+        "directory, fairseq BioGPT directory or .pt",
     )
+    parser.add_argument(
+        "--texts", metavar="FILE", help="--model: texts to run, one a line (default: 48 PubMed)"
+    )
+    parser.add_argument(
+        "--record",
+        metavar="FILE",
+        help="--model: also write the reference outputs into this golden file (safetensors)",
+    )
+    parser.add_argument(
+        "--golden",
+        metavar="FILE",
+        help="replay a golden instead of running transformers (no torch needed); "
+        f"shipped: {', '.join(published.GOLDENS)}. --model defaults to the golden's model",
+    )
+    parser.add_argument(
+        "--policy", choices=("fast", "exact"), default="fast", help="--model: our numerics policy"
+    )
+    parser.add_argument(
+        "--json", metavar="PATH", help="JSON report, rewritten after each group (default: none)"
+    )
+    parser.add_argument("--junit", metavar="PATH", help="JUnit XML report (one test case per row)")
     parser.add_argument("--failures-only", action="store_true", help="print only failing rows")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -228,24 +261,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    groups = tuple(dict.fromkeys(args.only or GROUPS))
-    dtypes = tuple(args.dtype or ("float32", "bfloat16"))
-    full_size = not args.fast
-    _require_reference()
-    report: dict[str, Any] = {
-        "command": shlex.join(["biomed-jax", "conformance", *argv]),
-        "settings": {"groups": list(groups), "full_size": full_size, "dtypes": list(dtypes)},
-    }
-    cases = plan(groups, full_size, dtypes)
-    where = f", report: {args.json}" if args.json else ""
-    print(
-        f"conformance: {len(cases)} cases in {', '.join(groups)} "
-        f"({'full size' if full_size else 'small sizes, --fast'}; {', '.join(dtypes)}){where}",
-        flush=True,
-    )
-    start = time.perf_counter()
-    report = run(cases, report, args.json or None, not args.quiet, args.failures_only)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    model_mode = bool(args.model or args.golden)
+    _check_usage(parser, args, model_mode)
+    dtypes = tuple(args.dtype or ())
+    report: dict[str, Any] = {"command": shlex.join(["biomed-jax", "conformance", *argv])}
+    try:
+        if not args.golden:
+            require_reference()
+            _quiet_transformers()
+        if model_mode:
+            cases, fatal, what = _model_cases(args, dtypes, report)
+            groups = tuple(group for group, _ in cases)
+        else:
+            groups = tuple(dict.fromkeys(args.only or GROUPS))
+            dtypes = dtypes or ("float32", "bfloat16")
+            full_size = not args.fast
+            report["settings"] = {"groups": list(groups), "full_size": full_size,
+                                  "dtypes": list(dtypes)}  # fmt: skip
+            cases, fatal = plan(groups, full_size, dtypes), ()
+            what = (
+                f"{len(cases)} cases in {', '.join(groups)} "
+                f"({'full size' if full_size else 'small sizes, --fast'}; {', '.join(dtypes)})"
+            )
+        outputs = (("report", args.json), ("JUnit", args.junit))
+        where = "".join(f", {kind}: {path}" for kind, path in outputs if path)
+        print(f"conformance: {what}{where}", flush=True)
+        start = time.perf_counter()
+        report = run(cases, report, args.json, not args.quiet, args.failures_only, fatal=fatal)
+    except (OSError, ValueError, ModuleNotFoundError) as e:  # usage: files, goldens, extras
+        print(f"biomed-jax conformance: error: {e}", file=sys.stderr)
+        return 2
+    if args.junit:
+        from conformance import junit
+
+        junit.write(args.junit, report)
     rows = report["rows"]
     failed = sum(not r["passed"] for r in rows)
     errors = [f"{g}/{e}" for g, info in report["groups"].items() for e in info["errors"]]
@@ -260,14 +311,60 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if not failed and not errors else 1
 
 
-def _require_reference() -> None:
-    """torch and transformers are the reference: say which extra brings them when missing."""
-    for name in ("torch", "transformers"):
-        if importlib.util.find_spec(name) is None:
-            raise SystemExit(
-                f"biomed-jax conformance needs {name} (the reference): "
-                "pip install 'biomed-jax[conformance]'"
-            )
+def _check_usage(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, model_mode: bool
+) -> None:
+    """Options that do not go together: argparse's usage error (exit status 2)."""
+    if model_mode and (args.only or args.fast):
+        parser.error("--only and --fast pick the suite's groups; --model checks a checkpoint")
+    if not model_mode and (args.texts or args.record):
+        parser.error("--texts and --record need --model")
+    if args.record and args.golden:
+        parser.error("--record writes a golden, --golden replays one: not both")
+    if (args.record or args.golden) and len(args.model or ()) > 1:
+        parser.error("--record and --golden take one --model")
+    if args.golden and args.texts:
+        parser.error("a golden replays its own texts: no --texts with --golden")
+
+
+def _model_cases(
+    args: argparse.Namespace, dtypes: tuple[str, ...], report: dict[str, Any]
+) -> tuple[list[tuple[str, Case]], tuple[type[Exception], ...], str]:
+    """One group per checkpoint, located and hashed here: usage errors come before any run."""
+    import functools
+
+    from conformance import golden, model
+    from conformance.checkpoint import locate
+
+    recorded = None
+    if args.golden:
+        recorded = golden.read(published.GOLDENS.get(args.golden, args.golden))
+    models = args.model or [recorded.field("checkpoint", "model")]
+    texts = model.read_texts(args.texts) if args.texts else None
+    checkpoints = [locate(m) for m in models]
+    report["models"] = []
+
+    def check(checkpoint) -> list:
+        options: dict[str, Any] = {"dtypes": dtypes} if dtypes else {}
+        if recorded is None:
+            options["policy"] = args.policy
+        result = model.run(checkpoint, texts, golden=recorded, record=args.record, **options)
+        report["models"].append(result.to_dict())
+        files = ", ".join(f"{name} sha256 {digest}" for name, digest in checkpoint.files.items())
+        used = ", ".join(f"{k} {v}" for k, v in result.versions.items() if k != "platform")
+        print(
+            f"\n{checkpoint.model}: {checkpoint.format} {checkpoint.architecture} at "
+            f"{checkpoint.path}; {files}\nversions: {used}",
+            flush=True,
+        )
+        return result.rows
+
+    cases = [
+        (f"model {model.label(c)}", (c.model, functools.partial(check, c))) for c in checkpoints
+    ]
+    mode = f"replaying {args.golden}" if args.golden else "live against transformers"
+    mode += f", recording {args.record}" if args.record else ""
+    return cases, (golden.GoldenError,), f"{len(cases)} checkpoint(s), {mode}"
 
 
 if __name__ == "__main__":

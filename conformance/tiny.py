@@ -56,33 +56,44 @@ def biogpt_vocab() -> dict[str, int]:
     return {token: i for i, token in enumerate(sorted(vocab, key=vocab.__getitem__))}
 
 
-def save_bert(path: str | Path, seed: int = 0) -> Path:
-    """A random BertForMaskedLM with `bert_vocab()`, saved to `path`."""
+def _padded(vocab: list[str], size: int | None, unused: str) -> list[str]:
+    """`vocab` filled up to `size` entries with unused tokens (a full-size model's table)."""
+    if size is not None and size < len(vocab):
+        raise ValueError(f"vocab_size {size} is smaller than the {len(vocab)}-entry vocabulary")
+    return vocab + [unused.format(i) for i in range((size or len(vocab)) - len(vocab))]
+
+
+def save_bert(path: str | Path, seed: int = 0, **overrides: object) -> Path:
+    """A random BertForMaskedLM with `bert_vocab()`, saved to `path`; `overrides` replace SHAPE
+    (e.g. `conformance.bert.BASE`: the vocabulary is filled up to its vocab_size)."""
     import torch
     import transformers
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    vocab = bert_vocab()
+    vocab = _padded(bert_vocab(), overrides.pop("vocab_size", None), "[unused{}]")
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=len(vocab), **SHAPE)
+    config = transformers.BertConfig(**{**SHAPE, **overrides, "vocab_size": len(vocab)})
     transformers.BertForMaskedLM(config).eval().save_pretrained(path)
     return path
 
 
-def save_biogpt(path: str | Path, seed: int = 0) -> Path:
-    """A random BioGptForCausalLM with the shipped BioGPT vocabulary subset, saved to `path`."""
+def save_biogpt(path: str | Path, seed: int = 0, **overrides: object) -> Path:
+    """A random BioGptForCausalLM with the shipped BioGPT vocabulary subset, saved to `path`;
+    `overrides` replace SHAPE (e.g. `conformance.biogpt.FULL`: the vocabulary is filled up)."""
     import torch
     import transformers
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    vocab = biogpt_vocab()
-    (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    ordered = _padded(list(biogpt_vocab()), overrides.pop("vocab_size", None), "<unused{}>")
+    (path / "vocab.json").write_text(
+        json.dumps({t: i for i, t in enumerate(ordered)}, ensure_ascii=False), encoding="utf-8"
+    )
     shutil.copyfile(corpus.BIOGPT_MERGES, path / "merges.txt")
     torch.manual_seed(seed)
-    config = transformers.BioGptConfig(vocab_size=len(vocab), **SHAPE)
+    config = transformers.BioGptConfig(**{**SHAPE, **overrides, "vocab_size": len(ordered)})
     transformers.BioGptForCausalLM(config).eval().save_pretrained(path)
     return path
 

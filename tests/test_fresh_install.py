@@ -179,7 +179,7 @@ BASE_SCRIPT = """
 import json, subprocess, sys
 from pathlib import Path
 import numpy as np
-model_dir, bin_dir = sys.argv[1], Path(sys.argv[2])
+model_dir, bin_dir, golden = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 import biomed_jax
 model = biomed_jax.from_pretrained(model_dir, architecture="BertModel")
 batch = model.tokenizer(["Aspirin for fever.", "Tumor growth in mice."], padding=True,
@@ -200,6 +200,7 @@ for name, args in {
     "plot": ["attention", "Aspirin.", "--png", "maps.png", "--model", "/no/such/model"],
     "generate": ["generate", "Aspirin", "--model", "/no/such/model"],
     "conformance": ["conformance", "--fast"],
+    "replay": ["conformance", "--model", model_dir, "--golden", golden, "--quiet"],
 }.items():
     done = subprocess.run([str(bin_dir / "biomed-jax"), *args], capture_output=True, text=True)
     errors[name] = f"{done.returncode}: {done.stderr.strip()}"
@@ -234,6 +235,11 @@ def venv(tmp_path):
 
 @pytest.mark.slow  # builds a venv from the local package index: about a minute, more under load
 def test_base_install_without_extras(hf_bert, tmp_path, venv):
+    golden = tmp_path / "golden.safetensors"  # recorded here, with torch; replayed without
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(SENTENCES) + "\n")
+    record = ["--model", str(hf_bert), "--texts", str(texts), "--record", str(golden), "--quiet"]
+    assert cli.main(["--no-compilation-cache", "conformance", *record]) == 0
     python, bin_dir = venv / "bin" / "python", venv / "bin"
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     subprocess.run([*pip, str(REPO)], check=True, timeout=1200)
@@ -249,7 +255,7 @@ def test_base_install_without_extras(hf_bert, tmp_path, venv):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
     env |= {"BIOMED_JAX_COMPILATION_CACHE": "off", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        [str(python), str(script), str(hf_bert), str(bin_dir)],
+        [str(python), str(script), str(hf_bert), str(bin_dir), str(golden)],
         cwd=tmp_path,  # not the checkout: the installed package is imported
         env=env,
         capture_output=True,
@@ -276,5 +282,7 @@ def test_base_install_without_extras(hf_bert, tmp_path, venv):
     # before loading the (non-existent) model: the extra is named, not the missing directory
     assert errors["plot"].startswith("2:") and "pip install matplotlib" in errors["plot"]
     assert "pip install sacremoses" in errors["generate"]
-    assert "pip install 'biomed-jax[conformance]'" in errors["conformance"]
+    assert errors["conformance"].startswith("2:")  # a missing extra: usage status, not failure
+    assert "pip install '.[conformance]'" in errors["conformance"]
+    assert errors["replay"].startswith("0:"), errors["replay"]  # the golden needs no torch
     assert errors["torch imported"] is False
