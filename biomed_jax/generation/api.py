@@ -219,7 +219,7 @@ def _decode(
 
 def decoding_bytes(config: Any, dtype: Any, rows: int, slots: int) -> int:
     """A lower bound of what decoding `rows` sequences over `slots` cache slots allocates: the KV
-    cache (keys and values [L, R, N, S, H] in the compute dtype) and a few float32 [R, V]
+    cache (keys and values, L x [R, N, S, H] in the compute dtype) and a few float32 [R, V]
     score arrays per step."""
     cache = 2 * config.num_hidden_layers * rows * slots * config.hidden_size
     return cache * np.dtype(dtype).itemsize + 4 * rows * config.vocab_size * 4
@@ -244,8 +244,8 @@ def _check_memory(config: Any, dtype: Any, batch: int, expand: int, slots: int) 
 
 
 def _reorder(cache: Any, rows: jax.Array) -> Any:
-    """KVCache rows (batch axis 1 of key/value [L, B, N, S, H]) in a new order."""
-    return cache.replace(key=cache.key[:, rows], value=cache.value[:, rows])
+    """The KVCache's batch rows in a new order (its written slots only)."""
+    return cache.reorder(rows)
 
 
 def _array_module(*arrays: Any) -> Any:

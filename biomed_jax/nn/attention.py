@@ -19,19 +19,20 @@ from biomed_jax.nn.layers import Dense, Dtype
 from biomed_jax.numerics import PLAIN, Policy
 
 HEADS_AXES = ("batch", "act_heads", "length", "head_dim")  # q, k, v, attention out [B, N, T, H]
-CACHE_AXES = ("cache_layers", "batch", "act_heads", "kv_length", "head_dim")  # [L, B, N, S, H]
+CACHE_AXES = ("batch", "act_heads", "kv_length", "head_dim")  # a layer's cache [B, N, S, H]
+REORDER_SLOTS = 16  # `KVCache.reorder` moves the written slots in blocks of this many
 
 
 @flax.struct.dataclass
 class KVCache:
-    """Preallocated keys and values of every layer; written in place, never grown.
+    """Preallocated keys and values, one array per layer; written in place, never grown.
 
-    Heads-major ([..., N, S, H]): a layer's slice is the [B, N, S, H] operand of the attention
-    matmuls as it is stored, so no decoding step transposes the cache.
+    Per layer [B, N, S, H] (HF's per-layer layout, heads-major): each layer's array is the operand
+    of its attention matmuls as it is stored, so no decoding step transposes or slices the cache.
     """
 
-    key: jax.Array  # [L, B, N, S, H]
-    value: jax.Array  # [L, B, N, S, H]
+    key: tuple[jax.Array, ...]  # L x [B, N, S, H]
+    value: tuple[jax.Array, ...]  # L x [B, N, S, H]
     index: jax.Array  # [] int32: number of slots already written
 
     @classmethod
@@ -44,12 +45,39 @@ class KVCache:
         head_dim: int,
         dtype: Dtype = jnp.float32,
     ) -> KVCache:
-        shape = (layers, batch, heads, slots, head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+        def empty() -> tuple[jax.Array, ...]:
+            return tuple(jnp.zeros((batch, heads, slots, head_dim), dtype) for _ in range(layers))
+
+        return cls(empty(), empty(), jnp.zeros((), jnp.int32))
 
     @property
     def max_length(self) -> int:
-        return self.key.shape[3]
+        return self.key[0].shape[2]
+
+    @property
+    def batch_size(self) -> int:
+        return self.key[0].shape[0]
+
+    def reorder(self, rows: jax.Array) -> KVCache:
+        """The cache with its batch rows in a new order (beam search's `reorder_cache`): row b
+        of the result is row rows[b] [B] of this one. Only the `index` written slots move, in
+        place, REORDER_SLOTS at a time (all S at once when S is not a multiple of it)."""
+        slots = self.max_length
+        size = REORDER_SLOTS if slots % REORDER_SLOTS == 0 else slots
+        chunks = (self.index + size - 1) // size
+
+        def chunk(i: jax.Array, arrays: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+            start = i * size
+
+            def move(x: jax.Array) -> jax.Array:  # [B, N, S, H]
+                block = jax.lax.dynamic_slice_in_dim(x, start, size, 2)[rows]
+                return jax.lax.dynamic_update_slice_in_dim(x, block, start, 2)
+
+            return tuple(move(x) for x in arrays)
+
+        arrays = jax.lax.fori_loop(0, chunks, chunk, (*self.key, *self.value))
+        layers = len(self.key)
+        return self.replace(key=arrays[:layers], value=arrays[layers:])
 
 
 def make_attention_mask(
@@ -223,12 +251,11 @@ def heads_major_attention(
 class SelfAttention(nn.Module):
     """Projections q, k, v (D -> N*H), attention, output projection (N*H -> D).
 
-    With `kv_cache=(key [L,B,N,S,H], value [L,B,N,S,H])`, every layer's cache, the new keys/values
-    are written into layer `cache_layer` at slot `cache_index` with one `lax.dynamic_update_slice`
-    on the whole cache (in place under jit) and the queries attend over that layer's S slots as
-    stored (heads-major: the layer is read as one contiguous block, never transposed); the whole
-    updated cache is returned. Under logical sharding rules (`sharding.use`), q, k, v, the
-    attention output and the cache are constrained to `HEADS_AXES` / `CACHE_AXES`.
+    With `kv_cache=(key [B,N,S,H], value [B,N,S,H])`, this layer's cache, the new keys/values are
+    written at slot `cache_index` with `lax.dynamic_update_slice` (in place under jit) and the
+    queries attend over the S slots as stored (heads-major: never transposed); the updated pair
+    is returned. Under logical sharding rules (`sharding.use`), q, k, v, the attention output and
+    the cache are constrained to `HEADS_AXES` / `CACHE_AXES`.
     """
 
     num_heads: int
@@ -247,7 +274,6 @@ class SelfAttention(nn.Module):
         *,
         segments: SegmentMask | None = None,
         kv_cache: tuple[jax.Array, jax.Array] | None = None,
-        cache_layer: jax.Array | None = None,
         cache_index: jax.Array | None = None,
         deterministic: bool = True,
         need_probs: bool = True,
@@ -272,22 +298,18 @@ class SelfAttention(nn.Module):
 
         new_cache = None
         if kv_cache is not None:
-            if cache_layer is None or cache_index is None:
-                raise ValueError("kv_cache needs cache_layer and cache_index")
-            start = (cache_layer, 0, 0, cache_index, 0)
+            if cache_index is None:
+                raise ValueError("kv_cache needs cache_index")
             new_cache = tuple(
                 nn.with_logical_constraint(
-                    jax.lax.dynamic_update_slice(cache, new[None].astype(cache.dtype), start),
+                    jax.lax.dynamic_update_slice_in_dim(
+                        cache, new.astype(cache.dtype), cache_index, 2
+                    ),
                     CACHE_AXES,
                 )
                 for cache, new in zip(kv_cache, (key, value), strict=True)
-            )  # [L, B, N, S, H] each
-            key, value = (
-                jax.lax.dynamic_index_in_dim(cache, cache_layer, 0, keepdims=False).astype(
-                    self.dtype
-                )
-                for cache in new_cache
-            )  # [B, N, S, H]
+            )  # [B, N, S, H] each
+            key, value = (cache.astype(self.dtype) for cache in new_cache)
 
         use_dropout = not deterministic and self.dropout_rate > 0.0
         out, probs = heads_major_attention(
