@@ -348,7 +348,7 @@ SMALL_LM = BioGptConfig(
 )
 def test_kv_cache_and_activations_are_constrained_by_the_rules(rules, heads, mlp):
     """A cached decoding step under (4, 2): the KV cache (L x [B, N, S, H]), q / k / v and attention
-    outputs [B, N, T, H], the MLP hidden [B, T, F] and the residual [B, T, D] each carry the
+    outputs [B, T, N, H], the MLP hidden [B, T, F] and the residual [B, T, D] each carry the
     constraint the rules give their logical names; the step's cache comes out placed so."""
     module = BioGptForCausalLM(SMALL_LM)
     params = init_params(module)
@@ -362,7 +362,7 @@ def test_kv_cache_and_activations_are_constrained_by_the_rules(rules, heads, mlp
         )
     assert found == {
         (8, 4, 16, 8): {f"P('data', {heads}, None, None)"},  # each layer's KV cache
-        (8, 4, 5, 8): {f"P('data', {heads}, None, None)"},  # q, k, v, attention outputs
+        (8, 5, 4, 8): {f"P('data', None, {heads}, None)"},  # q, k, v, attention outputs
         (8, 5, 48): {f"P('data', None, {mlp})"},  # the MLP hidden
         (8, 5, 32): {"P('data', None, None)"},  # the residual stream
     }
