@@ -10,8 +10,10 @@ Cases:
   [N, K] weight. The shapes of BERT-base at 8x512 (M = 4096 rows): fc_in, fc_out, and the four
   [768, 768] projections.
 - `decode rows R`: BioGPT-347M's six weight matmuls of a layer in sequence (D 1024, F 4096), tanh
-  between them, 4 layers, R rows, compiled as `generate`'s loop is (plain `jax.jit`); PyTorch the
-  same chain through `F.linear`. R = 1: greedy decoding of one prompt; 4: batch 4; 5: beam 5.
+  between them, 4 layers, R rows, as `generate`'s loop runs them: our `Dense` on [out, in]
+  weights (`nn.layers.weights_out_in`, streamed at the default policy), plain `jax.jit`;
+  PyTorch the same chain through `F.linear`. R = 1: greedy decoding of one prompt; 4: batch 4;
+  5: beam 5.
 - `attention 8x512`: BERT-base's attention core at 8x512 (12 heads of 64), ours
   `nn.attention.dot_product_attention` at the default policy; PyTorch
   `F.scaled_dot_product_attention` with an additive mask (what HF's BERT runs by default).
@@ -48,6 +50,7 @@ def main() -> None:
 
     from biomed_jax import compilation
     from biomed_jax.nn.attention import dot_product_attention
+    from biomed_jax.nn.layers import Dense, weights_out_in
     from biomed_jax.numerics import Policy
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -76,12 +79,14 @@ def main() -> None:
         for _ in range(layers)
         for s in DECODE_SHAPES
     ]
-    weights_j = [jnp.asarray(w) for w in weights]
+    weights_j = [weights_out_in({"kernel": jnp.asarray(w)}) for w in weights]  # [out, in]
     weights_t = [torch.from_numpy(np.ascontiguousarray(w.T)) for w in weights]
+    fast = Policy.fast()
 
     def chain_ours(x, ws):
         for w in ws:
-            x = jnp.tanh(jnp.dot(x, w, precision=highest))
+            dense = Dense(w["weight"].shape[0], ("embed", "mlp"), use_bias=False, policy=fast)
+            x = jnp.tanh(dense.apply({"params": w}, x))
         return x
 
     def chain_torch(x):

@@ -7,6 +7,7 @@ tests/test_biogpt_conformance.py.
 from __future__ import annotations
 
 import logging
+import math
 import re
 
 import jax
@@ -26,7 +27,8 @@ from biomed_jax import (
     from_pretrained,
     load_params,
 )
-from biomed_jax.nn.attention import KVCache
+from biomed_jax.generation import decode
+from biomed_jax.nn.attention import REORDER_SLOTS, KVCache
 from biomed_jax.trees import flatten
 
 SMALL = dict(
@@ -187,26 +189,68 @@ def test_decode_steps_reuse_one_compilation_and_write_in_place(lm):
         assert jax.tree.map(jnp.shape, out.cache) == shapes
     assert step._cache_size() == 2
     assert int(out.cache.index) == 9
-    np.testing.assert_array_equal(out.cache.key[:, :, :, 9:], 0.0)  # unwritten slots untouched
+    for key in out.cache.key:
+        np.testing.assert_array_equal(key[:, :, 9:], 0.0)  # unwritten slots untouched
     full = lm(ids)
     np.testing.assert_allclose(out.logits[:, 0], full.logits[:, -1], atol=1e-5)
 
 
 def test_a_decode_step_attends_over_the_cache_as_stored(lm):
-    """The cache is heads-major [L, B, N, S, H], as the attention matmuls read it: a compiled
-    decode step transposes nothing of cache size (a [B, S, N, H] cache cost one transposed copy
-    of every layer's keys and values per generated token)."""
+    """The cache is one heads-major [B, N, S, H] array per layer, as the attention matmuls read
+    it: a compiled decode step transposes, slices or copies nothing of cache size (a [B, S, N, H]
+    cache cost one transposed copy of every layer's keys and values per generated token, a
+    stacked [L, B, N, S, H] one a sliced copy of every layer)."""
     slots = 37  # a size no other axis has
     cache = lm.config.init_cache(2, slots)
     heads, head_dim = lm.config.num_attention_heads, lm.config.head_dim
-    assert cache.key.shape == (SMALL["num_hidden_layers"], 2, heads, slots, head_dim)
-    step = jax.jit(lambda p, ids, c: lm.module.apply({"params": p}, ids, cache=c))
+    assert len(cache.key) == len(cache.value) == SMALL["num_hidden_layers"]
+    assert {x.shape for x in cache.key + cache.value} == {(2, heads, slots, head_dim)}
+    # the cache donated, as a decoding loop carries it: written in place, not copied first
+    step = jax.jit(lambda p, ids, c: lm.module.apply({"params": p}, ids, cache=c), donate_argnums=2)
     hlo = step.lower(lm.params, _ids(batch=2, length=1), cache).compile().as_text()
     # every instruction's (result dims, opcode), e.g. ("2,5,37,6", "transpose")
     ops = re.findall(r"= \w+\[([\d,]*)\]\{[^}]*\} ([\w-]+)\(", hlo)
     with_slots = [(dims, op) for dims, op in ops if str(slots) in dims.split(",")]
     assert with_slots, "found no instruction over the cache slots: the check below proves nothing"
-    assert [op for _, op in with_slots if op == "transpose"] == []
+    size = 2 * heads * slots * head_dim
+    big = [(dims, op) for dims, op in with_slots if math.prod(map(int, dims.split(","))) >= size]
+    assert big, "found no instruction of a layer's cache size"
+    assert [(dims, op) for dims, op in big if op in ("transpose", "slice", "copy")] == []
+
+
+def test_beam_search_moves_no_whole_cache(lm):
+    """A compiled beam search (`decode` under jit) reorders the cache by its written slots, in
+    place: no instruction gathers, transposes, slices or copies a whole layer's cache (the
+    stacked cache was gathered whole, every layer sliced out, at every step)."""
+    ids = _ids(batch=1, length=5)
+    run = jax.jit(lambda p, ids: decode(lm.module, p, ids, max_new_tokens=18, num_beams=5))
+    hlo = run.lower(lm.params, ids).compile().as_text()
+    heads, head_dim = lm.config.num_attention_heads, lm.config.head_dim
+    size = 5 * heads * (16 + 32) * head_dim  # 5 beams, 16 prompt + 32 slots for new tokens
+    ops = re.findall(r"= \w+\[([\d,]*)\]\{[^}]*\} ([\w-]+)\(", hlo)
+    big = [(d, op) for d, op in ops if d and math.prod(map(int, d.split(","))) >= size]
+    assert "dynamic-update-slice" in {op for _, op in big}, "no cache write: this proves nothing"
+    moves = ("gather", "transpose", "slice", "dynamic-slice", "copy")
+    assert [(d, op) for d, op in big if op in moves] == []
+
+
+def test_reorder_moves_the_written_slots_of_every_layer():
+    rng = np.random.default_rng(0)
+    for slots, index in ((48, 21), (48, 48), (37, 9)):  # 37: not a multiple of REORDER_SLOTS
+        cache = KVCache.zeros(2, 3, slots, 2, 4)
+        cache = cache.replace(
+            key=tuple(jnp.asarray(rng.standard_normal(k.shape, np.float32)) for k in cache.key),
+            value=tuple(jnp.asarray(rng.standard_normal(v.shape, np.float32)) for v in cache.value),
+            index=jnp.int32(index),
+        )
+        rows = jnp.asarray([2, 2, 0])
+        moved = jax.jit(KVCache.reorder)(cache, rows)
+        for old, new in zip(cache.key + cache.value, moved.key + moved.value, strict=True):
+            np.testing.assert_array_equal(new[:, :, :index], old[rows][:, :, :index])
+            if slots % REORDER_SLOTS == 0:  # whole blocks of written slots move, no others
+                kept = -(-index // REORDER_SLOTS) * REORDER_SLOTS
+                np.testing.assert_array_equal(new[:, :, kept:], old[:, :, kept:])
+        assert int(moved.index) == index
 
 
 def test_cache_overflow_is_an_error_eagerly_and_nan_under_jit(lm):

@@ -115,7 +115,8 @@ def test_layouts_give_the_same_decoding_cache(hf_biogpt):
         return step.logits, step.cache
 
     (logits_a, cache_a), (logits_b, cache_b) = decode(unrolled), decode(scanned)
-    assert cache_a.key.shape == (LAYERS, 2, 4, slots, 6)  # [L, B, N, S, H]
+    for cache in (cache_a, cache_b):
+        assert [k.shape for k in cache.key] == [(2, 4, slots, 6)] * LAYERS  # L x [B, N, S, H]
     assert int(cache_a.index) == int(cache_b.index) == 8
     np.testing.assert_allclose(logits_a, logits_b, atol=1e-5, rtol=0)
     np.testing.assert_allclose(cache_a.key, cache_b.key, atol=1e-5, rtol=0)

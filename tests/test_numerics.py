@@ -38,6 +38,9 @@ def test_presets_per_backend(backend):
     assert not fast.float64_sums and exact.float64_sums
     per_head = numerics.CPU_PER_HEAD_SCORE_BYTES if backend == "cpu" else None
     assert fast.per_head_score_bytes == exact.per_head_score_bytes == per_head
+    stream = numerics.CPU_STREAM_WEIGHT_ROWS if backend == "cpu" else None
+    assert fast.stream_weight_rows == exact.stream_weight_rows == stream
+    assert fast.describe()["stream_weight_rows"] == stream
     assert (fast.name, exact.name) == ("fast", "exact")
     assert fast.describe()["attention"] == kernel
     assert fast.describe()["half_precision"] == half.name.lower()
@@ -92,6 +95,8 @@ def test_resolve_names_policies_and_precision():
         numerics.resolve("fast", precision="fastest")
     with pytest.raises(ValueError, match="per_head_score_bytes"):
         Policy(per_head_score_bytes=-1)
+    with pytest.raises(ValueError, match="stream_weight_rows"):
+        Policy(stream_weight_rows=0)
     with pytest.raises(ValueError, match="attention must be one of"):
         Policy(attention="flash")
     hash(Policy.exact())  # a static value for flax modules and jit

@@ -347,8 +347,8 @@ SMALL_LM = BioGptConfig(
     [("fsdp_tp", "'model'", "'model'"), ("tp", "'model'", "'model'"), ("fsdp", "None", "None")],
 )
 def test_kv_cache_and_activations_are_constrained_by_the_rules(rules, heads, mlp):
-    """A cached decoding step under (4, 2): the KV cache [L, B, N, S, H], q / k / v and attention
-    outputs [B, N, T, H], the MLP hidden [B, T, F] and the residual [B, T, D] each carry the
+    """A cached decoding step under (4, 2): the KV cache (L x [B, N, S, H]), q / k / v and attention
+    outputs [B, T, N, H], the MLP hidden [B, T, F] and the residual [B, T, D] each carry the
     constraint the rules give their logical names; the step's cache comes out placed so."""
     module = BioGptForCausalLM(SMALL_LM)
     params = init_params(module)
@@ -361,8 +361,8 @@ def test_kv_cache_and_activations_are_constrained_by_the_rules(rules, heads, mlp
             lambda p, i, m, c: module.apply({"params": p}, i, m, cache=c), params, ids, mask, cache
         )
     assert found == {
-        (2, 8, 4, 16, 8): {f"P(None, 'data', {heads}, None, None)"},  # the KV cache
-        (8, 4, 5, 8): {f"P('data', {heads}, None, None)"},  # q, k, v, attention outputs
+        (8, 4, 16, 8): {f"P('data', {heads}, None, None)"},  # each layer's KV cache
+        (8, 5, 4, 8): {f"P('data', None, {heads}, None)"},  # q, k, v, attention outputs
         (8, 5, 48): {f"P('data', None, {mlp})"},  # the MLP hidden
         (8, 5, 32): {"P('data', None, None)"},  # the residual stream
     }
@@ -372,8 +372,9 @@ def test_kv_cache_and_activations_are_constrained_by_the_rules(rules, heads, mlp
     with shd.use(mesh, rules):
         step = jax.jit(lambda p, i, m, c: module.apply({"params": p}, i, m, cache=c))
         out = step(params, shd.shard_batch(ids, mesh), mask, cache)
-    spec = tuple(out.cache.key.sharding.spec) + (None,) * 5
-    assert spec[:5] == (None, "data", None if heads == "None" else "model", None, None)
+    for array in out.cache.key + out.cache.value:
+        spec = tuple(array.sharding.spec) + (None,) * 4
+        assert spec[:4] == ("data", None if heads == "None" else "model", None, None)
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ import numpy as np
 from biomed_jax import validation as v
 from biomed_jax.generation.beam_search import beam_search
 from biomed_jax.generation.buckets import bucket_length, left_pad, room_for
+from biomed_jax.generation.layout import decoding_params
 from biomed_jax.generation.processors import ProcessorSettings
 from biomed_jax.generation.sampling import DecodeSettings, sample
 
@@ -152,7 +153,7 @@ def decode(
     prompt, prompt_mask = left_pad(ids, mask, bucket, fill if fill >= 0 else 0)
     xp = _array_module(prompt, prompt_mask)
     expand = num_beams if num_beams > 1 else num_return_sequences
-    _check_memory(config, module.dtype, ids.shape[0], expand, bucket + room)
+    spare = _check_memory(config, module.dtype, ids.shape[0], expand, bucket + room)
     prompt, prompt_mask = xp.repeat(prompt, expand, 0), xp.repeat(prompt_mask, expand, 0)
     keep = (eos.size + 1 if eos.size else 2) if num_beams > 1 else 1
     totals = np.full(batch, total, np.int32) if per_row is None else prompt_length + per_row
@@ -189,6 +190,7 @@ def decode(
         num_return_sequences=num_return_sequences if num_beams > 1 else 1,
     )
     key = jax.random.key(0) if rng is None else rng
+    params = decoding_params(module, params, spare)
     tokens, used = _decode(module, params, prompt, prompt_mask, settings, key, bucket + room)
     return DecodeOutput(tokens[:, start : start + total], used - start)
 
@@ -219,15 +221,16 @@ def _decode(
 
 def decoding_bytes(config: Any, dtype: Any, rows: int, slots: int) -> int:
     """A lower bound of what decoding `rows` sequences over `slots` cache slots allocates: the KV
-    cache (keys and values [L, R, N, S, H] in the compute dtype) and a few float32 [R, V]
+    cache (keys and values, L x [R, N, S, H] in the compute dtype) and a few float32 [R, V]
     score arrays per step."""
     cache = 2 * config.num_hidden_layers * rows * slots * config.hidden_size
     return cache * np.dtype(dtype).itemsize + 4 * rows * config.vocab_size * 4
 
 
-def _check_memory(config: Any, dtype: Any, batch: int, expand: int, slots: int) -> None:
+def _check_memory(config: Any, dtype: Any, batch: int, expand: int, slots: int) -> int | None:
     """Refuse, before anything is allocated, a decoding that cannot fit the device's memory
-    (num_beams=10**6 would otherwise end in RESOURCE_EXHAUSTED or an int32 overflow)."""
+    (num_beams=10**6 would otherwise end in RESOURCE_EXHAUSTED or an int32 overflow); returns
+    the bytes left beside it (None: unknown)."""
     from biomed_jax.models.config import memory_bytes
 
     rows = batch * expand
@@ -241,11 +244,12 @@ def _check_memory(config: Any, dtype: Any, batch: int, expand: int, slots: int) 
             f"rows over {slots} cache slots needs at least {need / 2**30:.1f} GiB, more than "
             f"this device has ({have}): lower num_beams, the batch or max_new_tokens"
         )
+    return None if available is None else available - need
 
 
 def _reorder(cache: Any, rows: jax.Array) -> Any:
-    """KVCache rows (batch axis 1 of key/value [L, B, N, S, H]) in a new order."""
-    return cache.replace(key=cache.key[:, rows], value=cache.value[:, rows])
+    """The KVCache's batch rows in a new order (its written slots only)."""
+    return cache.reorder(rows)
 
 
 def _array_module(*arrays: Any) -> Any:

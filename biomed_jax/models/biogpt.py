@@ -43,10 +43,9 @@ def mask_positions(attention_mask: jax.Array) -> jax.Array:
 
 
 class BioGptDecoderLayer(ModelBase):
-    """One pre-LN block: ((h, kv), mask, layer, index) -> ((h, kv), (h, attention probs)).
+    """One pre-LN block: (h, mask, kv, index, segments) -> (h, (h, attention probs, kv)).
 
-    kv: None or every layer's cache (key, value) [L, B, N, S, H], carried through the stack; this
-    layer writes its slice `layer` in place.
+    kv: None or this layer's cache (key, value) [B, N, S, H], returned updated.
     """
 
     deterministic: bool = True
@@ -54,9 +53,8 @@ class BioGptDecoderLayer(ModelBase):
     output_attentions: bool = False
 
     @nn.compact
-    def __call__(self, carry, mask, layer, cache_index, segments):  # mask [B, 1|N, T|1, S]
-        h, kv_cache = carry  # h [B, T, D]
-        c = self.config
+    def __call__(self, h, mask, kv_cache, cache_index, segments):  # h [B, T, D]
+        c = self.config  # mask [B, 1|N, T|1, S]
         kw = {"init_std": c.initializer_range, **self.numerics}
         norm = dict(
             epsilon=c.REFERENCE_LAYER_NORM_EPS, dtype=self.dtype, param_dtype=self.param_dtype
@@ -72,7 +70,6 @@ class BioGptDecoderLayer(ModelBase):
             mask,
             segments=segments,
             kv_cache=kv_cache,
-            cache_layer=layer,
             cache_index=cache_index,
             deterministic=self.deterministic,
             need_probs=self.output_attentions,
@@ -88,9 +85,10 @@ class BioGptDecoderLayer(ModelBase):
         )(LayerNorm(**norm, name="final_layer_norm")(h), self.deterministic)
         h = h + nn.Dropout(c.hidden_dropout_prob)(mlp, deterministic=self.deterministic)
         h = nn.with_logical_constraint(h, ("batch", "length", "act_embed"))
-        return (h, new_kv), (
+        return h, (
             h if self.output_hidden_states else None,
             probs if self.output_attentions else None,
+            new_kv,
         )
 
 
@@ -114,7 +112,7 @@ class BioGptDecoder(ModelBase):
             self.config.num_hidden_layers,
             scan=self.scan_layers,
             remat=self.gradient_checkpointing,
-            in_axes=(nn.broadcast, 0, nn.broadcast, nn.broadcast),
+            in_axes=(nn.broadcast, nn.broadcast if kv_cache is None else 0) + (nn.broadcast,) * 2,
             remat_policy=self.remat_policy,
             config=self.config,
             **self.numerics,
@@ -122,9 +120,9 @@ class BioGptDecoder(ModelBase):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
         )
-        layer_ids = jnp.arange(self.config.num_hidden_layers)
-        # (h [B, T, D], ([L, B, N, S, H],) * 2 | None), (L x [B, T, D] | None, L x [B, N, T, S] | None)
-        return layers((h, kv_cache), mask, layer_ids, cache_index, segments)
+        # kv_cache: L x (key, value) [B, N, S, H] | None
+        # -> h [B, T, D], (L x [B, T, D] | None, L x [B, N, T, S] | None, (L x key, L x value) | None)
+        return layers(h, mask, kv_cache, cache_index, segments)
 
 
 def check_call(
@@ -192,8 +190,8 @@ class BioGptModel(ModelBase):
         h = self.embed_tokens(input_ids) * jnp.asarray(c.embed_scale, self.dtype)
         h = h + self.embed_positions(position_ids + c.POSITION_OFFSET)
         h = self.dropout(h, deterministic=deterministic)  # [B, T, D]
-        kv = None if cache is None else (cache.key, cache.value)
-        (last, new_kv), (all_hidden, all_attentions) = self.layers(
+        kv = None if cache is None else tuple(zip(cache.key, cache.value, strict=True))
+        last, (all_hidden, all_attentions, new_kv) = self.layers(
             h, mask, fused, kv, index, deterministic, output_hidden_states, output_attentions
         )
         last = self.layer_norm(last)
@@ -219,8 +217,13 @@ def _check_cache_inputs(config, input_ids, attention_mask, cache, default_positi
     batch, length = input_ids.shape
     slots = length if cache is None else cache.max_length
     if cache is not None:
-        if cache.key.shape[1] != batch:
-            raise ValueError(f"cache batch {cache.key.shape[1]} != input batch {batch}")
+        if len(cache.key) != config.num_hidden_layers or len(cache.value) != len(cache.key):
+            raise ValueError(
+                f"cache has {len(cache.key)} key and {len(cache.value)} value arrays for "
+                f"{config.num_hidden_layers} layers: make it with config.init_cache"
+            )
+        if cache.batch_size != batch:
+            raise ValueError(f"cache batch {cache.batch_size} != input batch {batch}")
         if v.exceeds(length, slots):
             raise ValueError(f"{length} new tokens do not fit a cache of {slots} slots")
         if not v.is_traced(cache.index) and v.exceeds(int(cache.index) + length, slots):

@@ -163,11 +163,14 @@ def layer_stack(
     """`num_layers` copies of `layer_cls`: (h, *args) -> (h, ys), each leaf of ys a tuple of L.
 
     Call it inside a compact method. Each layer maps (h, *args) -> (h, ys); `in_axes` says per arg
-    whether every layer sees it whole (`nn.broadcast`) or its own slice of a leading L axis (0).
-    Both ways compute the same function; only the param layout and the compiled program differ.
+    whether every layer sees it whole (`nn.broadcast`) or its own (0): then the arg is a sequence
+    of L trees, layer i's the i-th (the scanned stack stacks them along a new leading axis, one
+    copy). Both ways compute the same function; only the param layout and the compiled program
+    differ.
     """
     policy = check_remat(remat, remat_policy)
     cls = nn.remat(layer_cls, prevent_cse=not scan, policy=policy) if remat else layer_cls
+    axes = in_axes if isinstance(in_axes, tuple) else (in_axes,)
     if scan:
         scanned = nn.scan(
             cls,
@@ -179,21 +182,21 @@ def layer_stack(
         )(**layer_kwargs, name=STACKED)
 
         def run_scanned(h: Any, *args: Any) -> tuple[Any, Any]:
+            args = [
+                a if ax is nn.broadcast else jax.tree.map(lambda *xs: jnp.stack(xs), *a)
+                for a, ax in zip(args, axes, strict=True)
+            ]
             h, stacked = scanned(h, *args)  # ys leaves [L, ...]
             return h, jax.tree.map(lambda y: tuple(y[i] for i in range(num_layers)), stacked)
 
         return run_scanned
 
     layers = [cls(**layer_kwargs, name=layer_name(i)) for i in range(num_layers)]
-    axes = in_axes if isinstance(in_axes, tuple) else (in_axes,)
 
     def run(h: jax.Array, *args: Any) -> tuple[jax.Array, Any]:
         outputs = []
         for i, layer in enumerate(layers):
-            own = [
-                a if ax is nn.broadcast else jax.tree.map(lambda x, i=i: x[i], a)
-                for a, ax in zip(args, axes, strict=True)
-            ]
+            own = [a if ax is nn.broadcast else a[i] for a, ax in zip(args, axes, strict=True)]
             h, ys = layer(h, *own)
             outputs.append(ys)
         return h, jax.tree.map(lambda *ys: ys, *outputs)

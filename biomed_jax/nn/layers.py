@@ -21,6 +21,7 @@ from biomed_jax.numerics import PLAIN, Policy
 
 Dtype = Any
 MLP_AXES = ("batch", "length", "act_mlp")  # the MLP's hidden activation [B, T, F]
+WEIGHT = "weight"  # a Dense kernel stored [out, in] (PyTorch Linear's layout): `weights_out_in`
 
 
 def dense_float64_sum(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
@@ -66,6 +67,25 @@ def _float64_sum_bwd(residuals, grad):  # grad [..., O]
 _float64_sum.defvjp(_float64_sum_fwd, _float64_sum_bwd)
 
 
+ROW_BLOCK = 16  # `row_reduce`'s first stage
+
+
+def row_reduce(x: jax.Array, op: Callable[..., jax.Array]) -> jax.Array:
+    """op (jnp.sum, jnp.max) over the last axis, keepdims: [..., n] -> [..., 1].
+
+    Rows longer than 32 (and a multiple of ROW_BLOCK) reduce in two stages, blocks of 16 then
+    their n/16 partial results, the first behind an optimization barrier. XLA:CPU rewrites a
+    long row reduction into a reduce-window of 32 and a reduce, and its reduce-window ran at about
+    half the speed of these two fused reductions (BERT-base's attention at 8x512: 25 of 88 ms a
+    layer). The sum's order changes with it (rounding within float32's own); the max does not.
+    """
+    n = x.shape[-1]
+    if not isinstance(n, int) or n <= 2 * ROW_BLOCK or n % ROW_BLOCK:
+        return op(x, axis=-1, keepdims=True)
+    blocks = op(x.reshape(*x.shape[:-1], n // ROW_BLOCK, ROW_BLOCK), axis=-1)  # [..., n / 16]
+    return op(jax.lax.optimization_barrier(blocks), axis=-1, keepdims=True)
+
+
 def gelu_erf(x: jax.Array) -> jax.Array:
     """Exact (erf) GELU as torch computes it: x * (1 + erf(x / sqrt 2)) / 2.
 
@@ -104,13 +124,16 @@ def _weight_matmul(
     policy: Policy,
     *,
     contract: int,
+    stream: bool = False,
 ) -> jax.Array:
     """x @ weight (+ bias) -> [..., O], computed as `policy` says: the one path of `Dense` and of the
     tied LM head (`Embed.attend`, which reads its [V, D] table in place).
 
     All leading positions go through as [N, D] rows: the weight gradient is then one plain
     [N, D]^T [N, O] contraction; given [..., D], XLA:CPU recomputes the output gradient in a
-    transposed layout for it (a BERT-base train step 1.14x slower).
+    transposed layout for it (a BERT-base train step 1.14x slower). `stream`: an [O, D] weight
+    may be multiplied as weight @ rows^T where the policy says so (`Policy.streams_weight`);
+    the tied head does not (its [V, D] table gains nothing there, measured at 1 to 16 rows).
     """
     rows = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # [N, D]
     features = weight.shape[1 - contract]
@@ -118,6 +141,13 @@ def _weight_matmul(
         kernel = weight if contract == 0 else weight.T
         zeros = jnp.zeros((features,), x.dtype)
         y = dense_float64_sum(rows, kernel, zeros if bias is None else bias)
+    elif contract == 1 and stream and policy.streams_weight(rows.shape[0]):
+        # weight [O, D] as the left operand, y^T = weight @ rows^T: XLA:CPU streams the weight
+        # once instead of packing it; the barrier keeps XLA from swapping the operands back
+        dims = (((1,), (1,)), ((), ()))
+        y_t = jax.lax.dot_general(weight, rows, dims, precision=policy.matmul_precision(x.dtype))
+        y = jax.lax.optimization_barrier(y_t).T  # [N, O]
+        y = y if bias is None else y + bias
     else:
         dims = (((1,), (contract,)), ((), ()))
         y = jax.lax.dot_general(rows, weight, dims, precision=policy.matmul_precision(x.dtype))
@@ -138,11 +168,13 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.normal(self.init_std)
+        if self.has_variable("params", WEIGHT):  # [out, in]
+            shape, axes, contract = (self.features, x.shape[-1]), self.axes[::-1], 1
+        else:
+            shape, axes, contract = (x.shape[-1], self.features), self.axes, 0
         kernel = self.param(
-            "kernel",
-            partitioned(nn.initializers.normal(self.init_std), *self.axes),
-            (x.shape[-1], self.features),
-            self.param_dtype,
+            WEIGHT if contract else "kernel", partitioned(init, *axes), shape, self.param_dtype
         )
         bias = None
         if self.use_bias:
@@ -155,7 +187,7 @@ class Dense(nn.Module):
         # flax's promote_dtype, as nn.Dense: quantization libraries (qwix) intercept it to keep
         # a quantized kernel as it is
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        return _weight_matmul(x, kernel, bias, self.policy, contract=0)
+        return _weight_matmul(x, kernel, bias, self.policy, contract=contract, stream=True)
 
 
 class Embed(nn.Module):
@@ -205,8 +237,8 @@ class LayerNorm(nn.Module):
             "bias", partitioned(nn.initializers.zeros, "norm"), (features,), self.param_dtype
         )
         x32 = x.astype(jnp.float32)
-        mean = x32.mean(-1, keepdims=True)
-        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        mean = row_reduce(x32, jnp.sum) / features
+        var = row_reduce(jnp.square(x32 - mean), jnp.sum) / features
         y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
         y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
         return y.astype(self.dtype)
@@ -238,3 +270,46 @@ class MLP(nn.Module):
         h = nn.with_logical_constraint(activation(self.hidden_act)(h), MLP_AXES)
         h = nn.Dropout(self.activation_dropout)(h, deterministic=deterministic)
         return dense(self.hidden_size, ("mlp", "embed"), name="fc_out")(h)
+
+
+def weights_out_in(params: Any) -> Any:
+    """`params` with every Dense `kernel` [in, out] stored as `weight` [out, in] (a transposed
+    copy), which `Dense` reads as well (`convertible_kernels` says which: plain float kernels beside
+    at most a bias; LoRA adapters' and quantized (qwix) kernels keep their layout). The other
+    arrays are the same objects."""
+    transposed = iter(_transpose(convertible_kernels(params)))
+
+    def convert(tree: Any) -> Any:
+        if not isinstance(tree, dict):
+            return tree
+        if _convertible(tree):
+            return {**{k: x for k, x in tree.items() if k != "kernel"}, WEIGHT: next(transposed)}
+        return {k: convert(x) for k, x in tree.items()}
+
+    return convert(params)
+
+
+@jax.jit
+def _transpose(kernels: list[jax.Array]) -> list[jax.Array]:
+    """Every kernel transposed, in one compiled call."""
+    return [k.T for k in kernels]
+
+
+def convertible_kernels(params: Any) -> list[Any]:
+    """The kernels `weights_out_in` transposes, in a fixed order."""
+    if not isinstance(params, dict):
+        return []
+    if _convertible(params):
+        return [params["kernel"]]
+    return [k for x in params.values() for k in convertible_kernels(x)]
+
+
+def _convertible(params: dict) -> bool:
+    """A Dense's params: {"kernel": float [in, out] array} and perhaps a bias, nothing else."""
+    kernel = params.get("kernel")
+    return (
+        isinstance(kernel, jax.Array | np.ndarray)
+        and kernel.ndim == 2
+        and jnp.issubdtype(kernel.dtype, jnp.floating)
+        and set(params) <= {"kernel", "bias"}
+    )
