@@ -101,6 +101,10 @@ def hf_generate(
     config = copy.deepcopy(hf.generation_config if base is None else base)
     greedy = kwargs.get("num_beams", 1) == 1
     config.update(do_sample=False, return_dict_in_generate=True, output_scores=greedy, **kwargs)
+    # transformers fills a passed config's default-valued fields from the model's own (e.g. a
+    # checkpoint's generation_config.json with num_beams 2 turned greedy into beam search):
+    # the model's becomes this one.
+    hf.generation_config = config
     with torch.no_grad():
         out = hf.generate(
             torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), generation_config=config

@@ -69,8 +69,8 @@ def test_schedules_agree_on_outputs_probs_and_grads(mask_kind, layout):
 
     batched = forward_and_grad(_policy(per_head=False))
     looped = forward_and_grad(_policy(per_head=True))
-    for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(looped)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=2e-6)
+    for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(looped)):  # float32 rounding
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6, atol=2e-6)
     out, probs, _ = looped
     assert np.isfinite(np.asarray(out)).all()
     np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, atol=1e-6)

@@ -19,6 +19,7 @@ import torch
 import transformers
 
 import biomed_jax
+import conformance
 from biomed_jax import generate
 from biomed_jax.errors import ConfigError
 from biomed_jax.models.common import to_layout
@@ -126,6 +127,8 @@ def test_bert_token_classifier_trained_in_own_loop_loads_in_transformers(bert_di
     (refs,) = conf_bert.run_references(hf, [batch], ("float32",))
     ours = trained(**batch, output_hidden_states=True, output_attentions=True)
     judged("export/BertForTokenClassification", ours, refs, batch)
+    rows = conformance.assert_conforms(out, TEXTS, dtypes=("float32",))  # `--model` on it passes
+    assert any(r.name == "logits" for r in rows) and any("attentions" in r.name for r in rows)
 
     hf.save_pretrained(tmp_path / "again")  # transformers writes it back ...
     again = biomed_jax.from_pretrained(tmp_path / "again")  # ... and we read the same params
@@ -221,6 +224,7 @@ def test_biogpt_fine_tuned_with_generation_config(biogpt_dir, tmp_path):
         theirs = hf.generate(torch.tensor(prompt), max_new_tokens=6, num_beams=1, do_sample=False)
     ours = generate(trained.module, trained.params, jnp.asarray(prompt), max_new_tokens=6)
     np.testing.assert_array_equal(np.asarray(ours), theirs.numpy())
+    conformance.assert_conforms(out, dtypes=("float32",), max_new_tokens=4)  # `--model` passes
 
 
 def test_convert_to_hf_writes_bert_for_transformers(bert_dir, tmp_path):
