@@ -101,14 +101,19 @@ def hf_generate(
     config = copy.deepcopy(hf.generation_config if base is None else base)
     greedy = kwargs.get("num_beams", 1) == 1
     config.update(do_sample=False, return_dict_in_generate=True, output_scores=greedy, **kwargs)
-    # transformers fills a passed config's default-valued fields from the model's own (e.g. a
-    # checkpoint's generation_config.json with num_beams 2 turned greedy into beam search):
-    # the model's becomes this one.
-    hf.generation_config = config
-    with torch.no_grad():
-        out = hf.generate(
-            torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), generation_config=config
-        )
+    # transformers fills a passed config's default-valued fields from the model's own (a
+    # checkpoint's generation_config.json with num_beams 2 turned greedy into beam search): the
+    # model's is this one for the call.
+    own, hf.generation_config = hf.generation_config, config
+    try:
+        with torch.no_grad():
+            out = hf.generate(
+                torch.from_numpy(ids),
+                attention_mask=torch.from_numpy(mask),
+                generation_config=config,
+            )
+    finally:
+        hf.generation_config = own
     gap = float("nan")
     if out.scores:
         top2 = torch.stack(out.scores).topk(2, dim=-1).values  # [steps, B, 2]
