@@ -185,7 +185,8 @@ def embed(
     (no N axis for a single string). pooling "none": per text a dict with "embeddings" ([T, D] or
     [T, L, D], special tokens included), "offsets" ([T, 2] character spans, (0, 0) for special
     tokens) and "tokens". `stats`: an `EmbedStats` this call adds its counts to.
-    Batches: `bucketed_batches` (sorted by length, two length buckets per octave).
+    Batches: `bucketed_batches` (sorted by length, cut for the least padding, two length
+    buckets per octave).
     """
     items, single_text = as_list(texts)
     mesh = data_mesh(devices)
