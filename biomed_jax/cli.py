@@ -362,6 +362,12 @@ def cmd_task(args: argparse.Namespace) -> int:
         model = Path(args.model)
         beside = model.parent if model.is_file() else None  # a fairseq .pt: dict.txt, bpecodes
         check_output(args.output, [args.input, args.gold, args.entities, model, beside])
+    score_options = {}
+    if args.entities:  # checked before the model loads and the examples run
+        from biomed_jax.tasks.relation_extraction import check_entities
+
+        with open(args.entities, encoding="utf-8") as f:
+            score_options["entities"] = check_entities(json.load(f))
     pretrained = from_pretrained(args.model)
     settings = task_settings(
         task,
@@ -372,10 +378,6 @@ def cmd_task(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
     )
     load_options = {"gold_file": Path(args.gold)} if args.gold else {}
-    score_options = {}
-    if args.entities:
-        with open(args.entities, encoding="utf-8") as f:
-            score_options["entities"] = json.load(f)
     _, summary = run_task(
         task,
         pretrained,

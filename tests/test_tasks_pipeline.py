@@ -147,6 +147,17 @@ def test_cli_task_errors(model_dir, tmp_path, capsys):
     assert "lower max_source_positions" in capsys.readouterr().err
 
 
+def test_cli_task_refuses_bad_entities_before_loading_the_model(tmp_path, capsys):
+    """`--entities` holding a list: exit 2 naming the expected maps, before any model is read
+    (the model path does not exist) or any example generated."""
+    entities = tmp_path / "entities.json"
+    entities.write_text('["aspirin", "fever"]')
+    args = ["task", "re-bc5cdr", "--model", str(tmp_path / "no-model"), "--input", "x.json"]
+    assert main([*args, "--entities", str(entities)]) == 2
+    err = capsys.readouterr().err
+    assert "entities must be {'chemical2id'" in err and "got a list" in err
+
+
 def test_pad_is_never_generated(model):
     """fairseq's generator never picks <pad>: neither do we, even where it is the argmax."""
     from biomed_jax.generation import generate
