@@ -119,13 +119,16 @@ def lm():
 
 def test_decoding_converts_once_per_params_and_lets_them_go(lm):
     module, params = lm
-    first = layout.decoding_params(module, params)
-    assert flatten(first).keys() == flatten(weights_out_in(params)).keys()
-    assert layout.decoding_params(module, params) is first  # kept: no second transposition
+    first = flatten(layout.decoding_params(module, params))
+    assert first.keys() == flatten(weights_out_in(params)).keys()
+    again = flatten(layout.decoding_params(module, params))
+    assert all(again[k] is first[k] for k in first)  # kept: no second transposition
+    kept = layout._LAST[0][1]
     other = init_params(module, seed=1)
-    assert layout.decoding_params(module, other) is not first  # the last tree only
-    assert layout._LAST and layout._LAST[0][1] is not first
-    del other
+    converted = flatten(layout.decoding_params(module, other))
+    assert not any(converted[k] is first[k] for k in first if k.endswith("weight"))  # the last only
+    assert layout._LAST and layout._LAST[0][1] is not kept
+    del other, converted
     gc.collect()
     assert layout._LAST == []  # its kernels are gone, and so is their copy
 
@@ -150,3 +153,20 @@ def test_generate_gives_the_same_tokens_from_either_layout(lm):
         for p in (params, weights_out_in(params)):
             got = np.asarray(generate(module, p, ids, num_beams=beams, **kw))
             np.testing.assert_array_equal(got, expected)
+
+
+def test_a_tree_sharing_the_kernels_decodes_with_its_own_other_arrays(lm):
+    """The kept [out, in] copies stand for the kernels only: a tree with the same kernels and
+    another final layer norm (a bias and scale that pull every position one way) decodes with
+    its own, as the plain layout does."""
+    module, params = lm
+    ids = np.asarray(_ids(1, 5, GPT.vocab_size))
+    kw = dict(max_new_tokens=4, min_new_tokens=4)
+    generate(module, params, ids, **kw)  # the kernels' copies are made and kept
+    biogpt = params["biogpt"]
+    pull = np.random.default_rng(2).normal(0.0, 10.0, GPT.hidden_size).astype(np.float32)
+    norm = {"bias": pull, "scale": np.zeros(GPT.hidden_size, np.float32)}
+    edited = {**params, "biogpt": {**biogpt, "layer_norm": norm}}
+    expected = np.asarray(generate(module.clone(policy=PLAIN), edited, ids, **kw))
+    np.testing.assert_array_equal(np.asarray(generate(module, edited, ids, **kw)), expected)
+    assert not np.array_equal(expected, np.asarray(generate(module, params, ids, **kw)))

@@ -4,8 +4,9 @@ A decoding step multiplies a few rows (batch x beams) by every weight. On CPU th
 `stream_weight_rows` multiplies an [out, in] weight as weight @ rows^T, which streams the weight
 once where an [in, out] kernel is repacked at every call (`benchmarks/kernel_layout.py`: 1.3x at
 one row, about 2x at 4 to 16). `decoding_params` gives `decode` the [out, in] copy
-(`nn.layers.weights_out_in`): made on the first call for a params tree and kept while its kernels
-live, for the last tree converted only. It costs the Dense kernels' bytes once more
+(`nn.layers.weights_out_in`): the kernels' copies are made on the first call and kept while those
+kernels live (the last set converted only); every other array is the given tree's own, so a tree
+that shares the kernels but not its embeddings or biases decodes with its own. It costs the Dense kernels' bytes once more
 (BioGPT-347M: 1.21 GB) and one transposition (about a second on 2 cores). Traced params (a
 caller's `jit`) are converted inside the traced computation, at every call of it.
 """
@@ -19,11 +20,11 @@ import numpy as np
 
 from biomed_jax import validation as v
 from biomed_jax.models.common import ModelBase
-from biomed_jax.nn.layers import convertible_kernels, weights_out_in
+from biomed_jax.nn.layers import convertible_kernels, transposed_kernels, weights_out_in
 from biomed_jax.numerics import resolve
 
-# The last conversion: (weak references to the source kernels, the converted params).
-_LAST: list[tuple[list[weakref.ref], Any]] = []
+# The last conversion: (weak references to the source kernels, their [out, in] copies).
+_LAST: list[tuple[list[weakref.ref], list[Any]]] = []
 
 
 def converts(module: Any) -> bool:
@@ -37,7 +38,8 @@ def converts(module: Any) -> bool:
 
 def decoding_params(module: Any, params: Any, spare: int | None = None) -> Any:
     """`params` as `decode` runs them: with [out, in] Dense weights where `converts(module)` and
-    the copy fits in `spare` bytes (None: unknown, assumed to fit); else as they are."""
+    the copy fits in `spare` bytes (None: unknown, assumed to fit); else as they are. Only the
+    kernels' copies are kept: every other array (embeddings, biases, norms) is `params`' own."""
     if not converts(module):
         return params
     kernels = convertible_kernels(params)
@@ -46,15 +48,15 @@ def decoding_params(module: Any, params: Any, spare: int | None = None) -> Any:
     if any(v.is_traced(k) for k in kernels):
         return weights_out_in(params)
     if _LAST:
-        refs, converted = _LAST[0]
+        refs, weights = _LAST[0]
         if len(refs) == len(kernels) and all(r() is k for r, k in zip(refs, kernels, strict=True)):
-            return converted
+            return weights_out_in(params, weights)
     _LAST.clear()  # release the previous copy before making the next one
     if spare is not None and converted_bytes(params) > spare:
         return params
-    converted = weights_out_in(params)
-    _LAST.append(([weakref.ref(k, _forget) for k in kernels], converted))
-    return converted
+    weights = transposed_kernels(kernels)
+    _LAST.append(([weakref.ref(k, _forget) for k in kernels], weights))
+    return weights_out_in(params, weights)
 
 
 def converted_bytes(params: Any) -> int:

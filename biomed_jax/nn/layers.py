@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -272,12 +272,15 @@ class MLP(nn.Module):
         return dense(self.hidden_size, ("mlp", "embed"), name="fc_out")(h)
 
 
-def weights_out_in(params: Any) -> Any:
+def weights_out_in(params: Any, weights: Sequence[Any] | None = None) -> Any:
     """`params` with every Dense `kernel` [in, out] stored as `weight` [out, in] (a transposed
     copy), which `Dense` reads as well (`convertible_kernels` says which: plain float kernels beside
     at most a bias; LoRA adapters' and quantized (qwix) kernels keep their layout). The other
-    arrays are the same objects."""
-    transposed = iter(_transpose(convertible_kernels(params)))
+    arrays are the same objects. `weights`: those copies already made (`transposed_kernels` of
+    these kernels), in `convertible_kernels` order."""
+    transposed = iter(
+        transposed_kernels(convertible_kernels(params)) if weights is None else weights
+    )
 
     def convert(tree: Any) -> Any:
         if not isinstance(tree, dict):
@@ -290,7 +293,7 @@ def weights_out_in(params: Any) -> Any:
 
 
 @jax.jit
-def _transpose(kernels: list[jax.Array]) -> list[jax.Array]:
+def transposed_kernels(kernels: list[jax.Array]) -> list[jax.Array]:
     """Every kernel transposed, in one compiled call."""
     return [k.T for k in kernels]
 
