@@ -290,3 +290,26 @@ def seeded_hf_model(width, layers, heads, ffn, positions, vocab_size, seed=0):
             if "layer_norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
     return model
+
+
+def write_model_dir(
+    directory: Path,
+    shape: tuple[int, int, int, int, int] = (32, 2, 4, 64, 64),
+    *,
+    words: list[str] = WORDS,
+    learned: int = 9,
+    seed: int = 0,
+    model: dict[str, Any] | None = None,
+    task: dict[str, Any] | None = None,
+    state: dict[str, Any] | None = None,
+    style: str = "cfg",
+) -> Path:
+    """A prompt-tuned tiny fairseq BioGPT directory: dict.txt and bpecodes of `words`, and
+    checkpoint.pt of a seeded model of `shape` (width, layers, heads, ffn, positions) with
+    `learned` prompt rows; `model`, `task` and `state` replace arguments or tensors."""
+    write_vocab_files(directory, words)
+    weights = fairseq_state(seeded_hf_model(*shape, 4 + len(words) + learned, seed=seed))
+    weights.update(state or {})
+    margs = model_args(*shape, **(model or {}))
+    targs = {**task_args(shape[4], learned), **(task or {})}
+    return write_checkpoint(directory / "checkpoint.pt", weights, margs, targs, style)

@@ -84,22 +84,10 @@ def bert_classifier(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fairseq_dir(tmp_path_factory) -> Path:
-    from _fairseq_models import (
-        WORDS,
-        fairseq_state,
-        model_args,
-        seeded_hf_model,
-        task_args,
-        write_checkpoint,
-        write_vocab_files,
-    )
+    from _fairseq_models import write_model_dir
 
-    width, layers, heads, ffn, positions = 32, 2, 4, 128, 64
-    hf = seeded_hf_model(width, layers, heads, ffn, positions, 4 + len(WORDS) + 9)
     directory = tmp_path_factory.mktemp("models") / "fairseq"
-    write_vocab_files(directory)
-    args = model_args(width, layers, heads, ffn, positions)
-    write_checkpoint(directory / "checkpoint.pt", fairseq_state(hf), args, task_args(positions))
+    write_model_dir(directory, (32, 2, 4, 128, 64))
     return directory
 
 

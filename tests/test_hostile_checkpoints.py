@@ -966,22 +966,10 @@ BIG = "x" * (1 << 20)
 
 
 def _fairseq_checkpoint(directory: Path, model=None, task=None, state=None) -> None:
-    """directory/checkpoint.pt of the good model, with its arguments or tensors changed."""
-    from _fairseq_models import (
-        WORDS,
-        fairseq_state,
-        model_args,
-        seeded_hf_model,
-        task_args,
-        write_checkpoint,
-    )
+    """The good model's directory, with its arguments or tensors changed."""
+    from _fairseq_models import write_model_dir
 
-    vocab = 4 + len(WORDS) + FS_LEARNED
-    weights = fairseq_state(seeded_hf_model(*FS_SHAPE, vocab))
-    weights.update(state or {})
-    margs = model_args(*FS_SHAPE, **(model or {}))
-    targs = {**task_args(FS_SHAPE[4], FS_LEARNED), **(task or {})}
-    write_checkpoint(directory / "checkpoint.pt", weights, margs, targs, style="cfg")
+    write_model_dir(directory, FS_SHAPE, learned=FS_LEARNED, model=model, task=task, state=state)
 
 
 def _fs_dir(name, *match, error="ConfigError", call="from_pretrained", build=None, **edits):
@@ -1082,14 +1070,12 @@ FAIRSEQ_DIR_CASES = [
 
 @pytest.fixture(scope="module")
 def fairseq_dir_run(tmp_path_factory):
-    from _fairseq_models import write_vocab_files
     from _limited import _flat_params
 
     from biomed_jax import from_pretrained
 
     d = tmp_path_factory.mktemp("hostile_fairseq_dir")
     good = d / "good"
-    write_vocab_files(good)
     _fairseq_checkpoint(good)
     np.savez(d / "good_ref.npz", **_flat_params(from_pretrained(good)))
     cases = {c.name: c for c in _build_dirs(FAIRSEQ_DIR_CASES, good, d)}

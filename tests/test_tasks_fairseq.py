@@ -21,7 +21,7 @@ from _fairseq_models import (
     task_args,
     write_checkpoint,
     write_dict_from_vocab_json,
-    write_vocab_files,
+    write_model_dir,
 )
 
 from biomed_jax import from_pretrained
@@ -103,12 +103,8 @@ def test_stored_arguments_beat_the_task_defaults_and_flags_beat_both(shared_data
 @pytest.mark.parametrize("style", ["args", "dictconfig"])
 def test_settings_from_every_stored_argument_style(style, tmp_path):
     """Legacy flat `args` and omegaconf cfg give the same task settings (small vocabulary)."""
-    write_vocab_files(tmp_path)
-    hf = seeded_hf_model(32, 2, 4, 64, 64, 4 + len(WORDS) + 3)
-    targs = dict(task_args(64, 3), max_source_positions=20, learned_prompt_pattern="learned")
-    write_checkpoint(
-        tmp_path / "checkpoint.pt", fairseq_state(hf), model_args(32, 2, 4, 64, 64), targs, style
-    )
+    task = dict(max_source_positions=20, learned_prompt_pattern="learned")
+    write_model_dir(tmp_path, learned=3, task=task, style=style)
     model = from_pretrained(tmp_path)
     settings = task_settings("re-ddi", model)
     assert (settings.learned_prompt, settings.max_source_positions) == (3, 20)

@@ -20,15 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _fairseq_models import (
-    WORDS,
-    fairseq_state,
-    model_args,
-    seeded_hf_model,
-    task_args,
-    write_checkpoint,
-    write_vocab_files,
-)
+from _fairseq_models import WORDS, write_model_dir
 from conftest import REPO
 
 from biomed_jax import from_pretrained
@@ -47,11 +39,8 @@ SOURCE_LIMIT = ["--max-source-positions", "24"]
 
 def write_model(directory: Path, seed: int = 0) -> Path:
     """checkpoint.pt + dict.txt + bpecodes of a prompt-tuned tiny BioGPT (dc-hoc's prompt)."""
-    hf = seeded_hf_model(32, 2, 4, 64, POSITIONS, 4 + len(VOCAB) + LEARNED, seed=seed)
-    write_vocab_files(directory, VOCAB)
-    margs = model_args(32, 2, 4, 64, POSITIONS)
-    return write_checkpoint(
-        directory / "checkpoint.pt", fairseq_state(hf), margs, task_args(POSITIONS, LEARNED)
+    return write_model_dir(
+        directory, (32, 2, 4, 64, POSITIONS), words=VOCAB, learned=LEARNED, seed=seed
     )
 
 
