@@ -209,7 +209,7 @@ def dot_product_attention(
     if kernel == "xla" and policy.attention_per_head(shape):
         keep = _keep(dropout_rng, dropout_rate, shape) if use_dropout else None
         prec = policy.matmul_precision(query.dtype)
-        return _by_row(query, key, value, mask, prec, keep, 1.0 - dropout_rate)
+        return _per_head(query, key, value, mask, prec, keep, 1.0 - dropout_rate, heads_axis=2)
     q, k, v = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))  # [B, N, T|S, H]
     out, probs = heads_major_attention(
         q,
@@ -225,19 +225,22 @@ def dot_product_attention(
     return jnp.swapaxes(out, 1, 2), probs
 
 
-def _by_row(
-    query: jax.Array,  # [B, T, N, H]
-    key: jax.Array,  # [B, S, N, H]
-    value: jax.Array,  # [B, S, N, H]
+def _per_head(
+    query: jax.Array,  # [B, T, N, H], or heads-major [B, N, T, H]
+    key: jax.Array,  # [B, S, N, H], or [B, N, S, H]
+    value: jax.Array,  # as key
     mask: jax.Array,  # [B, 1 | N, T | 1, S] bool
     precision: jax.lax.Precision | None,
     keep: jax.Array | None,  # [B, N, T, S] bool
     keep_rate: float,
+    heads_axis: int,  # 2: [B, T, N, H] operands; 1: heads-major
 ) -> tuple[jax.Array, jax.Array]:
-    """`_attend` one batch row, then one head, at a time: (out [B, T, N, H], probs [B, N, T, S])."""
+    """`_attend` one batch row, then one head, at a time: (out in the operands' layout, probs
+    [B, N, T, S]). A row's heads move to the front inside the loop: no transposed copy of q, k,
+    v or the output outside it."""
 
     def row(b: jax.Array) -> tuple[jax.Array, jax.Array]:
-        q, k, v = (jnp.swapaxes(x[b], 0, 1) for x in (query, key, value))  # [N, T|S, H]
+        q, k, v = (jnp.moveaxis(x[b], heads_axis - 1, 0) for x in (query, key, value))
         row_mask, row_keep = mask[b], None if keep is None else keep[b]
 
         def head(n: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -246,7 +249,7 @@ def _by_row(
             return _attend(q[n], k[n], v[n], head_mask, precision, head_keep, keep_rate)
 
         out, probs = jax.lax.map(head, jnp.arange(q.shape[0]))  # [N, T, H], [N, T, S]
-        return jnp.swapaxes(out, 0, 1), probs
+        return jnp.moveaxis(out, 0, heads_axis - 1), probs
 
     return jax.lax.map(row, jnp.arange(query.shape[0]))
 
@@ -311,16 +314,7 @@ def heads_major_attention(
     if not policy.attention_per_head(shape):
         return _attend(query, key, value, mask, prec, keep, 1.0 - dropout_rate)
 
-    def pair(b_n: jax.Array) -> tuple[jax.Array, jax.Array]:
-        b, n = b_n // heads, b_n % heads
-        head_mask = mask[b, n if mask.shape[1] != 1 else 0]
-        head_keep = None if keep is None else keep[b, n]
-        return _attend(
-            query[b, n], key[b, n], value[b, n], head_mask, prec, head_keep, 1.0 - dropout_rate
-        )
-
-    out, probs = jax.lax.map(pair, jnp.arange(batch * heads))  # [B*N, T, H], [B*N, T, S]
-    return out.reshape(query.shape), probs.reshape(shape)
+    return _per_head(query, key, value, mask, prec, keep, 1.0 - dropout_rate, heads_axis=1)
 
 
 class SelfAttention(nn.Module):
