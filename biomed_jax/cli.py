@@ -566,15 +566,18 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     split = argv.index(command) + 1 if command == "conformance" else len(argv)
     args = parser.parse_args(argv[:split])
-    try:
-        cache = None if args.no_compilation_cache else compilation_cache_dir()
-        if cache is not None:
-            enable_compilation_cache(cache)
-        if args.command == "conformance":
-            from conformance.suite import main as conformance_main
+    from biomed_jax.interrupts import remembered
 
-            return conformance_main(argv[split:])
-        return args.func(args)
+    try:
+        with remembered():  # a Ctrl-C Python drops still stops the run at its next step
+            cache = None if args.no_compilation_cache else compilation_cache_dir()
+            if cache is not None:
+                enable_compilation_cache(cache)
+            if args.command == "conformance":
+                from conformance.suite import main as conformance_main
+
+                return conformance_main(argv[split:])
+            return args.func(args)
     except (OSError, ValueError, ModuleNotFoundError) as e:  # OSError: missing or unwritable files
         print(f"biomed-jax {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -139,6 +139,7 @@ def run(
     """Run `cases` in order, filling `report` ("groups", "rows", "status") and writing it to
     `json_path` after each group. Ctrl-C stops the run: the report keeps the finished groups.
     A case raising one of `fatal` stops the run (re-raised); other errors are reported."""
+    from biomed_jax import interrupts
     from biomed_jax.progress import progress_bar
     from conformance.report import format_table
 
@@ -169,6 +170,7 @@ def run(
                 except Exception as e:  # a crashed case is reported; the others still run
                     errors.append(f"{name}: {type(e).__name__}: {e}")
                     bar.write(traceback.format_exc(), file=sys.stderr)
+                interrupts.check()
                 bar.update()
             seconds = time.perf_counter() - start
             failed = sum(not r.passed for r in rows)

@@ -100,3 +100,35 @@ def test_sigint_stops_conformance_and_keeps_finished_groups(tmp_path):
     rows = saved["rows"]
     assert rows and all(r["group"] == "bert" and r["passed"] for r in rows)
     assert "== bert:" in out and "interrupted: 1/2 groups" in out
+
+
+# Python drops a KeyboardInterrupt raised inside a garbage-collection callback (it only prints
+# it); JAX registers one, so a Ctrl-C can land there. Run apart: this process's SIGINT is the
+# watchdog's (tests/_interrupt.py) or ignored (a background CI job).
+DROPPED = """
+import gc, signal, sys
+from biomed_jax import interrupts
+
+def ctrl_c_in_gc(phase, info):
+    if phase == "start":
+        gc.callbacks.remove(ctrl_c_in_gc)
+        signal.raise_signal(signal.SIGINT)
+
+with interrupts.remembered():
+    gc.callbacks.append(ctrl_c_in_gc)
+    gc.collect()
+    print("ran on", flush=True)  # Python dropped the KeyboardInterrupt
+    try:
+        interrupts.check()
+    except KeyboardInterrupt:
+        sys.exit(130)
+interrupts.check()  # outside the block: nothing remembered
+"""
+
+
+def test_a_ctrl_c_python_drops_is_raised_at_the_next_check(tmp_path):
+    process = _start(DROPPED, [], tmp_path, {"PYTHONPATH": str(REPO)})
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert out == "ran on\n"
+    assert "KeyboardInterrupt" in err  # what Python printed as it dropped it

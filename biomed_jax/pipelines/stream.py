@@ -38,6 +38,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from biomed_jax import interrupts
 from biomed_jax import sharding as shd
 from biomed_jax import validation as v
 from biomed_jax.errors import OutputError, shown
@@ -412,6 +413,7 @@ def embed_file(
             _write_manifest(manifest_file, {**manifest, "shards": shards + recorded[index + 1 :]})
             if bar is not None:
                 bar.update(len(texts))
+            interrupts.check()
         if bar is not None:
             bar.close()
         for extra in range(num_shards, len(recorded)):  # the input got shorter

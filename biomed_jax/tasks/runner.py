@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from biomed_jax import interrupts
 from biomed_jax.loading import MissingTokenizer, Pretrained
 from biomed_jax.pipelines._common import length_sorted_batches
 from biomed_jax.pipelines.stream import model_fingerprint
@@ -287,6 +288,7 @@ class _Run:
                 write(batch)
                 finished.update((r["id"], r) for r in batch)
                 bar.update(len(batch))
+                interrupts.check()
         except KeyboardInterrupt:
             raise Interrupted(len(finished), len(examples), self.where, self.resumable) from None
         finally:
