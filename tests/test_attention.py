@@ -1,4 +1,5 @@
-"""The two attention schedules (all heads at once, one (batch, head) pair at a time) agree."""
+"""The attention schedules (all heads at once, one batch row at a time, one (batch, head) pair at a
+time) agree."""
 
 import jax
 import jax.numpy as jnp
@@ -20,10 +21,12 @@ def _inputs(seed: int = 0):
     return q, k, v, jnp.asarray(valid)
 
 
-def _policy(per_head: bool) -> numerics.Policy:
-    """The plain batched schedule, or per-head for every score size."""
-    policy = numerics.PLAIN.replace(per_head_score_bytes=0 if per_head else None)
-    assert policy.attention_per_head((B, N, T, T)) == per_head
+def _policy(loop: str | None) -> numerics.Policy:
+    """The plain batched schedule (None), or a loop over "rows" or "heads" at these sizes."""
+    row_bytes = 4 * N * T * T
+    limit = {None: None, "rows": row_bytes, "heads": 0}[loop]
+    policy = numerics.PLAIN.replace(per_head_score_bytes=limit)
+    assert policy.attention_loop((B, N, T, T)) == loop
     return policy
 
 
@@ -48,11 +51,12 @@ def _heads_major(q, k, v, mask, policy):
     return jnp.swapaxes(out, 1, 2), probs
 
 
+@pytest.mark.parametrize("loop", ["rows", "heads"])
 @pytest.mark.parametrize("layout", ["tokens", "heads"])
 @pytest.mark.parametrize("mask_kind", sorted(MASKS))
-def test_schedules_agree_on_outputs_probs_and_grads(mask_kind, layout):
-    """All heads at once or one pair at a time: per batch row with its heads moved to the front
-    inside the loop (`dot_product_attention`), or over heads-major operands."""
+def test_schedules_agree_on_outputs_probs_and_grads(mask_kind, layout, loop):
+    """All heads at once or in a loop (by row or by pair), with each row's heads moved to the
+    front inside it (`dot_product_attention`), or over heads-major operands."""
     q, k, v, valid = _inputs()
     mask = MASKS[mask_kind](valid)
     attend = attention.dot_product_attention if layout == "tokens" else _heads_major
@@ -67,8 +71,8 @@ def test_schedules_agree_on_outputs_probs_and_grads(mask_kind, layout):
         )
         return out, probs, grads
 
-    batched = forward_and_grad(_policy(per_head=False))
-    looped = forward_and_grad(_policy(per_head=True))
+    batched = forward_and_grad(_policy(None))
+    looped = forward_and_grad(_policy(loop))
     for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(looped)):  # float32 rounding
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6, atol=2e-6)
     out, probs, _ = looped
@@ -78,35 +82,38 @@ def test_schedules_agree_on_outputs_probs_and_grads(mask_kind, layout):
         np.testing.assert_allclose(np.asarray(probs[0, 1]), 1.0 / T, atol=1e-7)
 
 
-def test_schedules_share_dropout_masks():
+@pytest.mark.parametrize("loop", ["rows", "heads"])
+def test_schedules_share_dropout_masks(loop):
     q, k, v, valid = _inputs(1)
     mask = attention.make_attention_mask(valid)
 
-    def dropped(key, per_head):
+    def dropped(key, loop):
         return attention.dot_product_attention(
             q,
             k,
             v,
             mask,
-            policy=_policy(per_head),
+            policy=_policy(loop),
             dropout_rate=0.3,
             dropout_rng=jax.random.key(key),
         )[0]
 
-    batched = dropped(0, per_head=False)
-    looped = dropped(0, per_head=True)
+    batched = dropped(0, None)
+    looped = dropped(0, loop)
     np.testing.assert_allclose(np.asarray(batched), np.asarray(looped), rtol=0, atol=2e-6)
-    other_key = dropped(1, per_head=True)
+    other_key = dropped(1, loop)
     assert np.abs(np.asarray(other_key) - np.asarray(looped)).max() > 1e-3
 
 
 def test_schedule_choice_follows_score_size():
     cpu, gpu = numerics.Policy.fast("cpu"), numerics.Policy.fast("gpu")
-    assert cpu.attention_per_head((8, 12, 512, 512))  # 100 MB of scores
-    assert not cpu.attention_per_head((1, 16, 1, 1024))  # one decoding step
-    assert not cpu.attention_per_head((1, 12, 128, 128))  # 768 KB
-    assert not gpu.attention_per_head((8, 12, 512, 512))  # accelerators: always batched
-    assert not numerics.PLAIN.attention_per_head((8, 12, 512, 512))
+    assert cpu.attention_loop((8, 12, 512, 512)) == "rows"  # 96 MiB of scores, 12 MiB a row
+    assert cpu.attention_loop((1, 12, 512, 512)) == "heads"  # one row
+    assert cpu.attention_loop((2, 16, 1024, 1024)) == "heads"  # 64 MiB a row
+    assert cpu.attention_loop((1, 16, 1, 1024)) is None  # one decoding step
+    assert cpu.attention_loop((1, 12, 128, 128)) is None  # 768 KB
+    assert gpu.attention_loop((8, 12, 512, 512)) is None  # accelerators: always batched
+    assert numerics.PLAIN.attention_loop((8, 12, 512, 512)) is None
 
 
 def test_row_reduce_avoids_the_reduce_window():

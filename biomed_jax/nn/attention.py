@@ -194,22 +194,23 @@ def dot_product_attention(
     """Softmax(q k^T / sqrt(H)) v with float32 scores and softmax; returns (out [B,T,N,H], probs [B,N,T,S]).
 
     Masked scores take float32's most negative finite value, as HF's eager attention does, so a
-    row with no visible key gives a uniform (finite) distribution. The same arithmetic runs either
-    on all heads at once or one (batch, head) pair at a time (`Policy.attention_per_head`); under
-    `jit` unused probs cost nothing in either. Dropout masks come from `dropout_rng` alone. One
-    pair at a time, each batch row's heads are moved to the front inside the loop (no transposed
-    copy of q, k, v and the output outside it: BERT-base's attention at 8x512 1.2x faster);
-    otherwise this is `heads_major_attention` between two transposes (`segments`, `need_probs`:
-    as there).
+    row with no visible key gives a uniform (finite) distribution. The same arithmetic runs on
+    all heads at once, one batch row at a time or one (batch, head) pair at a time
+    (`Policy.attention_loop`); under `jit` unused probs cost nothing in any. Dropout masks come
+    from `dropout_rng` alone. In a loop, each batch row's heads are moved to the front inside it
+    (no transposed copy of q, k, v and the output outside it: BERT-base's attention at 8x512
+    1.2x faster); otherwise this is `heads_major_attention` between two transposes (`segments`,
+    `need_probs`: as there).
     """
     batch, length, heads, head_dim = query.shape
     shape = (batch, heads, length, key.shape[1])  # of the scores
     use_dropout = dropout_rng is not None and dropout_rate > 0.0
     kernel = _kernel(policy, query.dtype, head_dim, shape, use_dropout, need_probs, segments)
-    if kernel == "xla" and policy.attention_per_head(shape):
+    loop = policy.attention_loop(shape)
+    if kernel == "xla" and loop is not None:
         keep = _keep(dropout_rng, dropout_rate, shape) if use_dropout else None
         prec = policy.matmul_precision(query.dtype)
-        return _per_head(query, key, value, mask, prec, keep, 1.0 - dropout_rate, heads_axis=2)
+        return _looped(query, key, value, mask, prec, keep, 1.0 - dropout_rate, 2, loop)
     q, k, v = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))  # [B, N, T|S, H]
     out, probs = heads_major_attention(
         q,
@@ -225,7 +226,7 @@ def dot_product_attention(
     return jnp.swapaxes(out, 1, 2), probs
 
 
-def _per_head(
+def _looped(
     query: jax.Array,  # [B, T, N, H], or heads-major [B, N, T, H]
     key: jax.Array,  # [B, S, N, H], or [B, N, S, H]
     value: jax.Array,  # as key
@@ -234,21 +235,25 @@ def _per_head(
     keep: jax.Array | None,  # [B, N, T, S] bool
     keep_rate: float,
     heads_axis: int,  # 2: [B, T, N, H] operands; 1: heads-major
+    loop: str,  # "rows" or "heads" (`Policy.attention_loop`)
 ) -> tuple[jax.Array, jax.Array]:
-    """`_attend` one batch row, then one head, at a time: (out in the operands' layout, probs
-    [B, N, T, S]). A row's heads move to the front inside the loop: no transposed copy of q, k,
-    v or the output outside it."""
+    """`_attend` one batch row at a time, all its heads at once ("rows") or one head at a time
+    ("heads"): (out in the operands' layout, probs [B, N, T, S]). A row's heads move to the front
+    inside the loop: no transposed copy of q, k, v or the output outside it."""
 
     def row(b: jax.Array) -> tuple[jax.Array, jax.Array]:
         q, k, v = (jnp.moveaxis(x[b], heads_axis - 1, 0) for x in (query, key, value))
-        row_mask, row_keep = mask[b], None if keep is None else keep[b]
+        row_mask, row_keep = mask[b], None if keep is None else keep[b]  # [1 | N, T | 1, S]
+        if loop == "rows":
+            out, probs = _attend(q, k, v, row_mask, precision, row_keep, keep_rate)
+        else:
 
-        def head(n: jax.Array) -> tuple[jax.Array, jax.Array]:
-            head_mask = row_mask[n if row_mask.shape[0] != 1 else 0]
-            head_keep = None if row_keep is None else row_keep[n]
-            return _attend(q[n], k[n], v[n], head_mask, precision, head_keep, keep_rate)
+            def head(n: jax.Array) -> tuple[jax.Array, jax.Array]:
+                head_mask = row_mask[n if row_mask.shape[0] != 1 else 0]
+                head_keep = None if row_keep is None else row_keep[n]
+                return _attend(q[n], k[n], v[n], head_mask, precision, head_keep, keep_rate)
 
-        out, probs = jax.lax.map(head, jnp.arange(q.shape[0]))  # [N, T, H], [N, T, S]
+            out, probs = jax.lax.map(head, jnp.arange(q.shape[0]))  # [N, T, H], [N, T, S]
         return jnp.moveaxis(out, 0, heads_axis - 1), probs
 
     return jax.lax.map(row, jnp.arange(query.shape[0]))
@@ -311,10 +316,10 @@ def heads_major_attention(
         return splash_attention(query, key, value, segments), None
     prec = policy.matmul_precision(query.dtype)
     keep = _keep(dropout_rng, dropout_rate, shape) if use_dropout else None
-    if not policy.attention_per_head(shape):
+    loop = policy.attention_loop(shape)
+    if loop is None:
         return _attend(query, key, value, mask, prec, keep, 1.0 - dropout_rate)
-
-    return _per_head(query, key, value, mask, prec, keep, 1.0 - dropout_rate, heads_axis=1)
+    return _looped(query, key, value, mask, prec, keep, 1.0 - dropout_rate, 1, loop)
 
 
 class SelfAttention(nn.Module):
