@@ -36,6 +36,30 @@ def bert_flops(batch: int, length: int, d: int = 768, f: int = 3072, layers: int
     return float(layers * per_layer)
 
 
+def seeded_bert_base(layers: int, **numerics):
+    """(transformers BertModel, our `from_pretrained` of its saved checkpoint): BiomedBERT-base's
+    architecture with `layers` layers, seeded random weights, ours with `numerics` (none: the
+    defaults)."""
+    import torch
+    import transformers
+
+    from biomed_jax import from_pretrained
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=layers,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+    )
+    ref = transformers.BertModel(config, add_pooling_layer=False).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        ref.save_pretrained(tmp)
+        return ref, from_pretrained(tmp, **numerics)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="1x128,8x128,8x512")
@@ -64,28 +88,15 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
     import torch
-    import transformers
-
-    from biomed_jax import from_pretrained
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    hf_config = transformers.BertConfig(
-        vocab_size=30522,
-        hidden_size=768,
-        num_hidden_layers=args.layers,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=512,
-    )
     device = "cuda" if jax.default_backend() == "gpu" else "cpu"  # the reference runs where we run
-    ref = transformers.BertModel(hf_config, add_pooling_layer=False).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        ref.save_pretrained(tmp)
-        numerics = {"policy": args.policy, "precision": args.precision}
-        if args.dtype != "float32":
-            numerics["dtype"] = jnp.dtype(args.dtype)
-        model = from_pretrained(tmp, **{k: v for k, v in numerics.items() if v is not None})
+    numerics = {"policy": args.policy, "precision": args.precision}
+    if args.dtype != "float32":
+        numerics["dtype"] = jnp.dtype(args.dtype)
+    ref, model = seeded_bert_base(
+        args.layers, **{k: v for k, v in numerics.items() if v is not None}
+    )
     params = jax.device_put(model.params)
     ref.to(device)
 

@@ -147,27 +147,16 @@ def main() -> None:
 
     import jax
     import torch
-    import transformers
+    from bert_forward import seeded_bert_base  # benchmarks/, beside this script
 
-    from biomed_jax import from_pretrained
     from biomed_jax.compilation import compiler_options
 
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=30522,
-        hidden_size=768,
-        num_hidden_layers=args.layers,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=512,
-    )
-    ref = transformers.BertModel(config, add_pooling_layer=False).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        ref.save_pretrained(tmp)
-        model = from_pretrained(tmp)
+    ref, model = seeded_bert_base(args.layers)
     params = jax.device_put(model.params)
     batch, length = map(int, args.shape.split("x"))
-    ids = np.random.RandomState(0).randint(0, config.vocab_size, (batch, length)).astype(np.int32)
+    ids = (
+        np.random.RandomState(0).randint(0, ref.config.vocab_size, (batch, length)).astype(np.int32)
+    )
     mask = np.ones_like(ids)
 
     @functools.partial(jax.jit, compiler_options=compiler_options())  # as our pipelines compile
