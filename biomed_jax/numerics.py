@@ -38,7 +38,8 @@ _PRECISIONS = {
     "default": jax.lax.Precision.DEFAULT,
 }
 PRESETS = ("fast", "exact")
-# Scores bigger than this (bytes, all heads together) are computed one head at a time on CPU.
+# Scores bigger than this (bytes, all heads together) are computed in a loop on CPU
+# (`Policy.attention_loop`).
 CPU_PER_HEAD_SCORE_BYTES = 8 << 20
 # Weight matmuls over at most this many rows, by an [out, in] weight, stream it (CPU).
 CPU_STREAM_WEIGHT_ROWS = 64

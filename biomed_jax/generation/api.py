@@ -33,6 +33,7 @@ from biomed_jax.generation.buckets import bucket_length, left_pad, room_for
 from biomed_jax.generation.layout import decoding_params
 from biomed_jax.generation.processors import ProcessorSettings
 from biomed_jax.generation.sampling import DecodeSettings, sample
+from biomed_jax.nn.attention import KVCache
 
 DEFAULT_NEW_TOKENS = 20  # HF GenerationConfig.max_length default, counted after the prompt
 EARLY_STOPPING = (True, False, "never")
@@ -215,7 +216,7 @@ def _decode(
         return out.logits[:, -1], out.cache
 
     if settings.num_beams > 1:
-        return beam_search(tokens_to_logits, _reorder, prompt, cache, slots, settings, rng)
+        return beam_search(tokens_to_logits, KVCache.reorder, prompt, cache, slots, settings, rng)
     return sample(tokens_to_logits, prompt, cache, slots, settings, rng)
 
 
@@ -245,11 +246,6 @@ def _check_memory(config: Any, dtype: Any, batch: int, expand: int, slots: int) 
             f"this device has ({have}): lower num_beams, the batch or max_new_tokens"
         )
     return None if available is None else available - need
-
-
-def _reorder(cache: Any, rows: jax.Array) -> Any:
-    """The KVCache's batch rows in a new order (its written slots only)."""
-    return cache.reorder(rows)
 
 
 def _array_module(*arrays: Any) -> Any:

@@ -6,9 +6,10 @@ once where an [in, out] kernel is repacked at every call (`benchmarks/kernel_lay
 one row, about 2x at 4 to 16). `decoding_params` gives `decode` the [out, in] copy
 (`nn.layers.weights_out_in`): the kernels' copies are made on the first call and kept while those
 kernels live (the last set converted only); every other array is the given tree's own, so a tree
-that shares the kernels but not its embeddings or biases decodes with its own. It costs the Dense kernels' bytes once more
-(BioGPT-347M: 1.21 GB) and one transposition (about a second on 2 cores). Traced params (a
-caller's `jit`) are converted inside the traced computation, at every call of it.
+that shares the kernels but not its embeddings or biases decodes with its own. It costs the
+Dense kernels' bytes once more (BioGPT-347M: 1.21 GB) and one transposition (about a second on
+2 cores). Traced params (a caller's `jit`) are converted inside the traced computation, at every
+call of it.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def decoding_params(module: Any, params: Any, spare: int | None = None) -> Any:
         if len(refs) == len(kernels) and all(r() is k for r, k in zip(refs, kernels, strict=True)):
             return weights_out_in(params, weights)
     _LAST.clear()  # release the previous copy before making the next one
-    if spare is not None and converted_bytes(params) > spare:
+    if spare is not None and _nbytes(kernels) > spare:
         return params
     weights = transposed_kernels(kernels)
     _LAST.append(([weakref.ref(k, _forget) for k in kernels], weights))
@@ -61,9 +62,11 @@ def decoding_params(module: Any, params: Any, spare: int | None = None) -> Any:
 
 def converted_bytes(params: Any) -> int:
     """The bytes a conversion of `params` adds (its Dense kernels, once more)."""
-    return sum(
-        int(np.prod(k.shape)) * np.dtype(k.dtype).itemsize for k in convertible_kernels(params)
-    )
+    return _nbytes(convertible_kernels(params))
+
+
+def _nbytes(arrays: list[Any]) -> int:
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in arrays)
 
 
 def _forget(_: weakref.ref) -> None:
