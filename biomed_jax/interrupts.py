@@ -35,13 +35,12 @@ def remembered() -> Iterator[None]:
     ):
         yield
         return
-    _heard = False
     previous = signal.signal(signal.SIGINT, _on_sigint)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-        _heard = False
+        _heard = False  # the next block starts unheard
 
 
 def check() -> None:
